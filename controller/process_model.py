@@ -1,0 +1,38 @@
+"""The controller's process model: pure maths of deposition (domain.md's growth model).
+
+Imported by the simulators' plant too, which models more than this forecast does (efficiency
+against power and gap, drift, noise): the forecast is a prediction, not a copy."""
+
+from __future__ import annotations
+
+import math
+
+SIO2_PER_SICL4 = 0.354  # g of SiO2 per g of SiCl4 (SiO2 60.08 / SiCl4 169.9)
+SILICA_DENSITY_G_CM3 = 2.203
+
+
+def grown_diameter_mm(
+    diameter_mm: float,
+    deposited_g: float,
+    length_mm: float,
+    density_g_cm3: float = SILICA_DENSITY_G_CM3,
+) -> float:
+    """D_new = sqrt(D^2 + 4 dm / (pi rho L)), in mm."""
+    if length_mm <= 0:
+        raise ValueError("deposition length must be positive")
+    d_cm = diameter_mm / 10
+    l_cm = length_mm / 10
+    return math.sqrt(d_cm**2 + 4 * deposited_g / (math.pi * density_g_cm3 * l_cm)) * 10
+
+
+def deposited_mass_g(efficiency: float, sicl4_g_min: float, duration_s: float) -> float:
+    """dm = efficiency x SiCl4 mass flow x 0.354 x time."""
+    return efficiency * sicl4_g_min * SIO2_PER_SICL4 * duration_s / 60.0
+
+
+def mass_for_diameter_g(
+    from_mm: float, to_mm: float, length_mm: float, density_g_cm3: float = SILICA_DENSITY_G_CM3
+) -> float:
+    """The inverse of grown_diameter_mm: glass needed to grow from one diameter to another."""
+    d0, d1, l_cm = from_mm / 10, to_mm / 10, length_mm / 10
+    return math.pi * density_g_cm3 * l_cm * (d1**2 - d0**2) / 4

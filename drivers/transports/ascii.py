@@ -1,0 +1,188 @@
+"""Line-oriented ASCII transport: CR-terminated requests and replies over a serial port,
+a pseudo-terminal, or TCP (``socket://host:port``, as a serial device server provides).
+
+Same error model as the Modbus transport: a timeout per request, bounded retries, reconnect
+with backoff, one request at a time per bus (multi-drop RS-485 is half-duplex)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Self
+
+import serial_asyncio_fast
+import structlog
+
+from drivers.errors import DeviceDisconnected, DeviceProtocolError, DeviceTimeout
+from drivers.transports.backoff import Backoff
+from drivers.transports.endpoint import Endpoint
+
+log = structlog.get_logger(__name__)
+
+MAX_LINE = 512  # longer than any reply of our devices: more is a runaway stream, not a frame
+
+
+class _LineProtocol(asyncio.Protocol):
+    def __init__(self, terminator: bytes) -> None:
+        self.terminator = terminator
+        self.buffer = bytearray()
+        self.lines: asyncio.Queue[bytes] = asyncio.Queue()
+        self.closed = asyncio.Event()
+        self.overflow = False
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer.extend(data)
+        while (i := self.buffer.find(self.terminator)) >= 0:
+            line = bytes(self.buffer[:i])
+            del self.buffer[: i + len(self.terminator)]
+            self.lines.put_nowait(line.lstrip(b"\n"))
+        if len(self.buffer) > MAX_LINE:
+            self.overflow = True
+            self.buffer.clear()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed.set()
+
+    def discard_pending(self) -> None:
+        """Forget replies that arrived late to an earlier request."""
+        self.buffer.clear()
+        self.overflow = False
+        while not self.lines.empty():
+            self.lines.get_nowait()
+
+
+class AsciiTransport:
+    """An ASCII master for one line (point-to-point or multi-drop)."""
+
+    def __init__(
+        self,
+        name: str,
+        endpoint: Endpoint,
+        *,
+        timeout_s: float = 0.25,
+        retries: int = 1,
+        terminator: bytes = b"\r",
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.name = name
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.terminator = terminator
+        self._backoff = backoff or Backoff()
+        self._lock = asyncio.Lock()
+        self._transport: asyncio.Transport | None = None
+        self._protocol: _LineProtocol | None = None
+        self.requests = 0
+        self.failures = 0
+        self._log = log.bind(bus=name, endpoint=endpoint.describe())
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._protocol is not None and not self._protocol.closed.is_set()
+
+    async def connect(self) -> None:
+        async with self._lock:
+            await self._connect_locked()
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        self._transport = None
+        self._protocol = None
+
+    async def _connect_locked(self) -> None:
+        if self.connected:
+            return
+        self._drop()
+        if not self._backoff.ready():
+            raise DeviceDisconnected(self.name, "reconnect backoff in progress")
+        protocol = _LineProtocol(self.terminator)
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await asyncio.wait_for(
+                serial_asyncio_fast.create_serial_connection(
+                    loop, lambda: protocol, self.endpoint.serial_url(),
+                    baudrate=self.endpoint.baudrate,
+                ),
+                timeout=max(1.0, self.timeout_s * 4),
+            )
+        except (OSError, TimeoutError, ValueError) as exc:
+            self._backoff.failed()
+            raise DeviceDisconnected(
+                self.name, f"cannot open {self.endpoint.describe()}: {exc}"
+            ) from exc
+        self._backoff.succeeded()
+        self._transport = transport
+        self._protocol = protocol
+        self._log.info("ascii.connected")
+
+    async def request(self, line: str, *, reply: bool = True) -> str:
+        """Send one line and return the reply line (without its terminator)."""
+        async with self._lock:
+            self.requests += 1
+            try:
+                return await self._request_locked(line, reply)
+            except Exception:
+                self.failures += 1
+                raise
+
+    async def _request_locked(self, line: str, reply: bool) -> str:
+        last_error: Exception | None = None
+        for attempt in range(self.retries + 1):
+            await self._connect_locked()
+            protocol, transport = self._protocol, self._transport
+            assert protocol is not None and transport is not None
+            protocol.discard_pending()
+            transport.write(line.encode("ascii") + self.terminator)
+            if not reply:
+                return ""
+            get = asyncio.ensure_future(protocol.lines.get())
+            closed = asyncio.ensure_future(protocol.closed.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    {get, closed}, timeout=self.timeout_s, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                get.cancel()
+                closed.cancel()
+            if get in done:
+                return self._decode(line, get.result())
+            if closed in done or protocol.closed.is_set():
+                self._drop()
+                raise DeviceDisconnected(self.name, "link closed during request")
+            if protocol.overflow or protocol.buffer:
+                last_error = DeviceProtocolError(
+                    self.name, repr(line), f"unterminated reply {bytes(protocol.buffer)[:40]!r}"
+                )
+            else:
+                last_error = DeviceTimeout(self.name, repr(line), self.timeout_s)
+            self._log.debug("ascii.retry", request=line, attempt=attempt)
+        assert last_error is not None
+        raise last_error
+
+    def _decode(self, line: str, raw: bytes) -> str:
+        try:
+            return raw.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise DeviceProtocolError(self.name, repr(line), f"non-ASCII reply {raw[:40]!r}") from exc

@@ -1,0 +1,238 @@
+"""Modbus TCP and RTU transport on pymodbus's async clients.
+
+One instance per bus. RS-485 is half-duplex, so requests on a bus are serialised by a lock;
+each request has its own timeout and a bounded number of retries; a dropped link is
+reconnected on the next request, paced by an exponential backoff so a dead device never
+turns into a busy loop. Failures surface as the typed errors of ``drivers.errors``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Self
+
+import structlog
+from pymodbus import ModbusException
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusIOException
+from pymodbus.framer import FramerType
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
+
+from drivers.errors import (
+    DeviceDisconnected,
+    DeviceExceptionResponse,
+    DeviceProtocolError,
+    DeviceTimeout,
+)
+from drivers.transports.backoff import Backoff
+from drivers.transports.endpoint import Endpoint
+
+# pymodbus logs every timeout and unknown frame at ERROR through its own logger; our typed
+# errors and structured logs already say it, once, with the device attached.
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+log = structlog.get_logger(__name__)
+
+ModbusClient = AsyncModbusTcpClient | AsyncModbusSerialClient
+
+
+class ModbusTransport:
+    """A Modbus master for one bus (TCP link or RS-485 line)."""
+
+    def __init__(
+        self,
+        name: str,
+        endpoint: Endpoint,
+        *,
+        timeout_s: float = 0.25,
+        retries: int = 1,
+        backoff: Backoff | None = None,
+    ) -> None:
+        if endpoint.protocol not in ("modbus-tcp", "modbus-rtu"):
+            raise ValueError(f"{name}: {endpoint.protocol} is not a Modbus protocol")
+        self.name = name
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self._backoff = backoff or Backoff()
+        self._lock = asyncio.Lock()
+        self._client: ModbusClient | None = None
+        self._garbage_seen = False
+        self.requests = 0
+        self.failures = 0
+        self._log = log.bind(bus=name, endpoint=endpoint.describe())
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.connected
+
+    async def connect(self) -> None:
+        """Connect now; raises DeviceDisconnected if the bus cannot be reached."""
+        async with self._lock:
+            await self._connect_locked()
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._drop_client()
+
+    def _make_client(self) -> ModbusClient:
+        common = {
+            "timeout": self.timeout_s,
+            "retries": 0,  # retries are ours, so a retry is also counted and logged here
+            "reconnect_delay": 0,  # reconnects are ours too, paced by the backoff
+            "trace_packet": self._trace_packet,
+        }
+        if self.endpoint.protocol == "modbus-tcp":
+            assert self.endpoint.host is not None
+            return AsyncModbusTcpClient(
+                self.endpoint.host,
+                port=self.endpoint.port or 502,
+                framer=FramerType.SOCKET,
+                **common,  # type: ignore[arg-type]
+            )
+        return AsyncModbusSerialClient(
+            self.endpoint.serial_url(),
+            framer=FramerType.RTU,
+            baudrate=self.endpoint.baudrate,
+            **common,  # type: ignore[arg-type]
+        )
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        # pymodbus silently discards a frame whose CRC or header is wrong; noting that bytes
+        # did arrive lets a timeout be reported as the protocol error it really is.
+        if not sending and data:
+            self._garbage_seen = True
+        return data
+
+    async def _connect_locked(self) -> None:
+        if self.connected:
+            return
+        self._drop_client()
+        if not self._backoff.ready():
+            raise DeviceDisconnected(self.name, "reconnect backoff in progress")
+        client = self._make_client()
+        try:
+            ok = await client.connect()
+        except (OSError, ModbusException) as exc:
+            ok = False
+            self._log.debug("modbus.connect_error", error=str(exc))
+        if not ok or not client.connected:
+            client.close()
+            self._backoff.failed()
+            raise DeviceDisconnected(
+                self.name, f"cannot connect to {self.endpoint.describe()}"
+            )
+        self._backoff.succeeded()
+        self._client = client
+        self._log.info("modbus.connected")
+
+    def _drop_client(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -- requests --------------------------------------------------------------------------
+    async def read_holding(self, unit: int, address: int, count: int) -> list[int]:
+        return await self._call(
+            f"read holding {address}+{count} @{unit}",
+            lambda c: c.read_holding_registers(address, count=count, device_id=unit),
+            expect=count,
+        )
+
+    async def read_input(self, unit: int, address: int, count: int) -> list[int]:
+        return await self._call(
+            f"read input {address}+{count} @{unit}",
+            lambda c: c.read_input_registers(address, count=count, device_id=unit),
+            expect=count,
+        )
+
+    async def write_register(self, unit: int, address: int, value: int) -> None:
+        await self._call(
+            f"write {address}={value} @{unit}",
+            lambda c: c.write_register(address, value, device_id=unit),
+            expect=None,
+        )
+
+    async def write_registers(self, unit: int, address: int, values: list[int]) -> None:
+        await self._call(
+            f"write {address}+{len(values)} @{unit}",
+            lambda c: c.write_registers(address, values, device_id=unit),
+            expect=None,
+        )
+
+    async def _call(
+        self,
+        request: str,
+        send: Callable[[ModbusClient], Awaitable[ModbusPDU]],
+        *,
+        expect: int | None,
+    ) -> list[int]:
+        async with self._lock:
+            self.requests += 1
+            try:
+                return await self._call_locked(request, send, expect)
+            except Exception:
+                self.failures += 1
+                raise
+
+    async def _call_locked(
+        self,
+        request: str,
+        send: Callable[[ModbusClient], Awaitable[ModbusPDU]],
+        expect: int | None,
+    ) -> list[int]:
+        last_error: Exception | None = None
+        for attempt in range(self.retries + 1):
+            await self._connect_locked()
+            assert self._client is not None
+            self._garbage_seen = False
+            try:
+                response = await send(self._client)
+            except ConnectionException as exc:
+                self._drop_client()
+                raise DeviceDisconnected(self.name, str(exc)) from exc
+            except ModbusIOException as exc:
+                if not self.connected:
+                    self._drop_client()
+                    raise DeviceDisconnected(self.name, "link closed during request") from exc
+                if self._garbage_seen:
+                    last_error = DeviceProtocolError(
+                        self.name, request, "reply discarded: bad CRC or malformed frame"
+                    )
+                else:
+                    last_error = DeviceTimeout(self.name, request, self.timeout_s)
+                self._log.debug("modbus.retry", request=request, attempt=attempt)
+                continue
+            except ModbusException as exc:
+                raise DeviceProtocolError(self.name, request, str(exc)) from exc
+            return self._check(request, response, expect)
+        assert last_error is not None
+        raise last_error
+
+    def _check(self, request: str, response: ModbusPDU, expect: int | None) -> list[int]:
+        if isinstance(response, ExceptionResponse) or response.isError():
+            code = getattr(response, "exception_code", 0)
+            raise DeviceExceptionResponse(self.name, request, int(code))
+        if expect is None:
+            return []
+        registers = list(response.registers)
+        if len(registers) != expect:
+            raise DeviceProtocolError(
+                self.name, request, f"expected {expect} registers, got {len(registers)}"
+            )
+        return registers

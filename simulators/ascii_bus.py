@@ -1,0 +1,153 @@
+"""A simulated ASCII serial line served over TCP (as a serial device server would) and, through
+``PtyRelay``, on a pseudo-terminal.
+
+Each request line goes to the device that owns it: on a multi-drop Alicat bus, the device
+whose unit letter starts the line; on a point-to-point line, the only device. A line nobody
+owns gets no answer, as on a real RS-485 bus."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Protocol
+
+import structlog
+
+from simulators.faults import FaultBoard
+
+log = structlog.get_logger(__name__)
+
+
+class AsciiDevice(Protocol):
+    name: str
+
+    def owns(self, line: str) -> bool:
+        """True if this device must answer the line (its unit id, or any line if alone)."""
+        ...
+
+    def handle(self, line: str) -> str | None:
+        """The reply line without its terminator, or None to stay silent."""
+        ...
+
+
+class AsciiBusServer:
+    def __init__(
+        self,
+        name: str,
+        devices: list[AsciiDevice],
+        faults: FaultBoard,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        terminator: bytes = b"\r",
+    ) -> None:
+        self.name = name
+        self.devices = devices
+        self.faults = faults
+        self.host = host
+        self.port = port
+        self.terminator = terminator
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._watch: asyncio.Task[None] | None = None
+        self.lines_in = 0
+        self._log = log.bind(bus=name)
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
+
+    async def start(self) -> None:
+        await self._listen()
+        self._watch = asyncio.create_task(self._watch_disconnect(), name=f"bus-{self.name}")
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
+        await self._close()
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._serve_client, self.host, self.port)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        self._log.info("ascii_bus.listening", port=self.port)
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for writer in list(self._writers):
+                writer.close()
+            for task in list(self._handlers):
+                task.cancel()
+            for task in list(self._handlers):
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await task
+            await self._server.wait_closed()
+            self._server = None
+
+    def _disconnect_active(self) -> bool:
+        return any(self.faults.is_active(d.name, "disconnect") for d in self.devices)
+
+    async def _watch_disconnect(self) -> None:
+        while True:
+            await asyncio.sleep(0.02)
+            if self._disconnect_active() and self._server is not None:
+                self._log.info("ascii_bus.disconnected")
+                await self._close()
+            elif not self._disconnect_active() and self._server is None:
+                await self._listen()
+
+    async def _serve_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        self._writers.add(writer)
+        try:
+            while True:
+                try:
+                    raw = await reader.readuntil(self.terminator)
+                except asyncio.IncompleteReadError:
+                    return
+                except asyncio.LimitOverrunError:
+                    await reader.read(65536)  # a runaway line: drop it, as a UART would
+                    continue
+                reply = self.answer(raw[: -len(self.terminator)])
+                if reply:
+                    writer.write(reply)
+                    await writer.drain()
+        except ConnectionError:
+            return
+        finally:
+            self._writers.discard(writer)
+            self._handlers.discard(task)
+            writer.close()
+
+    def answer(self, raw: bytes) -> bytes | None:
+        """The bytes the bus puts on the wire in reply to one request line."""
+        self.lines_in += 1
+        try:
+            line = raw.decode("ascii").strip("\n\r ")
+        except UnicodeDecodeError:
+            return None  # line noise: a real device ignores what it cannot parse
+        if not line:
+            return None
+        device = next((d for d in self.devices if d.owns(line)), None)
+        if device is None:
+            return None
+        fault = self.faults.link_fault(device.name)
+        if fault in ("silent", "disconnect"):
+            return None
+        reply = device.handle(line)
+        if reply is None:
+            return None
+        framed = reply.encode("ascii") + self.terminator
+        if fault == "torn":
+            return framed[: max(1, len(framed) // 2)]  # no terminator arrives
+        if fault == "corrupt":
+            return bytes(b ^ 0x80 for b in framed[:-1]) + self.terminator
+        return framed

@@ -1,0 +1,118 @@
+"""Faults injected into the running simulator, each for a given wall time or until cleared.
+
+The board is plain data: simulated devices and bus servers ask it what is active for a device
+each time they answer or step, so a fault takes effect on the very next frame."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+LinkFault = Literal["silent", "disconnect", "corrupt", "torn"]
+LINK_FAULTS: frozenset[str] = frozenset({"silent", "disconnect", "corrupt", "torn"})
+VALUE_FAULTS: frozenset[str] = frozenset({"stuck", "drift"})
+# Process faults: which device each belongs to is checked by the device that reads it.
+PROCESS_FAULTS: frozenset[str] = frozenset(
+    {
+        "flame_out",
+        "ignition_fail",
+        "rf_fault",
+        "reflected_high",
+        "water_flow_low",
+        "water_temp_high",
+        "door_open",
+        "estop",
+        "gas_alarm",
+        "exhaust_lost",
+        "scrubber_not_ready",
+        "supply_pressure_low",
+        "safety_relay_open",
+        "drive_alarm",
+        "efficiency_drift",
+        "gauge_invalid",
+    }
+)
+ALL_FAULTS: frozenset[str] = LINK_FAULTS | VALUE_FAULTS | PROCESS_FAULTS
+
+
+@dataclass
+class Fault:
+    device: str
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+    started_at: float = 0.0
+    expires_at: float | None = None
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        remaining = None if self.expires_at is None else max(0.0, self.expires_at - now)
+        return {
+            "device": self.device,
+            "kind": self.kind,
+            "params": self.params,
+            "remaining_s": remaining,
+        }
+
+
+class FaultBoard:
+    def __init__(self, wall: Callable[[], float] = time.monotonic) -> None:
+        self._wall = wall
+        self._faults: dict[tuple[str, str], Fault] = {}
+
+    def inject(
+        self,
+        device: str,
+        kind: str,
+        *,
+        duration_s: float | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> Fault:
+        if kind not in ALL_FAULTS:
+            raise ValueError(f"unknown fault kind {kind!r}; known: {sorted(ALL_FAULTS)}")
+        if duration_s is not None and duration_s <= 0:
+            raise ValueError("duration_s must be positive")
+        now = self._wall()
+        fault = Fault(
+            device=device,
+            kind=kind,
+            params=dict(params or {}),
+            started_at=now,
+            expires_at=None if duration_s is None else now + duration_s,
+        )
+        self._faults[(device, kind)] = fault
+        return fault
+
+    def clear(self, device: str | None = None, kind: str | None = None) -> int:
+        keys = [
+            k
+            for k in self._faults
+            if (device is None or k[0] == device) and (kind is None or k[1] == kind)
+        ]
+        for k in keys:
+            del self._faults[k]
+        return len(keys)
+
+    def active(self, device: str, kind: str) -> Fault | None:
+        fault = self._faults.get((device, kind))
+        if fault is None:
+            return None
+        if fault.expires_at is not None and self._wall() >= fault.expires_at:
+            del self._faults[(device, kind)]
+            return None
+        return fault
+
+    def is_active(self, device: str, kind: str) -> bool:
+        return self.active(device, kind) is not None
+
+    def link_fault(self, device: str) -> str | None:
+        for kind in ("disconnect", "silent", "torn", "corrupt"):
+            if self.is_active(device, kind):
+                return kind
+        return None
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        now = self._wall()
+        for device, kind in list(self._faults):
+            self.active(device, kind)  # expire
+        return [f.to_json(now) for f in self._faults.values()]

@@ -1,0 +1,244 @@
+"""A simulated Modbus bus: pymodbus servers (TCP, or RTU over TCP) answering for a set of
+simulated devices, each at its own unit id.
+
+Device logic lives in ``RegisterDevice`` objects; pymodbus's ``SimDevice.action`` hook hands
+them every read and write. Below the Modbus layer, the servers' ``trace_packet`` hook makes the
+faults pymodbus's API cannot (silence, a corrupt or torn frame) and keeps the bus silent for
+units nobody owns, as a real RS-485 slave stays silent (pymodbus would answer exception 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Literal
+
+import structlog
+from pymodbus.constants import ExcCodes
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from simulators.faults import FaultBoard
+
+# pymodbus logs an ERROR with a traceback for every request to an absent unit; on a shared
+# bus that is normal traffic, so its own logger is kept quiet.
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+log = structlog.get_logger(__name__)
+
+ILLEGAL_FUNCTION = 1
+ILLEGAL_ADDRESS = 2
+ILLEGAL_VALUE = 3
+DEVICE_FAILURE = 4
+
+READ_HOLDING = 3
+READ_INPUT = 4
+WRITE_SINGLE = 6
+WRITE_MULTIPLE = 16
+
+
+@dataclass
+class RegisterDevice:
+    """Base of a simulated Modbus device: a holding and an input register image.
+
+    Subclasses refresh the input image from their state before reads (``refresh``) and
+    validate and apply writes (``on_write``), returning a Modbus exception code to refuse."""
+
+    name: str
+    unit: int
+    holding_size: int
+    input_size: int
+    holding: list[int] = field(init=False)
+    inputs: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.holding = [0] * self.holding_size
+        self.inputs = [0] * self.input_size
+
+    def refresh(self) -> None:
+        """Bring the register images up to date with the device state."""
+
+    def on_write(self, address: int, values: list[int]) -> int | None:
+        """Validate and apply a write to holding registers; return an exception code to refuse."""
+        self.holding[address : address + len(values)] = values
+        return None
+
+    def read_holding(self, address: int, count: int) -> list[int] | int:
+        if address < 0 or address + count > self.holding_size:
+            return ILLEGAL_ADDRESS
+        self.refresh()
+        return self.holding[address : address + count]
+
+    def read_input(self, address: int, count: int) -> list[int] | int:
+        if address < 0 or address + count > self.input_size:
+            return ILLEGAL_ADDRESS
+        self.refresh()
+        return self.inputs[address : address + count]
+
+    def write_holding(self, address: int, values: list[int]) -> int | None:
+        if address < 0 or address + len(values) > self.holding_size:
+            return ILLEGAL_ADDRESS
+        return self.on_write(address, list(values))
+
+
+async def _action(
+    device: RegisterDevice,
+    function_code: int,
+    start_address: int,
+    address: int,
+    count: int,
+    registers: list[int],
+    set_values: list[int] | list[bool] | None,
+) -> ExcCodes | None:
+    """pymodbus hook: route one request to the device and mirror its answer into pymodbus's
+    register block, which pymodbus then frames."""
+    offset = address - start_address
+    result: list[int] | int | None
+    if function_code == READ_HOLDING:
+        result = device.read_holding(address, count)
+    elif function_code == READ_INPUT:
+        result = device.read_input(address, count)
+    elif function_code in (WRITE_SINGLE, WRITE_MULTIPLE) and set_values is not None:
+        result = device.write_holding(address, [int(v) for v in set_values])
+        if result is None:
+            return None
+    else:
+        return ExcCodes.ILLEGAL_FUNCTION
+    if isinstance(result, int):
+        return ExcCodes(result)
+    registers[offset : offset + count] = result
+    return None
+
+
+def _sim_device(device: RegisterDevice) -> SimDevice:
+    # Coils and discrete inputs are not used by any of our maps (every device is
+    # register-only); pymodbus needs a block per table all the same.
+    bits = [SimData(0, count=1, values=False, datatype=DataType.BITS)]
+    return SimDevice(
+        id=device.unit,
+        simdata=(
+            bits,
+            list(bits),
+            [SimData(0, count=max(1, device.holding_size), datatype=DataType.REGISTERS)],
+            [SimData(0, count=max(1, device.input_size), datatype=DataType.REGISTERS)],
+        ),
+        action=partial(_action, device),
+    )
+
+
+class ModbusBusServer:
+    """One bus: a TCP listener speaking Modbus TCP (MBAP) or RTU framing."""
+
+    def __init__(
+        self,
+        name: str,
+        framing: Literal["tcp", "rtu"],
+        devices: list[RegisterDevice],
+        faults: FaultBoard,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        if not devices:
+            raise ValueError(f"bus {name} has no devices")
+        units = [d.unit for d in devices]
+        if len(set(units)) != len(units):
+            raise ValueError(f"bus {name}: duplicate unit ids {units}")
+        if any(not 1 <= u <= 247 for u in units):
+            raise ValueError(f"bus {name}: unit ids must be 1-247, got {units}")
+        self.name = name
+        self.framing = framing
+        self.devices = {d.unit: d for d in devices}
+        self.faults = faults
+        self.host = host
+        self.port = port
+        self._server: ModbusTcpServer | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self.frames_in = 0
+        self.frames_out = 0
+        self._log = log.bind(bus=name)
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
+
+    async def start(self) -> None:
+        await self._listen()
+        self._watch = asyncio.create_task(self._watch_disconnect(), name=f"bus-{self.name}")
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
+        await self._close()
+
+    async def _listen(self) -> None:
+        server = ModbusTcpServer(
+            [_sim_device(d) for d in self.devices.values()],
+            address=(self.host, self.port),
+            framer=FramerType.SOCKET if self.framing == "tcp" else FramerType.RTU,
+            trace_packet=self._trace_packet,
+        )
+        await server.serve_forever(background=True)
+        sockets = getattr(server.transport, "sockets", None)
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
+        self._server = server
+        self._log.info("modbus_bus.listening", port=self.port, framing=self.framing)
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            await self._server.shutdown()
+            self._server = None
+
+    def _disconnect_active(self) -> bool:
+        return any(self.faults.is_active(d.name, "disconnect") for d in self.devices.values())
+
+    async def _watch_disconnect(self) -> None:
+        """A 'disconnect' fault drops every connection and stops listening until it ends."""
+        while True:
+            await asyncio.sleep(0.02)
+            if self._disconnect_active() and self._server is not None:
+                self._log.info("modbus_bus.disconnected")
+                await self._close()
+            elif not self._disconnect_active() and self._server is None:
+                await self._listen()
+
+    def _unit_of(self, frame: bytes) -> int | None:
+        index = 6 if self.framing == "tcp" else 0
+        return frame[index] if len(frame) > index else None
+
+    def _trace_packet(self, sending: bool, frame: bytes) -> bytes:
+        if not sending:
+            self.frames_in += 1
+            return frame
+        unit = self._unit_of(frame)
+        device = self.devices.get(unit) if unit is not None else None
+        if device is None:
+            return b""  # nobody on the bus owns this unit: stay silent
+        fault = self.faults.link_fault(device.name)
+        if fault in ("silent", "disconnect"):
+            return b""
+        if fault == "corrupt":
+            self.frames_out += 1
+            return _corrupt(frame, self.framing)
+        if fault == "torn":
+            self.frames_out += 1
+            return frame[: max(1, len(frame) // 2)]
+        self.frames_out += 1
+        return frame
+
+
+def _corrupt(frame: bytes, framing: str) -> bytes:
+    """Damage a frame the way line noise does: the CRC no longer matches (RTU) or the
+    header lies about the length (TCP)."""
+    if framing == "rtu":
+        return frame[:-1] + bytes([frame[-1] ^ 0xFF])
+    damaged = bytearray(frame)
+    damaged[5] = (damaged[5] + 3) & 0xFF
+    return bytes(damaged)
