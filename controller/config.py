@@ -55,6 +55,8 @@ class BusConfig(Strict):
 class DeviceBase(Strict):
     bus: str
     poll_hz: float = Field(gt=0, le=1000)
+    # Wall time without a good reply after which the link counts as lost (rule 7: wall time).
+    link_timeout_s: float = Field(default=1.0, gt=0, le=30)
 
 
 class RfGeneratorConfig(DeviceBase):
@@ -146,12 +148,29 @@ class GeometryConfig(Strict):
     bait_rod_diameter_mm: float = 30.0
 
 
+class SupervisionConfig(Strict):
+    """How the supervisor reacts: figures an engineer tunes per line."""
+
+    idle_power_kw: float = Field(default=15.0, gt=0)  # plasma kept at this power on hold
+    reignite_attempts: int = Field(default=3, ge=0, le=10)
+    purge_before_reignite_s: float = Field(default=20.0, ge=0)  # process seconds
+    cooldown_rod_temp_c: float = Field(default=300.0, gt=0)
+    cooldown_max_s: float = Field(default=1800.0, gt=0)  # process seconds
+    stop_ramp_down_kw_s: float = Field(default=5.0, gt=0)
+    position_tolerance_mm: float = Field(default=0.5, gt=0)
+    carriage_reposition_mm_min: float = Field(default=1500.0, gt=0)
+    torch_slide_mm_min: float = Field(default=300.0, gt=0)
+    diameter_correction_limits: tuple[float, float] = (0.6, 1.6)  # SiCl4 scale bounds
+    telemetry_record_hz: float = Field(default=1.0, gt=0)
+
+
 class LineConfig(Strict):
     line: str
     machine: str
     buses: dict[str, BusConfig]
     devices: dict[str, DeviceConfig]
     geometry: GeometryConfig = GeometryConfig()
+    supervision: SupervisionConfig = SupervisionConfig()
     # Read by povd-sim only (the simulated plant's physics); the controller ignores it.
     plant: dict[str, Any] = Field(default_factory=dict)
 

@@ -36,3 +36,26 @@ def mass_for_diameter_g(
     """The inverse of grown_diameter_mm: glass needed to grow from one diameter to another."""
     d0, d1, l_cm = from_mm / 10, to_mm / 10, length_mm / 10
     return math.pi * density_g_cm3 * l_cm * (d1**2 - d0**2) / 4
+
+
+def pass_duration_s(stroke_mm: float, traverse_mm_min: float) -> float:
+    """One pass: the carriage crosses the stroke at the traverse speed."""
+    if traverse_mm_min <= 0:
+        raise ValueError("traverse speed must be positive")
+    return stroke_mm / traverse_mm_min * 60.0
+
+
+def efficiency_from_growth(
+    from_mm: float,
+    to_mm: float,
+    length_mm: float,
+    sicl4_g_min: float,
+    duration_s: float,
+    *,
+    density_g_cm3: float = SILICA_DENSITY_G_CM3,
+) -> float:
+    """The deposition efficiency that explains a measured growth (the inverse of the model)."""
+    offered_g = sicl4_g_min * SIO2_PER_SICL4 * duration_s / 60.0
+    if offered_g <= 0:
+        raise ValueError("no SiCl4 offered: efficiency undefined")
+    return mass_for_diameter_g(from_mm, to_mm, length_mm, density_g_cm3) / offered_g

@@ -105,6 +105,10 @@ async def _action(
         result = device.write_holding(address, [int(v) for v in set_values])
         if result is None:
             return None
+    elif function_code == WRITE_SINGLE:
+        # pymodbus reads a single write back (values None) to build its echo; its block
+        # already holds the value just written, so the echo is the request, as it must be.
+        return None
     else:
         return ExcCodes.ILLEGAL_FUNCTION
     if isinstance(result, int):

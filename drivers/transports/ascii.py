@@ -7,6 +7,7 @@ with backoff, one request at a time per bus (multi-drop RS-485 is half-duplex)."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from types import TracebackType
 from typing import Self
 
@@ -103,7 +104,13 @@ class AsciiTransport:
 
     async def close(self) -> None:
         async with self._lock:
+            protocol = self._protocol
             self._drop()
+        if protocol is not None:
+            # pyserial-asyncio closes a serial port in a background task: wait for it, so a
+            # closed transport owns no task and the port is free when close() returns.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(protocol.closed.wait(), timeout=1.0)
 
     def _drop(self) -> None:
         if self._transport is not None:

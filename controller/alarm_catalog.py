@@ -1,0 +1,68 @@
+"""The line's alarm definitions, as data: one trip/process alarm per interlock, the
+supervisor's own alarms, and the deviation alarms with their deadbands and delays."""
+
+from __future__ import annotations
+
+from controller.alarms import AlarmDefinition, Category, DeviationSpec, Priority
+from controller.config import LineConfig
+from controller.interlocks import INTERLOCKS, Reaction
+
+NOT_RUNNING = frozenset({"Idle", "Complete", "Stopped", "Aborted", "Resetting", "Clearing"})
+
+_REACTION_CATEGORY = {
+    Reaction.ESTOP: (Category.TRIP, Priority.CRITICAL),
+    Reaction.TRIP_GAS: (Category.TRIP, Priority.CRITICAL),
+    Reaction.TRIP: (Category.TRIP, Priority.HIGH),
+    Reaction.SUSPEND: (Category.PROCESS, Priority.HIGH),
+    Reaction.ALARM: (Category.DEVICE, Priority.MEDIUM),
+}
+
+SUPERVISOR_ALARMS = (
+    AlarmDefinition("reignite_failed", "reignite_failed",
+                    "re-ignition failed: run stays suspended until stop or retry",
+                    Priority.HIGH, Category.PROCESS),
+    AlarmDefinition("step_failed", "step_failed", "a recipe step could not complete",
+                    Priority.HIGH, Category.TRIP),
+    AlarmDefinition("internal_error", "internal_error", "unhandled controller error",
+                    Priority.CRITICAL, Category.TRIP),
+    AlarmDefinition("records_unavailable", "records_unavailable",
+                    "run records cannot be written: run held", Priority.HIGH, Category.SYSTEM),
+    AlarmDefinition("interrupted_run", "interrupted_run",
+                    "a run was interrupted by a controller restart", Priority.HIGH,
+                    Category.SYSTEM),
+)
+
+
+def deviation_alarms(line: LineConfig) -> list[AlarmDefinition]:
+    alarms = []
+    for name in ("mfc_ar", "mfc_o2", "mfc_n2", "mfc_sicl4", "mfc_dopant"):
+        full_scale = line.mfc(name).full_scale_slpm
+        alarms.append(AlarmDefinition(
+            f"{name}_deviation", f"{name}.flow", f"{line.mfc(name).gas} flow off setpoint",
+            Priority.MEDIUM, Category.DEVIATION,
+            deviation=DeviationSpec.percent_of_full_scale(5.0, full_scale, 5.0, 1.0),
+            suppressed_in=NOT_RUNNING,
+        ))
+    rf = line.rf()
+    alarms.append(AlarmDefinition(
+        "rf_power_deviation", "rf.power", "RF forward power off setpoint", Priority.MEDIUM,
+        Category.DEVIATION, deviation=DeviationSpec(deadband=0.05 * rf.max_power_kw,
+                                                    delay_s=10.0),
+        suppressed_in=NOT_RUNNING,
+    ))
+    alarms.append(AlarmDefinition(
+        "coil_gap_deviation", "torch_slide.gap", "coil gap off target", Priority.LOW,
+        Category.DEVIATION, deviation=DeviationSpec(deadband=2.0, delay_s=10.0, hysteresis=0.5),
+        suppressed_in=NOT_RUNNING,
+    ))
+    return alarms
+
+
+def alarm_definitions(line: LineConfig) -> list[AlarmDefinition]:
+    definitions = []
+    for interlock in INTERLOCKS:
+        category, priority = _REACTION_CATEGORY[interlock.reaction]
+        definitions.append(AlarmDefinition(
+            interlock.id, f"interlock.{interlock.id}", interlock.description, priority, category,
+        ))
+    return [*definitions, *SUPERVISOR_ALARMS, *deviation_alarms(line)]

@@ -1,0 +1,57 @@
+"""One controller per line (domain.md rule 8): an exclusive, non-blocking lock on a file in the
+data dir. The kernel releases it when the process dies, even on kill -9, so a crash never
+leaves a stale lock behind."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+
+class LineLocked(Exception):  # noqa: N818 - names the situation an operator sees
+    def __init__(self, line: str, path: Path, holder: str) -> None:
+        super().__init__(f"another controller holds line {line} ({path}: {holder})")
+        self.line = line
+        self.path = path
+        self.holder = holder
+
+
+class LineLock:
+    def __init__(self, data_dir: Path, line: str) -> None:
+        self.line = line
+        self.path = data_dir / f"{line}.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LineLocked(self.line, self.path, holder) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> Self:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()

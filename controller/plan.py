@@ -1,0 +1,99 @@
+"""The executor's plan: a recipe reduced to the operations the executor performs, in machine
+units. Keeping it separate from the recipe file's schema lets the file format evolve (and be
+validated, documented and migrated) without touching the code that moves the machine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PurgeOp:
+    duration_s: float
+    ar_slpm: float
+    o2_slpm: float
+    n2_slpm: float
+
+
+@dataclass(frozen=True)
+class IgniteOp:
+    ar_slpm: float
+    n2_slpm: float
+    power_kw: float
+    timeout_s: float
+    attempts: int
+    ramp_kw_s: float
+
+
+@dataclass(frozen=True)
+class RampOp:
+    duration_s: float
+    power_kw: float
+    ar_slpm: float
+    o2_slpm: float
+    n2_slpm: float
+
+
+@dataclass(frozen=True)
+class LayerOp:
+    name: str
+    passes: int
+    power_kw: float
+    ar_slpm: float
+    o2_slpm: float
+    n2_slpm: float
+    sicl4_g_min: float
+    dopant_slpm: float
+    traverse_mm_min: float
+    spindle_rpm: float
+    heaters: bool
+    coil_gap_mm: float
+    power_trim_kw: tuple[float, float] = (0.0, 0.0)
+    traverse_trim_pct: tuple[float, float] = (0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class DepositOp:
+    layers: tuple[LayerOp, ...]
+    turning_point_a_mm: float
+    turning_point_b_mm: float
+
+    @property
+    def total_passes(self) -> int:
+        return sum(layer.passes for layer in self.layers)
+
+
+@dataclass(frozen=True)
+class DwellOp:
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class CooldownOp:
+    max_duration_s: float
+    rod_temperature_c: float
+    n2_slpm: float
+    spindle_rpm: float
+    ramp_down_kw_s: float
+
+
+Op = PurgeOp | IgniteOp | RampOp | DepositOp | DwellOp | CooldownOp
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    version: str
+    steps: tuple[Op, ...]
+    target_diameter_mm: float | None = None
+    flow_tolerance_fraction: float = 0.05  # of full scale
+    power_tolerance_kw: float = 2.0
+    settle_timeout_s: float = 30.0  # process seconds for flows / power to settle
+
+    @property
+    def deposit_steps(self) -> list[DepositOp]:
+        return [s for s in self.steps if isinstance(s, DepositOp)]
+
+    @property
+    def total_passes(self) -> int:
+        return sum(s.total_passes for s in self.deposit_steps)

@@ -1,0 +1,722 @@
+"""The supervisor: owns the devices, the state machine, the interlocks and the run.
+
+One asyncio TaskGroup holds a poller per device (safety I/O fastest, with the heartbeat and the
+interlock evaluation after every read), the telemetry fan-out, the record writer, and the
+running executor. Every command goes: state machine (allowed here? else the reason) -> audit
+record (durable) -> action. Every trip goes: safe-state writes (RF first) -> record."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Any, Self
+
+import structlog
+
+from controller.actuators import Actuators
+from controller.alarm_catalog import alarm_definitions
+from controller.alarms import AlarmEvent, AlarmManager
+from controller.executor import Cursor, Executor, IgnitionFailed, PassSummary, StepFailed
+from controller.interlocks import Interlock, Reaction, Signals, blocking_start, evaluate
+from controller.machine import AXIS_NAMES, MFC_NAMES, Machine
+from controller.plan import CooldownOp, Plan
+from controller.process_clock import ProcessClock
+from controller.reactions import apply_posture
+from controller.records import RecordsUnavailable, RunHeader, RunRecords
+from controller.safe_state import HOLD, POSTURE_FOR_REACTION, Posture, Rf
+from controller.states import ACTIVE_STATES, Command, CommandRefused, State, StateMachine
+from controller.telemetry import Fanout, Telemetry
+from drivers.errors import DeviceError
+
+log = structlog.get_logger(__name__)
+
+DEVICE_NAMES = ("rf", "safety_io", *MFC_NAMES, *AXIS_NAMES, "diameter_gauge")
+FINAL_STATES = frozenset({State.COMPLETE, State.STOPPED, State.ABORTED})
+OUTCOME = {State.COMPLETE: "complete", State.STOPPED: "stopped", State.ABORTED: "aborted"}
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    command: str
+    accepted: bool
+    reason: str | None = None
+    state: str | None = None
+
+
+class Supervisor:
+    def __init__(
+        self,
+        machine: Machine,
+        records: RunRecords,
+        *,
+        clock: ProcessClock | None = None,
+        link_wait_s: float = 10.0,
+    ) -> None:
+        self.machine = machine
+        self.line = machine.line
+        self.records = records
+        self.clock = clock or ProcessClock(machine.time_scale)
+        self.link_wait_s = link_wait_s
+        self.sm = StateMachine()
+        self.telemetry = Telemetry()
+        self.fanout = Fanout()
+        self.alarms = AlarmManager(alarm_definitions(self.line))
+        self.act = Actuators(machine, self._on_setpoint)
+        self.run_id: int | None = None
+        self.plan: Plan | None = None
+        self.executor: Executor | None = None
+        self.outcome_reason: str | None = None
+        self.finished = asyncio.Event()
+        self.trip_cause: str | None = None
+        self.heartbeat_enabled = True
+        self.reaction_latency_s: list[float] = []
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._exec_task: asyncio.Task[None] | None = None
+        self._reaction: asyncio.Task[None] | None = None
+        self._record_queue: asyncio.Queue[Callable[[], Awaitable[Any]]] = asyncio.Queue()
+        self._tripped: set[str] = set()
+        self._reignite_failed = False
+        self._log = log.bind(line=self.line.line)
+        self.sm.add_listener(self._on_transition)
+        self.alarms.subscribe(self._on_alarm)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        self._tg = asyncio.TaskGroup()
+        await self._tg.__aenter__()
+        spawn = self._tg.create_task
+        self._tasks.append(spawn(self._record_writer(), name="records"))
+        self._tasks.append(spawn(self._poll_safety(), name="poll-safety_io"))
+        self._tasks.append(spawn(self._poll("rf", self.machine.rf.read, self._store_rf),
+                                 name="poll-rf"))
+        for name, mfc in self.machine.mfcs.items():
+            self._tasks.append(spawn(self._poll(name, mfc.read, self._store_mfc(name)),
+                                     name=f"poll-{name}"))
+        for name, axis in self.machine.axes.items():
+            self._tasks.append(spawn(self._poll(name, axis.read, self._store_axis(name)),
+                                     name=f"poll-{name}"))
+        self._tasks.append(spawn(self._poll("diameter_gauge", self.machine.gauge.read,
+                                            self._store_gauge), name="poll-gauge"))
+        self._tasks.append(spawn(self._telemetry_loop(), name="telemetry"))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._cancel_executor()
+        if self._reaction is not None and not self._reaction.done():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reaction
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._record_queue.join(), timeout=10)
+        for task in self._tasks:
+            task.cancel()
+        assert self._tg is not None
+        await self._tg.__aexit__(None, None, None)
+        await self.machine.close()
+
+    # -- polling ---------------------------------------------------------------------------
+    def _poll_hz(self, device: str) -> float:
+        return self.line.devices[device].poll_hz
+
+    async def _poll(
+        self,
+        device: str,
+        read: Callable[[], Awaitable[Any]],
+        store: Callable[[Any], None],
+    ) -> None:
+        period = 1.0 / self._poll_hz(device)
+        health = self.telemetry.link(device)
+        next_at = time.monotonic()
+        while True:
+            health.polls += 1
+            try:
+                store(await read())
+            except DeviceError as exc:
+                health.failures += 1
+                health.consecutive_failures += 1
+                health.last_error = str(exc)
+            else:
+                health.ok = True
+                health.ever_ok = True
+                health.consecutive_failures = 0
+                health.last_ok_wall = time.monotonic()
+            next_at += period
+            delay = next_at - time.monotonic()
+            if delay < 0:  # overran (a timeout): do not try to catch up in a burst
+                next_at = time.monotonic()
+                delay = 0
+            await asyncio.sleep(delay)
+
+    async def _poll_safety(self) -> None:
+        """Safety I/O: read, heartbeat, then judge every interlock, every cycle."""
+        device = "safety_io"
+        period = 1.0 / self._poll_hz(device)
+        health = self.telemetry.link(device)
+        next_at = time.monotonic()
+        while True:
+            health.polls += 1
+            try:
+                self.telemetry.safety = await self.machine.safety_io.read()
+                health.ok = health.ever_ok = True
+                health.consecutive_failures = 0
+                health.last_ok_wall = time.monotonic()
+                if self.heartbeat_enabled:
+                    await self.machine.safety_io.heartbeat()
+            except DeviceError as exc:
+                health.failures += 1
+                health.consecutive_failures += 1
+                health.last_error = str(exc)
+            self._judge_interlocks()
+            next_at += period
+            delay = next_at - time.monotonic()
+            if delay < 0:
+                next_at = time.monotonic()
+                delay = 0
+            await asyncio.sleep(delay)
+
+    def _store_rf(self, sample: Any) -> None:
+        self.telemetry.rf = sample
+
+    def _store_mfc(self, name: str) -> Callable[[Any], None]:
+        def store(sample: Any) -> None:
+            self.telemetry.mfcs[name] = sample
+        return store
+
+    def _store_axis(self, name: str) -> Callable[[Any], None]:
+        def store(sample: Any) -> None:
+            self.telemetry.axes[name] = sample
+        return store
+
+    def _store_gauge(self, sample: Any) -> None:
+        self.telemetry.gauge = sample
+
+    def link_alive(self, device: str) -> bool:
+        health = self.telemetry.health.get(device)
+        if health is None or not health.ever_ok:
+            return False
+        timeout = self.line.devices[device].link_timeout_s
+        return time.monotonic() - health.last_ok_wall <= timeout
+
+    async def wait_links(self, timeout_s: float | None = None) -> list[str]:
+        """Wait until every device has answered; returns those that never did."""
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.link_wait_s)
+        while time.monotonic() < deadline:
+            missing = [d for d in DEVICE_NAMES if not self.link_alive(d)]
+            if not missing:
+                return []
+            await asyncio.sleep(0.05)
+        return [d for d in DEVICE_NAMES if not self.link_alive(d)]
+
+    # -- interlocks ------------------------------------------------------------------------
+    def signals(self) -> Signals:
+        t = self.telemetry
+        io = t.safety
+        rf = t.rf
+        executor = self.executor
+        expected = executor is not None and executor.plasma_expected and self.act.commanded.rf_on
+        lit = bool((rf is not None and rf.plasma_lit) or (io is not None and io.plasma_optical))
+        reflected = 0.0
+        if rf is not None and rf.forward_kw > 1.0:
+            reflected = rf.reflected_kw / rf.forward_kw
+        io_cfg = self.line.safety_io()
+        base = Signals(
+            plasma_lit=lit,
+            plasma_expected=expected,
+            flame_out=expected and not lit and self.sm.state is State.EXECUTE,
+            rf_fault=bool(rf is not None and rf.fault),
+            reflected_ratio=reflected,
+            drive_alarm=any(a.alarm for a in t.axes.values()),
+            link_rf=self.link_alive("rf"),
+            link_safety_io=self.link_alive("safety_io"),
+            link_drives=all(self.link_alive(a) for a in AXIS_NAMES),
+            link_plasma_gas=self.link_alive("mfc_o2") and self.link_alive("mfc_ar"),
+            link_precursor=self.link_alive("mfc_sicl4") and self.link_alive("mfc_dopant"),
+            link_gauge=self.link_alive("diameter_gauge"),
+            rf_on=bool(rf is not None and rf.rf_on),
+            water_flow_l_min=io_cfg.water_flow_min_l_min,
+            water_temp_c=io_cfg.water_temp_max_c,
+            exhaust_draft_pa=io_cfg.exhaust_trip_pa - 1,
+        )
+        if io is None:
+            return base
+        return replace(
+            base,
+            estop_ok=io.estop_ok,
+            safety_relay_ok=io.safety_relay_ok,
+            doors_closed=io.doors_closed,
+            scrubber_ready=io.scrubber_ready,
+            gas_supply_ok=io.gas_supply_ok,
+            water_flow_l_min=io.water_flow_l_min,
+            water_temp_c=io.water_temp_c,
+            exhaust_draft_pa=io.exhaust_draft_pa,
+            gas_detector_ppm=io.gas_detector_ppm,
+        )
+
+    def start_blockers(self) -> list[str]:
+        """Why a run cannot start now (empty when it can)."""
+        reasons = [f"{d}: no link" for d in DEVICE_NAMES if not self.link_alive(d)]
+        reasons += [f"interlock {i.id}: {i.description}"
+                    for i in blocking_start(self.signals(), self.line)]
+        reasons += [f"alarm {a.definition.id} latched: clear it first"
+                    for a in self.alarms.blocking_trips()]
+        return reasons
+
+    def _judge_interlocks(self) -> None:
+        started = time.monotonic()
+        now = time.time()
+        signals = self.signals()
+        tripped = evaluate(signals, self.line)
+        tripped_ids = {i.id for i in tripped}
+        state = self.sm.state.value
+        for interlock_id in self._tripped - tripped_ids:
+            self.alarms.evaluate(f"interlock.{interlock_id}", False, now, machine_state=state)
+        for interlock in tripped:
+            if interlock.id not in self._tripped:
+                self.alarms.evaluate(f"interlock.{interlock.id}", True, now, machine_state=state)
+        self._tripped = tripped_ids
+        self._judge_deviations(now, state)
+        if not tripped:
+            return
+        worst = tripped[0]
+        if worst.reaction in (Reaction.ESTOP, Reaction.TRIP, Reaction.TRIP_GAS):
+            self._begin_trip(worst, started)
+        elif worst.reaction is Reaction.SUSPEND and self.sm.state in (
+            State.EXECUTE, State.UNSUSPENDING
+        ) and self._exec_task is not None:
+            self._begin_suspend(worst)
+
+    def _judge_deviations(self, now: float, state: str) -> None:
+        if self.sm.state not in (State.EXECUTE,):
+            return
+        commanded = self.act.commanded
+        for name in MFC_NAMES:
+            reading = self.telemetry.mfcs.get(name)
+            setpoint = commanded.flows_slpm.get(name)
+            if reading is not None and setpoint is not None:
+                self.alarms.evaluate_deviation(f"{name}.flow", reading.mass_slpm, setpoint, now,
+                                               machine_state=state)
+        rf = self.telemetry.rf
+        if rf is not None and commanded.rf_on and rf.setpoint_kw == commanded.power_kw:
+            self.alarms.evaluate_deviation("rf.power", rf.forward_kw, commanded.power_kw, now,
+                                           machine_state=state)
+
+    # -- reactions -------------------------------------------------------------------------
+    def _begin_trip(self, interlock: Interlock, detected_at: float) -> None:
+        if self._reaction is not None and not self._reaction.done():
+            return
+        running = self.sm.state in ACTIVE_STATES and self.sm.state is not State.ABORTING
+        rf_may_be_on = self.act.commanded.rf_on or (
+            self.telemetry.rf is not None and self.telemetry.rf.rf_on
+        )
+        if not running and not rf_may_be_on:
+            return  # nothing to make safe: the alarm is raised and start is refused
+        self.trip_cause = self.trip_cause or interlock.id
+        assert self._tg is not None
+        self._reaction = self._tg.create_task(
+            self._trip(interlock, detected_at, running), name=f"trip-{interlock.id}"
+        )
+
+    async def _trip(self, interlock: Interlock, detected_at: float, running: bool) -> None:
+        posture = POSTURE_FOR_REACTION[interlock.reaction]
+        exec_task = self._exec_task
+        if exec_task is not None:
+            exec_task.cancel()  # no await: the RF-off write must go out first
+        if running:
+            self.sm.apply(Command.ABORT, cause=f"interlock {interlock.id}")
+        await self._safe_posture(posture, f"trip:{interlock.id}", detected_at)
+        await self._cancel_executor()
+        if running:
+            self.sm.complete(cause=f"safe state reached after {interlock.id}")
+
+    async def _safe_posture(self, posture: Posture, source: str,
+                            detected_at: float | None = None) -> None:
+        result = await apply_posture(self.act, posture, self.line, self.telemetry, source=source)
+        if detected_at is not None:
+            self.reaction_latency_s.append(time.monotonic() - detected_at)
+        if not result.rf_off_confirmed_by_write:
+            # The generator did not take the RF-off write: stop the heartbeat, so the safety
+            # PLC drops the RF enable by itself (rule 4), and say so.
+            self.heartbeat_enabled = False
+            self._log.error("trip.rf_off_unconfirmed", heartbeat="stopped")
+        self._record(lambda: self.records.record_event(
+            "posture", {"posture": posture.name, "source": source,
+                        "failures": result.failures}))
+
+    def _begin_suspend(self, interlock: Interlock) -> None:
+        if self._reaction is not None and not self._reaction.done():
+            return
+        assert self._tg is not None
+        self._reaction = self._tg.create_task(self._suspend(interlock), name="suspend")
+
+    async def _suspend(self, interlock: Interlock) -> None:
+        self.sm.apply(Command.SUSPEND, cause=interlock.id)
+        exec_task = self._exec_task
+        if exec_task is not None:
+            exec_task.cancel()
+        posture = POSTURE_FOR_REACTION[Reaction.SUSPEND]
+        await self._safe_posture(posture, f"suspend:{interlock.id}")
+        await self._cancel_executor()
+        await self.clock.sleep(self.line.supervision.purge_before_reignite_s)
+        self.sm.complete(cause=f"purged after {interlock.id}")
+        await self._auto_unsuspend(interlock)
+
+    async def _auto_unsuspend(self, interlock: Interlock) -> None:
+        """Re-ignite and resume, once the external condition has gone."""
+        while self.sm.state is State.SUSPENDED and not self._reignite_failed:
+            signals = self.signals()
+            if interlock.id == "link_precursor" and not signals.link_precursor:
+                await asyncio.sleep(0.1)
+                continue
+            if blocking_start(signals, self.line) and any(
+                i.id != "flame_out" for i in blocking_start(signals, self.line)
+            ):
+                await asyncio.sleep(0.1)
+                continue
+            self.sm.apply(Command.UNSUSPEND, cause=f"{interlock.id} recovered")
+            self._launch_executor(resume=True)
+            return
+
+    # -- the executor ----------------------------------------------------------------------
+    def _launch_executor(self, *, resume: bool) -> None:
+        assert self.executor is not None and self._tg is not None
+        self._exec_task = self._tg.create_task(self._run_executor(resume), name="executor")
+
+    async def _run_executor(self, resume: bool) -> None:
+        executor = self.executor
+        assert executor is not None
+        try:
+            await executor.run(resume=resume, on_resumed=self._resumed)
+        except asyncio.CancelledError:
+            raise
+        except IgnitionFailed as exc:
+            self._exec_task = None
+            await self._ignition_failed(exc)
+            return
+        except StepFailed as exc:
+            self._exec_task = None
+            await self._abort_with("step_failed", str(exc))
+            return
+        except RecordsUnavailable as exc:
+            self._exec_task = None
+            await self._records_failed(exc)
+            return
+        except DeviceError as exc:
+            self._exec_task = None
+            await self._abort_with("internal_error", f"device error in recipe: {exc}")
+            return
+        except Exception as exc:  # rule 1: an unhandled error ends in the safe state
+            self._exec_task = None
+            self._log.exception("executor.crashed")
+            await self._abort_with("internal_error", repr(exc))
+            return
+        self._exec_task = None
+        if self.sm.state is State.EXECUTE:
+            self.sm.complete(cause="recipe finished")
+            await self._cool_down_if_hot("completing")
+            self.sm.complete(cause="run complete")
+
+    def _resumed(self) -> None:
+        if self.sm.state in (State.UNHOLDING, State.UNSUSPENDING, State.STARTING):
+            self.sm.complete(cause="process re-established")
+
+    async def _ignition_failed(self, exc: StepFailed) -> None:
+        now = time.time()
+        if self.sm.state in (State.UNSUSPENDING, State.EXECUTE):
+            self._reignite_failed = self.sm.state is State.UNSUSPENDING
+            self.alarms.evaluate("reignite_failed", True, now)
+            self.sm.apply(Command.SUSPEND, cause=str(exc))
+            await self._safe_posture(POSTURE_FOR_REACTION[Reaction.SUSPEND], "ignition_failed")
+            self.sm.complete(cause="ignition failed: waiting for the operator")
+        else:
+            await self._abort_with("step_failed", str(exc))
+
+    async def _abort_with(self, alarm_tag: str, reason: str) -> None:
+        self.alarms.evaluate(alarm_tag, True, time.time())
+        self.trip_cause = self.trip_cause or alarm_tag
+        if self.sm.state in (State.ABORTING, State.ABORTED):
+            return
+        self.sm.apply(Command.ABORT, cause=reason)
+        await self._safe_posture(POSTURE_FOR_REACTION[Reaction.TRIP], f"abort:{alarm_tag}")
+        self.sm.complete(cause="safe state reached")
+
+    async def _records_failed(self, exc: Exception) -> None:
+        self.alarms.evaluate("records_unavailable", True, time.time())
+        if self.sm.state is State.EXECUTE:
+            await self._hold(cause=f"records unavailable: {exc}")
+
+    async def _cancel_executor(self) -> None:
+        task = self._exec_task
+        self._exec_task = None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _cooldown_op(self) -> CooldownOp:
+        if self.plan is not None:
+            for op in reversed(self.plan.steps):
+                if isinstance(op, CooldownOp):
+                    return op
+        sup = self.line.supervision
+        return CooldownOp(max_duration_s=sup.cooldown_max_s, rod_temperature_c=sup.cooldown_rod_temp_c,
+                          n2_slpm=self.line.mfc("mfc_n2").purge_slpm,
+                          spindle_rpm=self.line.axis("spindle").cooling_speed_rpm or 10.0,
+                          ramp_down_kw_s=sup.stop_ramp_down_kw_s)
+
+    async def _cool_down_if_hot(self, source: str) -> None:
+        executor = self.executor
+        if executor is None:
+            return
+        io = self.telemetry.safety
+        hot = io is None or io.rod_temperature_c > self.line.supervision.cooldown_rod_temp_c
+        if self.act.commanded.rf_on or hot:
+            await executor.cool_down(self._cooldown_op())
+        self._log.info("supervisor.cooled", source=source)
+
+    # -- commands --------------------------------------------------------------------------
+    async def command(self, command: str, user: str, *, reason: str | None = None,
+                      plan: Plan | None = None, header: RunHeader | None = None,
+                      cursor: Cursor | None = None, run_id: int | None = None) -> CommandResult:
+        """An operator command: checked, recorded durably, then carried out."""
+        refusal = self._refusal(command, plan)
+        accepted = refusal is None
+        await self._record_now(lambda: self.records.record_command(
+            self.run_id, user, command, {"reason": reason}, accepted, refusal))
+        if refusal is not None:
+            self._log.warning("command.refused", command=command, user=user, reason=refusal)
+            return CommandResult(command, False, refusal, self.sm.state.value)
+        self._log.info("command.accepted", command=command, user=user)
+        if command == "start":
+            assert plan is not None and header is not None
+            await self._start(plan, header, cursor, run_id)
+        elif command == "hold":
+            await self._hold(cause=f"operator {user}")
+        elif command == "unhold":
+            self.sm.apply(Command.UNHOLD, cause=f"operator {user}")
+            self._reignite_failed = False
+            self.alarms.evaluate("reignite_failed", False, time.time())
+            self._launch_executor(resume=True)
+        elif command == "stop":
+            await self._stop(cause=f"operator {user}")
+        elif command == "abort":
+            await self._operator_abort(user)
+        elif command == "clear":
+            self.sm.apply(Command.CLEAR, cause=f"operator {user}")
+            self.alarms.clear_latches(user, time.time())
+            self.trip_cause = None
+            self.heartbeat_enabled = True
+            self.sm.complete(cause="latches cleared")
+        elif command == "reset":
+            self.sm.apply(Command.RESET, cause=f"operator {user}")
+            self.sm.complete(cause="reset")
+        await self._record_flush()
+        return CommandResult(command, True, None, self.sm.state.value)
+
+    def _refusal(self, command: str, plan: Plan | None) -> str | None:
+        if command not in ("start", "hold", "unhold", "stop", "abort", "reset", "clear"):
+            return f"{command!r} is not an operator command"
+        if self._reaction is not None and not self._reaction.done() and command != "abort":
+            return "a safety reaction is in progress; wait for it to finish"
+        refused = self.sm.can(command)
+        if refused is not None:
+            return refused.reason
+        if command == "start":
+            if plan is None:
+                return "start needs a validated recipe"
+            blockers = self.start_blockers()
+            if blockers:
+                return "interlocks not healthy: " + "; ".join(blockers)
+        if command == "clear":
+            active = [i.id for i in evaluate(self.signals(), self.line)
+                      if i.reaction is not Reaction.ALARM]
+            if active:
+                return "cannot clear while trip conditions persist: " + ", ".join(active)
+        if command == "unhold":
+            blockers = [b for b in self.start_blockers() if not b.startswith("alarm")]
+            if blockers:
+                return "interlocks not healthy: " + "; ".join(blockers)
+        return None
+
+    async def _start(self, plan: Plan, header: RunHeader, cursor: Cursor | None,
+                     run_id: int | None) -> None:
+        self.plan = plan
+        self.finished.clear()
+        self._reignite_failed = False
+        self.trip_cause = None
+        if run_id is None:
+            self.run_id = await self.records.start_run(header)
+        else:
+            self.run_id = run_id
+            await self.records.reopen_run(run_id)
+        self.executor = Executor(plan, self.line, self.act, self.telemetry, self.clock,
+                                 cursor=cursor, on_pass=self._on_pass,
+                                 on_progress=self._on_progress)
+        self.sm.apply(Command.START, cause=f"run {self.run_id}")
+        await self.act.set_outputs("start", exhaust_fan=True, gas_master_valve=True,
+                                   precursor_valve=False, beacon_green=True)
+        for axis in AXIS_NAMES:
+            await self.act.enable_axis(axis, "start")
+        await self._home_if_needed()
+        self._launch_executor(resume=cursor is not None)
+        if cursor is None:
+            self.sm.complete(cause="machine ready")
+
+    async def _home_if_needed(self) -> None:
+        for axis in ("carriage", "torch_slide"):
+            status = self.telemetry.axes.get(axis)
+            if status is not None and status.homed:
+                continue
+            await self.act.home_axis(axis, "start")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                status = self.telemetry.axes.get(axis)
+                if status is not None and status.homed and not status.moving:
+                    break
+            else:
+                raise StepFailed("start", f"{axis} did not home")
+
+    async def _hold(self, cause: str) -> None:
+        self.sm.apply(Command.HOLD, cause=cause)
+        await self._cancel_executor()
+        posture: Posture = HOLD
+        executor = self.executor
+        if executor is None or not executor.plasma_lit:
+            posture = replace(HOLD, rf=Rf.OFF)
+        await self._safe_posture(posture, "hold")
+        self.sm.complete(cause="held")
+
+    async def _stop(self, cause: str) -> None:
+        self.sm.apply(Command.STOP, cause=cause)
+        await self._cancel_executor()
+        try:
+            if self.executor is not None:
+                await self.executor.cool_down(self._cooldown_op())
+            else:
+                await self._safe_posture(POSTURE_FOR_REACTION[Reaction.TRIP], "stop")
+        except (DeviceError, StepFailed) as exc:
+            self._log.error("stop.failed", error=str(exc))
+            await self._safe_posture(POSTURE_FOR_REACTION[Reaction.TRIP], "stop-fallback")
+        self.sm.complete(cause="stopped")
+
+    async def _operator_abort(self, user: str) -> None:
+        self.sm.apply(Command.ABORT, cause=f"operator {user}")
+        exec_task = self._exec_task
+        if exec_task is not None:
+            exec_task.cancel()
+        await self._safe_posture(POSTURE_FOR_REACTION[Reaction.TRIP], "abort")
+        await self._cancel_executor()
+        self.sm.complete(cause="safe state reached")
+
+    async def make_safe(self, source: str) -> None:
+        """Drive the machine to the safe state outside a run (e.g. after a restart)."""
+        await self._safe_posture(POSTURE_FOR_REACTION[Reaction.TRIP], source)
+
+    def set_trim(self, power_kw: float | None, traverse_pct: float | None) -> None:
+        executor = self.executor
+        if executor is None:
+            return
+        if power_kw is not None:
+            executor.trim_power_kw = power_kw
+        if traverse_pct is not None:
+            executor.trim_traverse_pct = traverse_pct
+
+    # -- records and fan-out ---------------------------------------------------------------
+    def _record(self, write: Callable[[], Awaitable[Any]]) -> None:
+        """Queue a record behind the ones already queued; never waits (rule 9)."""
+        self._record_queue.put_nowait(write)
+
+    async def _record_now(self, write: Callable[[], Awaitable[Any]]) -> None:
+        self._record(write)
+        await self._record_flush()
+
+    async def _record_flush(self) -> None:
+        await self._record_queue.join()
+
+    async def _record_writer(self) -> None:
+        while True:
+            write = await self._record_queue.get()
+            try:
+                await write()
+            except RecordsUnavailable as exc:
+                self._log.error("records.unavailable", error=str(exc))
+                if self.sm.state is State.EXECUTE and self._exec_task is not None:
+                    self._exec_task.cancel()
+                    assert self._tg is not None
+                    self._tg.create_task(self._records_failed(exc), name="records-failed")
+            except Exception:
+                self._log.exception("records.write_failed")
+            finally:
+                self._record_queue.task_done()
+
+    def _on_transition(self, transition: Any) -> None:
+        run_id = self.run_id
+        self._record(lambda: self.records.record_state(
+            run_id, transition.from_state.value, transition.to_state.value, transition.cause))
+        self.fanout.publish({"kind": "state", "from": transition.from_state.value,
+                             "to": transition.to_state.value, "cause": transition.cause})
+        if transition.to_state in FINAL_STATES and run_id is not None:
+            outcome = OUTCOME[transition.to_state]
+            self.outcome_reason = transition.cause
+            self._record(lambda: self.records.end_run(run_id, outcome))
+            self.finished.set()
+
+    def _on_alarm(self, event: AlarmEvent) -> None:
+        run_id = self.run_id
+        self._record(lambda: self.records.record_alarm(run_id, event))
+        self.fanout.publish({"kind": "alarm", "id": event.alarm_id, "state": event.to_state.value,
+                             "priority": event.priority.value, "message": event.message,
+                             "first_out": event.first_out})
+
+    def _on_setpoint(self, device: str, quantity: str, value: float | bool | str,
+                     source: str) -> None:
+        run_id = self.run_id
+        self._record(lambda: self.records.record_setpoint(run_id, device, quantity, value, source))
+
+    async def _on_pass(self, summary: PassSummary, cursor: Cursor) -> None:
+        run_id = self.run_id
+        assert run_id is not None
+        await self.records.record_pass(run_id, summary)
+        await self.records.checkpoint(run_id, cursor.to_json())
+        self.fanout.publish({"kind": "pass", **summary.__dict__})
+
+    def _on_progress(self, progress: dict[str, Any]) -> None:
+        self.fanout.publish({"kind": "progress", **progress})
+
+    async def _telemetry_loop(self) -> None:
+        period = 1.0 / self.line.supervision.telemetry_record_hz
+        while True:
+            await asyncio.sleep(period)
+            sample = self.telemetry.to_json()
+            sample["state"] = self.sm.state.value
+            if self.run_id is not None and self.sm.state in ACTIVE_STATES:
+                self.records.add_telemetry(self.run_id, sample)
+            self.fanout.publish({"kind": "telemetry", **sample})
+
+    def status(self) -> dict[str, Any]:
+        executor = self.executor
+        return {
+            "state": self.sm.state.value,
+            "mode": self.sm.mode.value,
+            "run_id": self.run_id,
+            "trip_cause": self.trip_cause,
+            "cursor": executor.cursor.to_json() if executor else None,
+            "op": executor.current_op if executor else None,
+            "alarms": [
+                {"id": a.definition.id, "state": a.state.value,
+                 "priority": a.definition.priority.value, "message": a.definition.message,
+                 "first_out": a.first_out}
+                for a in self.alarms.active()
+            ],
+            "telemetry": self.telemetry.to_json(),
+            "commanded": self.act.snapshot(),
+        }

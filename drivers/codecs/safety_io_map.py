@@ -1,0 +1,178 @@
+"""The safety PLC's register map (docs/devices.md, "Safety PLC / I/O"): pure encode / decode.
+
+Inputs are input registers: one bit-packed digital word, then one register per analog value
+with a fixed scale (signed where the value can be negative: water temperature, exhaust draft).
+Outputs are one bit-packed holding register, written whole; a second holding register is the
+heartbeat the controller keeps changing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from drivers.codecs.registers import (
+    bits_to_word,
+    int16_to_register,
+    register_to_int16,
+    register_to_scaled,
+    word_bit,
+)
+
+# -- input registers (function 4) --------------------------------------------------------------
+IR_DIGITAL = 0
+IR_WATER_FLOW = 1  # L/min x 10, unsigned
+IR_WATER_TEMP = 2  # C x 10, signed
+IR_EXHAUST_DRAFT = 3  # Pa x 10, signed (negative = suction, as the draft should be)
+IR_SUPPLY_AR = 4  # bar x 100, unsigned (gauge pressure at the supply panel)
+IR_SUPPLY_O2 = 5
+IR_SUPPLY_N2 = 6
+IR_SUPPLY_SICL4 = 7  # SiCl4 vapour delivery (precursor) line
+IR_SUPPLY_DOPANT = 8
+IR_GAS_DETECTOR = 9  # Cl2 / HCl detector, ppm x 100, unsigned
+IR_ROD_TEMPERATURE = 10  # rod pyrometer, C x 10, unsigned
+INPUT_COUNT = 11
+
+# -- holding registers (function 3 to read, 6 / 16 to write) ---------------------------------
+HR_OUTPUTS = 0
+HR_HEARTBEAT = 1
+HOLDING_COUNT = 2
+
+FLOW_SCALE = 10.0
+TEMP_SCALE = 10.0
+DRAFT_SCALE = 10.0
+PRESSURE_SCALE = 100.0
+PPM_SCALE = 100.0
+PYROMETER_SCALE = 10.0
+
+# Digital-input word bits, in SafetyInputs field order.
+DIGITAL_BITS: tuple[str, ...] = (
+    "estop_ok",
+    "doors_closed",
+    "scrubber_ready",
+    "safety_relay_ok",
+    "rf_enable",  # the safety relay's RF-enable output, read back
+    "plasma_optical",
+    "heartbeat_ok",
+    "gas_supply_ok",
+)
+# Outputs word bits, in SafetyOutputs field order; bits 8-15 are reserved (must be 0).
+OUTPUT_BITS: tuple[str, ...] = (
+    "gas_master_valve",
+    "precursor_valve",
+    "exhaust_fan",
+    "heater_a",
+    "heater_b",
+    "beacon_red",
+    "beacon_amber",
+    "beacon_green",
+)
+OUTPUTS_MASK = (1 << len(OUTPUT_BITS)) - 1
+HEARTBEAT_MODULUS = 0x10000  # the counter wraps 65535 -> 0
+
+
+@dataclass(frozen=True)
+class SafetyInputs:
+    """Every input of the safety PLC, in engineering units."""
+
+    estop_ok: bool
+    doors_closed: bool
+    scrubber_ready: bool
+    safety_relay_ok: bool
+    rf_enable: bool
+    plasma_optical: bool
+    heartbeat_ok: bool
+    gas_supply_ok: bool
+    water_flow_l_min: float
+    water_temp_c: float
+    exhaust_draft_pa: float
+    supply_ar_bar: float
+    supply_o2_bar: float
+    supply_n2_bar: float
+    supply_sicl4_bar: float
+    supply_dopant_bar: float
+    gas_detector_ppm: float
+    rod_temperature_c: float
+
+
+@dataclass(frozen=True)
+class SafetyOutputs:
+    """The PLC's outputs. All off is the safe state (valves closed, heaters off)."""
+
+    gas_master_valve: bool = False
+    precursor_valve: bool = False
+    exhaust_fan: bool = False
+    heater_a: bool = False
+    heater_b: bool = False
+    beacon_red: bool = False
+    beacon_amber: bool = False
+    beacon_green: bool = False
+
+
+OUTPUT_NAMES: frozenset[str] = frozenset(f.name for f in fields(SafetyOutputs))
+assert set(OUTPUT_BITS) == OUTPUT_NAMES
+
+# Analog channels: field name -> (register, scale, signed).
+ANALOG_CHANNELS: dict[str, tuple[int, float, bool]] = {
+    "water_flow_l_min": (IR_WATER_FLOW, FLOW_SCALE, False),
+    "water_temp_c": (IR_WATER_TEMP, TEMP_SCALE, True),
+    "exhaust_draft_pa": (IR_EXHAUST_DRAFT, DRAFT_SCALE, True),
+    "supply_ar_bar": (IR_SUPPLY_AR, PRESSURE_SCALE, False),
+    "supply_o2_bar": (IR_SUPPLY_O2, PRESSURE_SCALE, False),
+    "supply_n2_bar": (IR_SUPPLY_N2, PRESSURE_SCALE, False),
+    "supply_sicl4_bar": (IR_SUPPLY_SICL4, PRESSURE_SCALE, False),
+    "supply_dopant_bar": (IR_SUPPLY_DOPANT, PRESSURE_SCALE, False),
+    "gas_detector_ppm": (IR_GAS_DETECTOR, PPM_SCALE, False),
+    "rod_temperature_c": (IR_ROD_TEMPERATURE, PYROMETER_SCALE, False),
+}
+ANALOG_NAMES: tuple[str, ...] = tuple(ANALOG_CHANNELS)
+
+
+def encode_analog(value: float, scale: float, *, signed: bool) -> int:
+    """A register for value x scale, clamped to the register's range as a transmitter
+    saturates at the end of its span rather than wrapping."""
+    raw = round(value * scale)
+    if signed:
+        return int16_to_register(max(-0x8000, min(0x7FFF, raw)))
+    return max(0, min(0xFFFF, raw))
+
+
+def decode_analog(word: int, scale: float, *, signed: bool) -> float:
+    if signed:
+        return register_to_int16(word) / scale
+    return register_to_scaled(word, scale)
+
+
+def encode_inputs(inputs: SafetyInputs) -> list[int]:
+    words = [0] * INPUT_COUNT
+    words[IR_DIGITAL] = bits_to_word(
+        {bit: bool(getattr(inputs, name)) for bit, name in enumerate(DIGITAL_BITS)}
+    )
+    for name, (register, scale, signed) in ANALOG_CHANNELS.items():
+        words[register] = encode_analog(getattr(inputs, name), scale, signed=signed)
+    return words
+
+
+def decode_inputs(words: list[int]) -> SafetyInputs:
+    if len(words) != INPUT_COUNT:
+        raise ValueError(f"the safety input block is {INPUT_COUNT} registers, got {len(words)}")
+    values: dict[str, Any] = {
+        name: word_bit(words[IR_DIGITAL], bit) for bit, name in enumerate(DIGITAL_BITS)
+    }
+    for name, (register, scale, signed) in ANALOG_CHANNELS.items():
+        values[name] = decode_analog(words[register], scale, signed=signed)
+    return SafetyInputs(**values)
+
+
+def encode_outputs(outputs: SafetyOutputs) -> int:
+    return bits_to_word({bit: getattr(outputs, name) for bit, name in enumerate(OUTPUT_BITS)})
+
+
+def decode_outputs(word: int) -> SafetyOutputs:
+    """Decode the outputs word; reserved bits set are a malformed word."""
+    if word & ~OUTPUTS_MASK:
+        raise ValueError(f"outputs word {word:#06x} sets reserved bits")
+    return SafetyOutputs(**{name: word_bit(word, bit) for bit, name in enumerate(OUTPUT_BITS)})
+
+
+def next_heartbeat(counter: int) -> int:
+    return (counter + 1) % HEARTBEAT_MODULUS

@@ -1,0 +1,190 @@
+"""The whole simulated line: every device of a line configuration on its bus, one shared
+plant, a tick loop that advances them, and the control channel.
+
+``LineSimulator`` is an async context manager; ``endpoints()`` is the document povd-sim
+writes for the controller (see README): where each device answers, and how."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from types import TracebackType
+from typing import Any, Self
+
+import structlog
+
+from controller.config import (
+    BusConfig,
+    DiameterGaugeConfig,
+    LineConfig,
+    MfcConfig,
+    RfGeneratorConfig,
+    SafetyIoConfig,
+    ServoAxisConfig,
+)
+from simulators.ascii_bus import AsciiBusServer, AsciiDevice
+from simulators.clock import Clock, ScaledClock
+from simulators.control import ControlServer
+from simulators.diameter_gauge import DiameterGaugeSim
+from simulators.faults import FaultBoard
+from simulators.mfc import AlicatAsciiMfcSim, AlicatModbusMfcSim
+from simulators.modbus_bus import ModbusBusServer, RegisterDevice
+from simulators.plant import Plant
+from simulators.pty_relay import PtyRelay
+from simulators.rf_generator import RfGeneratorSim
+from simulators.safety_io import SafetyIoSim
+from simulators.servo_axis import ServoAxisSim
+
+log = structlog.get_logger(__name__)
+
+SimDevice = RegisterDevice | AsciiDevice
+BusServer = ModbusBusServer | AsciiBusServer
+
+
+def build_device(name: str, line: LineConfig, plant: Plant, faults: FaultBoard) -> SimDevice:
+    config = line.devices[name]
+    bus = line.buses[config.bus]
+    if isinstance(config, RfGeneratorConfig):
+        return RfGeneratorSim(name, config, plant, faults)
+    if isinstance(config, SafetyIoConfig):
+        return SafetyIoSim(name, config, plant, faults)
+    if isinstance(config, MfcConfig):
+        if bus.protocol == "alicat-ascii":
+            return AlicatAsciiMfcSim(name, config, plant, faults)
+        return AlicatModbusMfcSim(name, config, plant, faults)
+    if isinstance(config, ServoAxisConfig):
+        return ServoAxisSim(name, config, plant, faults)
+    if isinstance(config, DiameterGaugeConfig):
+        return DiameterGaugeSim(name, config, plant, faults)
+    raise TypeError(f"no simulator for device {name} ({type(config).__name__})")
+
+
+class LineSimulator:
+    def __init__(
+        self,
+        line: LineConfig,
+        *,
+        time_scale: float = 1.0,
+        host: str = "127.0.0.1",
+        control_port: int = 0,
+        bus_ports: dict[str, int] | None = None,
+        tick_s: float = 0.01,
+        clock: Clock | None = None,
+        serve_ptys: bool = True,
+    ) -> None:
+        self.line = line
+        self.clock = clock or ScaledClock(time_scale)
+        self.time_scale = self.clock.time_scale
+        self.host = host
+        self.tick_s = tick_s
+        self.serve_ptys = serve_ptys
+        self.faults = FaultBoard(self.clock.wall)
+        self.plant = Plant.from_line(line, self.faults)
+        self.devices: dict[str, SimDevice] = {
+            name: build_device(name, line, self.plant, self.faults) for name in line.devices
+        }
+        self.buses: dict[str, BusServer] = {}
+        self.relays: dict[str, PtyRelay] = {}
+        ports = bus_ports or {}
+        for bus_name, bus in line.buses.items():
+            members = [self.devices[n] for n, d in line.devices.items() if d.bus == bus_name]
+            if members:
+                self.buses[bus_name] = self._bus_server(bus_name, bus, members, ports.get(bus_name, 0))
+        self.control = ControlServer(
+            self.faults, self.plant, list(self.devices), host=host, port=control_port,
+            extra=lambda: {"time_scale": self.time_scale},
+        )
+        self._ticker: asyncio.Task[None] | None = None
+        self.ticks = 0
+
+    def _bus_server(
+        self, name: str, bus: BusConfig, members: list[SimDevice], port: int
+    ) -> BusServer:
+        if bus.protocol in ("modbus-tcp", "modbus-rtu"):
+            registers = [m for m in members if isinstance(m, RegisterDevice)]
+            framing = "tcp" if bus.protocol == "modbus-tcp" else "rtu"
+            return ModbusBusServer(name, framing, registers, self.faults, host=self.host, port=port)
+        ascii_devices = [m for m in members if not isinstance(m, RegisterDevice)]
+        return AsciiBusServer(name, ascii_devices, self.faults, host=self.host, port=port)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        for bus in self.buses.values():
+            await bus.start()
+        if self.serve_ptys:
+            for name, bus in self.buses.items():
+                if self.line.buses[name].protocol != "modbus-tcp":
+                    relay = PtyRelay(name, self.host, bus.port)
+                    await relay.start()
+                    self.relays[name] = relay
+        await self.control.start()
+        self._ticker = asyncio.create_task(self._tick_loop(), name="plant-ticker")
+        log.info("line_sim.started", line=self.line.line, time_scale=self.time_scale)
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        await self.control.stop()
+        for relay in self.relays.values():
+            await relay.stop()
+        self.relays.clear()
+        for bus in self.buses.values():
+            await bus.stop()
+
+    def step(self, dt_s: float, wall_now: float) -> None:
+        """Advance every device, then the plant, by dt_s of process time."""
+        for device in self.devices.values():
+            device.step(dt_s, wall_now)  # type: ignore[union-attr]
+        self.plant.step(dt_s)
+        self.ticks += 1
+
+    async def _tick_loop(self) -> None:
+        last = self.clock.wall()
+        while True:
+            await asyncio.sleep(self.tick_s)
+            now = self.clock.wall()
+            # A stalled loop (a paused process, a slow CI machine) must not turn into one huge
+            # physics step: cap it, and let process time lag rather than jump.
+            dt_wall = min(now - last, 0.25)
+            last = now
+            self.step(dt_wall * self.time_scale, now)
+
+    def endpoints(self) -> dict[str, Any]:
+        devices: dict[str, Any] = {}
+        for name, config in self.line.devices.items():
+            bus_cfg = self.line.buses[config.bus]
+            server = self.buses[config.bus]
+            relay = self.relays.get(config.bus)
+            unit = getattr(config, "unit", None)
+            devices[name] = {
+                "protocol": bus_cfg.protocol,
+                "host": self.host,
+                "port": server.port,
+                "unit": unit,
+                "path": relay.path if relay else None,
+                "bus": config.bus,
+            }
+        return {
+            "time_scale": self.time_scale,
+            "control": {"host": self.host, "port": self.control.port},
+            "devices": devices,
+            "pid": os.getpid(),
+            "started_at": time.time(),
+        }
+

@@ -1,0 +1,392 @@
+"""The safety I/O driver against its simulator over real loopback Modbus TCP.
+
+The simulator is stepped explicitly; the heartbeat watchdog is driven through the `wall_now`
+argument of `step`, so no test sleeps to make time pass."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import pytest
+
+from controller.config import SafetyIoConfig, load_line_config
+from drivers.codecs import safety_io_map as io_map
+from drivers.errors import (
+    DeviceDisconnected,
+    DeviceError,
+    DeviceExceptionResponse,
+    DeviceProtocolError,
+    DeviceTimeout,
+)
+from drivers.safety_io import SafetyInputs, SafetyIo, SafetyOutputs
+from drivers.transports.endpoint import Endpoint
+from drivers.transports.modbus import ModbusTransport
+from simulators.faults import FaultBoard
+from simulators.modbus_bus import ModbusBusServer
+from simulators.plant import Plant
+from simulators.safety_io import SafetyIoSim
+
+WALL0 = 1000.0
+
+
+@dataclass
+class Rig:
+    config: SafetyIoConfig
+    faults: FaultBoard
+    plant: Plant
+    sim: SafetyIoSim
+    bus: ModbusBusServer
+    transport: ModbusTransport
+    io: SafetyIo
+    wall: float = WALL0
+
+    def step(self, wall_s: float = 0.01) -> None:
+        """Advance wall time (and the same process time) by wall_s and step the PLC. The
+        plant's own physics is not stepped: tests set the plant state the PLC senses."""
+        self.wall += wall_s
+        self.sim.step(wall_s, self.wall)
+
+    async def alive(self) -> SafetyInputs:
+        """A heartbeat, a step, a read: what a healthy controller cycle sees."""
+        await self.io.heartbeat()
+        self.step()
+        return await self.io.read()
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    line = load_line_config()
+    config = line.safety_io()
+    faults = FaultBoard()
+    plant = Plant.from_line(line, faults)
+    sim = SafetyIoSim("safety_io", config, plant, faults)
+    bus = ModbusBusServer("io_link", "tcp", [sim], faults)
+    await bus.start()
+    transport = ModbusTransport(
+        "io_link", Endpoint("modbus-tcp", host="127.0.0.1", port=bus.port), timeout_s=0.2
+    )
+    try:
+        yield Rig(config, faults, plant, sim, bus, transport, SafetyIo(transport, config.unit))
+    finally:
+        await transport.close()
+        await bus.stop()
+
+
+async def _first_error(rig: Rig, *, deadline_s: float = 10.0) -> DeviceError:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            await rig.io.read()
+        except DeviceError as exc:
+            return exc
+        await asyncio.sleep(0.02)
+    raise AssertionError("the read never failed")
+
+
+# -- inputs --------------------------------------------------------------------------------
+async def test_healthy_inputs(rig: Rig) -> None:
+    await rig.io.set_output("exhaust_fan", True)
+    inputs = await rig.alive()
+    plant_cfg = rig.plant.config
+    assert inputs == SafetyInputs(
+        estop_ok=True,
+        doors_closed=True,
+        scrubber_ready=True,
+        safety_relay_ok=True,
+        rf_enable=True,
+        plasma_optical=False,
+        heartbeat_ok=True,
+        gas_supply_ok=True,
+        water_flow_l_min=pytest.approx(plant_cfg.water_flow_l_min),  # type: ignore[arg-type]
+        water_temp_c=pytest.approx(plant_cfg.water_temp_c),  # type: ignore[arg-type]
+        exhaust_draft_pa=pytest.approx(plant_cfg.exhaust_draft_pa),  # type: ignore[arg-type]
+        supply_ar_bar=pytest.approx(plant_cfg.gas_supply_bar),  # type: ignore[arg-type]
+        supply_o2_bar=pytest.approx(plant_cfg.gas_supply_bar),  # type: ignore[arg-type]
+        supply_n2_bar=pytest.approx(plant_cfg.gas_supply_bar),  # type: ignore[arg-type]
+        supply_sicl4_bar=pytest.approx(plant_cfg.gas_supply_bar),  # type: ignore[arg-type]
+        supply_dopant_bar=pytest.approx(plant_cfg.gas_supply_bar),  # type: ignore[arg-type]
+        gas_detector_ppm=0.0,
+        rod_temperature_c=pytest.approx(plant_cfg.ambient_c),  # type: ignore[arg-type]
+    )
+    assert rig.plant.rf_enable
+
+
+async def test_no_draft_without_the_exhaust_fan(rig: Rig) -> None:
+    inputs = await rig.alive()
+    assert inputs.exhaust_draft_pa == 0.0
+    assert inputs.exhaust_draft_pa > rig.config.exhaust_trip_pa
+
+
+async def test_plasma_and_rod_temperature_come_from_the_plant(rig: Rig) -> None:
+    rig.plant.plasma_lit = True
+    rig.plant.rod_temperature_c = 1480.0
+    rig.step()
+    inputs = await rig.io.read()
+    assert inputs.plasma_optical
+    assert inputs.rod_temperature_c == pytest.approx(1480.0)
+
+
+# Each process fault and what the inputs must show.
+FAULT_SIGNATURES: dict[str, Callable[[SafetyInputs, SafetyIoConfig], bool]] = {
+    "estop": lambda i, c: not i.estop_ok and not i.safety_relay_ok and not i.rf_enable,
+    "safety_relay_open": lambda i, c: i.estop_ok and not i.safety_relay_ok and not i.rf_enable,
+    "door_open": lambda i, c: not i.doors_closed and i.rf_enable,
+    "scrubber_not_ready": lambda i, c: not i.scrubber_ready,
+    "water_flow_low": lambda i, c: i.water_flow_l_min < c.water_flow_min_l_min,
+    "water_temp_high": lambda i, c: i.water_temp_c > c.water_temp_max_c,
+    "exhaust_lost": lambda i, c: i.exhaust_draft_pa > c.exhaust_trip_pa,
+    "gas_alarm": lambda i, c: i.gas_detector_ppm >= c.gas_detector_trip_ppm,
+    "supply_pressure_low": lambda i, c: not i.gas_supply_ok
+    and all(
+        p < c.gas_supply_min_bar
+        for p in (
+            i.supply_ar_bar, i.supply_o2_bar, i.supply_n2_bar, i.supply_sicl4_bar,
+            i.supply_dopant_bar,
+        )
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FAULT_SIGNATURES))
+async def test_process_fault_shows_in_the_inputs(rig: Rig, kind: str) -> None:
+    await rig.io.set_output("exhaust_fan", True)
+    healthy = await rig.alive()
+    assert not FAULT_SIGNATURES[kind](healthy, rig.config)
+    rig.faults.inject("safety_io", kind)
+    faulted = await rig.alive()
+    assert FAULT_SIGNATURES[kind](faulted, rig.config)
+    rig.faults.clear("safety_io", kind)
+    assert await rig.alive() == healthy
+
+
+async def test_fault_value_from_params(rig: Rig) -> None:
+    rig.faults.inject("safety_io", "water_temp_high", params={"value": 41.5})
+    rig.faults.inject("safety_io", "supply_pressure_low", params={"gas": "o2", "value": 1.2})
+    inputs = await rig.alive()
+    assert inputs.water_temp_c == pytest.approx(41.5)
+    assert inputs.supply_o2_bar == pytest.approx(1.2)
+    assert inputs.supply_ar_bar == pytest.approx(rig.plant.config.gas_supply_bar)
+    assert not inputs.gas_supply_ok
+
+
+async def test_estop_cuts_drives_valves_and_heaters(rig: Rig) -> None:
+    await rig.io.write_outputs(
+        SafetyOutputs(gas_master_valve=True, precursor_valve=True, heater_a=True, heater_b=True)
+    )
+    await rig.alive()
+    assert rig.plant.master_valve_open and rig.plant.drives_powered
+
+    rig.faults.inject("safety_io", "estop")
+    await rig.alive()
+    assert not rig.plant.drives_powered and not rig.plant.rf_enable
+    assert not rig.plant.master_valve_open and not rig.plant.precursor_valve_open
+    assert rig.plant.heaters_on == [False, False]
+    # The outputs word is the controller's: the relay overrides it, it does not rewrite it.
+    assert (await rig.io.read_outputs()).gas_master_valve
+
+    rig.faults.clear("safety_io", "estop")
+    await rig.alive()
+    assert rig.plant.drives_powered and rig.plant.master_valve_open and rig.plant.rf_enable
+
+
+async def test_stuck_and_drift_apply_to_analog_values(rig: Rig) -> None:
+    rig.plant.rod_temperature_c = 800.0
+    await rig.alive()
+    rig.faults.inject("safety_io", "stuck")
+    rig.step()
+    rig.plant.rod_temperature_c = 900.0
+    assert (await rig.alive()).rod_temperature_c == pytest.approx(800.0)
+    rig.faults.clear("safety_io", "stuck")
+    assert (await rig.alive()).rod_temperature_c == pytest.approx(900.0)
+
+    rig.faults.inject("safety_io", "drift", params={"offset": 5.0, "channel": "water_temp_c"})
+    inputs = await rig.alive()
+    assert inputs.water_temp_c == pytest.approx(rig.plant.config.water_temp_c + 5.0)
+    assert inputs.rod_temperature_c == pytest.approx(900.0)
+
+    rig.faults.inject("safety_io", "drift", params={"rate_per_s": 0.5, "channel": "water_temp_c"})
+    for _ in range(100):
+        rig.step()  # 1 s of process time
+    inputs = await rig.alive()
+    assert inputs.water_temp_c == pytest.approx(rig.plant.config.water_temp_c + 0.5, abs=0.02)
+
+
+# -- heartbeat watchdog --------------------------------------------------------------------
+async def test_no_rf_enable_before_the_first_heartbeat(rig: Rig) -> None:
+    rig.step()
+    inputs = await rig.io.read()
+    assert not inputs.heartbeat_ok and not inputs.rf_enable and inputs.safety_relay_ok
+    assert not rig.plant.rf_enable
+    assert (await rig.alive()).rf_enable
+
+
+async def test_heartbeat_watchdog_drops_and_restores_rf_enable(rig: Rig) -> None:
+    timeout = rig.config.heartbeat_timeout_s
+    await rig.alive()
+    rig.step(timeout * 0.9)
+    assert (await rig.io.read()).rf_enable
+    rig.step(timeout * 0.2)  # past the timeout since the last beat, in wall time
+    inputs = await rig.io.read()
+    assert not inputs.heartbeat_ok and not inputs.rf_enable and inputs.safety_relay_ok
+    assert not rig.plant.rf_enable
+
+    inputs = await rig.alive()  # beats resume: the enable returns
+    assert inputs.heartbeat_ok and inputs.rf_enable and rig.plant.rf_enable
+
+
+async def test_rewriting_the_same_value_is_no_heartbeat(rig: Rig) -> None:
+    await rig.transport.write_register(rig.config.unit, io_map.HR_HEARTBEAT, 7)
+    rig.step()
+    for _ in range(3):
+        rig.step(rig.config.heartbeat_timeout_s * 0.5)
+        await rig.transport.write_register(rig.config.unit, io_map.HR_HEARTBEAT, 7)
+    rig.step()
+    assert not (await rig.io.read()).heartbeat_ok
+
+
+async def test_watchdog_runs_in_wall_time_not_process_time(rig: Rig) -> None:
+    await rig.alive()
+    # A huge process step (a fast time scale) with little wall time: the beat is still fresh.
+    rig.wall += 0.1
+    rig.sim.step(3600.0, rig.wall)
+    assert (await rig.io.read()).heartbeat_ok
+
+
+async def test_heartbeat_counter_wraps(rig: Rig) -> None:
+    await rig.io.heartbeat()
+    await rig.io.heartbeat()
+    assert rig.sim.holding[io_map.HR_HEARTBEAT] == 2
+    rig.io._heartbeat = 65534  # as after a long run
+    await rig.io.heartbeat()
+    assert rig.sim.holding[io_map.HR_HEARTBEAT] == 65535
+    rig.step()
+    await rig.io.heartbeat()
+    assert rig.sim.holding[io_map.HR_HEARTBEAT] == 0
+    rig.step(rig.config.heartbeat_timeout_s * 0.9)
+    assert (await rig.io.read()).heartbeat_ok  # the wrap to 0 counted as a beat
+
+
+# -- outputs -------------------------------------------------------------------------------
+async def test_outputs_drive_the_plant(rig: Rig) -> None:
+    outputs = SafetyOutputs(gas_master_valve=True, precursor_valve=True, heater_a=True)
+    await rig.io.write_outputs(outputs)
+    assert await rig.io.read_outputs() == outputs
+    rig.step()
+    assert rig.plant.master_valve_open and rig.plant.precursor_valve_open
+    assert rig.plant.heaters_on == [True, False]
+
+    await rig.io.set_output("precursor_valve", False)
+    await rig.io.set_output("heater_b", True)
+    rig.step()
+    assert rig.plant.master_valve_open and not rig.plant.precursor_valve_open
+    assert rig.plant.heaters_on == [True, True]
+    assert rig.io.outputs == SafetyOutputs(gas_master_valve=True, heater_a=True, heater_b=True)
+
+
+async def test_all_outputs_start_off_and_valves_closed(rig: Rig) -> None:
+    assert await rig.io.read_outputs() == SafetyOutputs()
+    assert not rig.plant.master_valve_open and not rig.plant.precursor_valve_open
+
+
+async def test_set_output_writes_the_whole_word_without_reading(rig: Rig) -> None:
+    await rig.io.write_outputs(SafetyOutputs(gas_master_valve=True, exhaust_fan=True))
+    # Something else clears the word behind the driver's back.
+    await rig.transport.write_register(rig.config.unit, io_map.HR_OUTPUTS, 0)
+    before = rig.transport.requests
+    await rig.io.set_output("beacon_green", True)
+    assert rig.transport.requests == before + 1  # one write, no read
+    assert rig.sim.holding[io_map.HR_OUTPUTS] == 0b10000101
+
+
+async def test_unknown_output_name_is_refused(rig: Rig) -> None:
+    with pytest.raises(ValueError, match="unknown output"):
+        await rig.io.set_output("coffee_machine", True)
+    assert rig.transport.requests == 0
+
+
+async def test_reserved_output_bits_are_an_exception_response(rig: Rig) -> None:
+    with pytest.raises(DeviceExceptionResponse) as refused:
+        await rig.transport.write_register(rig.config.unit, io_map.HR_OUTPUTS, 0x0100)
+    assert refused.value.exception_code == 3
+
+
+# -- link faults ---------------------------------------------------------------------------
+async def test_silent_link_times_out(rig: Rig) -> None:
+    rig.faults.inject("safety_io", "silent")
+    assert isinstance(await _first_error(rig), DeviceTimeout)
+
+
+async def test_corrupt_reply_is_a_protocol_error(rig: Rig) -> None:
+    rig.faults.inject("safety_io", "corrupt")
+    assert isinstance(await _first_error(rig), DeviceProtocolError)
+
+
+async def test_torn_reply_fails(rig: Rig) -> None:
+    rig.faults.inject("safety_io", "torn")
+    assert isinstance(await _first_error(rig), DeviceTimeout | DeviceProtocolError)
+
+
+async def test_disconnect_then_recovery(rig: Rig) -> None:
+    await rig.alive()
+    rig.faults.inject("safety_io", "disconnect")
+    end = time.monotonic() + 10.0
+    error = await _first_error(rig)
+    while not isinstance(error, DeviceDisconnected) and time.monotonic() < end:
+        error = await _first_error(rig)
+    assert isinstance(error, DeviceDisconnected)
+
+    rig.faults.clear("safety_io", "disconnect")
+    end = time.monotonic() + 10.0
+    while True:
+        try:
+            inputs = await rig.io.read()
+            break
+        except DeviceError:
+            if time.monotonic() > end:
+                raise
+            await asyncio.sleep(0.05)
+    assert inputs.estop_ok and rig.transport.connected
+
+
+# -- pinned wire bytes ---------------------------------------------------------------------
+async def _exchange(rig: Rig, request: bytes, reply_length: int) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", rig.bus.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.readexactly(reply_length), 5.0)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_wire_read_inputs(rig: Rig) -> None:
+    await rig.io.write_outputs(SafetyOutputs(exhaust_fan=True))
+    await rig.alive()
+    request = bytes.fromhex("0011 0000 0006 01 04 0000 000B")
+    reply = await _exchange(rig, request, 9 + 2 * io_map.INPUT_COUNT)
+    assert reply == bytes.fromhex(
+        "0011 0000 0019 01 04 16"
+        "00DF"  # digital: all true but plasma_optical
+        "00FA"  # water flow 25.0 L/min
+        "00DC"  # water temperature 22.0 C
+        "FE0C"  # exhaust draft -50.0 Pa (signed)
+        "01F4 01F4 01F4 01F4 01F4"  # supplies 5.00 bar
+        "0000"  # gas detector 0 ppm
+        "00FA"  # rod 25.0 C
+    )
+
+
+async def test_wire_heartbeat_write_echoes(rig: Rig) -> None:
+    request = bytes.fromhex("0012 0000 0006 01 06 0001 002A")
+    assert await _exchange(rig, request, 12) == request
+    rig.step()
+    assert rig.sim.heartbeat_ok
+
+
+async def test_wire_outputs_with_reserved_bits_is_exception_3(rig: Rig) -> None:
+    request = bytes.fromhex("0013 0000 0006 01 06 0000 0100")
+    assert await _exchange(rig, request, 9) == bytes.fromhex("0013 0000 0003 01 86 03")

@@ -1,0 +1,546 @@
+"""The servo drive driver against its simulator: three drives on one Modbus RTU bus (units 1-3),
+reached over TCP (as through a serial device server) and over a pseudo-terminal.
+
+The simulators are stepped explicitly in process time, never by sleeping; only the link-fault
+tests wait, and they poll for the outcome with a generous deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import pytest
+
+from controller.config import LineConfig, ServoAxisConfig, load_line_config
+from drivers.codecs.servo_map import AxisMode
+from drivers.errors import (
+    DeviceDisconnected,
+    DeviceError,
+    DeviceExceptionResponse,
+    DeviceProtocolError,
+    DeviceRangeError,
+    DeviceTimeout,
+)
+from drivers.servo_axis import AxisStatus, ServoAxis
+from drivers.transports.endpoint import Endpoint
+from drivers.transports.modbus import ModbusTransport
+from simulators.faults import FaultBoard
+from simulators.modbus_bus import ILLEGAL_VALUE, ModbusBusServer
+from simulators.plant import Plant
+from simulators.pty_relay import PtyRelay
+from simulators.servo_axis import ServoAxisSim, advance_to_position, advance_to_velocity
+
+AXES = ("spindle", "carriage", "torch_slide")
+T = TypeVar("T")
+
+
+@dataclass
+class Rig:
+    line: LineConfig
+    faults: FaultBoard
+    plant: Plant
+    sims: dict[str, ServoAxisSim]
+    bus: ModbusBusServer
+    transport: ModbusTransport
+    axes: dict[str, ServoAxis]
+
+    def run(self, seconds: float, dt_s: float = 0.1) -> None:
+        """Advance the drives and the plant by `seconds` of process time."""
+        for _ in range(round(seconds / dt_s)):
+            self.step(dt_s)
+
+    def step(self, dt_s: float) -> None:
+        for sim in self.sims.values():
+            sim.step(dt_s, 0.0)
+        self.plant.step(dt_s)
+
+
+def make_axis(transport: ModbusTransport, name: str, config: ServoAxisConfig) -> ServoAxis:
+    return ServoAxis(
+        transport,
+        config.unit,
+        name=name,
+        motion=config.motion,
+        min_position_mm=config.min_position_mm,
+        max_position_mm=config.max_position_mm,
+        max_speed=config.max_speed,
+        max_acceleration=config.acceleration,
+    )
+
+
+async def _rig(link: str) -> AsyncIterator[Rig]:
+    line = load_line_config()
+    faults = FaultBoard()
+    plant = Plant.from_line(line, faults)
+    sims = {name: ServoAxisSim(name, line.axis(name), plant, faults) for name in AXES}
+    bus = ModbusBusServer("drive_bus", "rtu", list(sims.values()), faults)
+    await bus.start()
+    relay: PtyRelay | None = None
+    if link == "pty":
+        relay = PtyRelay("drive_bus", "127.0.0.1", bus.port)
+        await relay.start()
+        endpoint = Endpoint("modbus-rtu", path=relay.path, baudrate=115200)
+    else:
+        endpoint = Endpoint("modbus-rtu", host="127.0.0.1", port=bus.port, baudrate=115200)
+    transport = ModbusTransport("drive_bus", endpoint, timeout_s=0.2)
+    axes = {name: make_axis(transport, name, line.axis(name)) for name in AXES}
+    try:
+        yield Rig(line, faults, plant, sims, bus, transport, axes)
+    finally:
+        await transport.close()
+        if relay is not None:
+            await relay.stop()
+        await bus.stop()
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    async for r in _rig("tcp"):
+        yield r
+
+
+@pytest.fixture(params=["tcp", "pty"])
+async def any_rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
+    async for r in _rig(request.param):
+        yield r
+
+
+async def eventually(
+    call: Callable[[], Awaitable[T]], ok: Callable[[T], bool], deadline_s: float = 10.0
+) -> T:
+    """Retry a call until its result satisfies ``ok`` (errors count as not yet)."""
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            result = await call()
+            if ok(result):
+                return result
+        except DeviceError:
+            if time.monotonic() > end:
+                raise
+        if time.monotonic() > end:
+            raise AssertionError(f"condition not met within {deadline_s} s")
+        await asyncio.sleep(0.05)
+
+
+def run_until(rig: Rig, name: str, done: Callable[[ServoAxisSim], bool], dt_s: float, limit_s: float) -> list[float]:
+    """Step until ``done``; returns the true positions seen at every step."""
+    sim = rig.sims[name]
+    seen = [sim.position]
+    for _ in range(round(limit_s / dt_s)):
+        rig.step(dt_s)
+        seen.append(sim.position)
+        if done(sim):
+            return seen
+    raise AssertionError(f"{name} did not finish within {limit_s} s")
+
+
+def at_rest(sim: ServoAxisSim) -> bool:
+    return sim.profile is None and sim.velocity == 0.0
+
+
+async def home_carriage(rig: Rig) -> ServoAxis:
+    carriage = rig.axes["carriage"]
+    await carriage.enable()
+    await carriage.home()
+    run_until(rig, "carriage", lambda s: s.homed, 0.5, 60)
+    return carriage
+
+
+# -- wire level: pinned RTU frames --------------------------------------------------------------
+async def _exchange(port: int, request: bytes, reply_len: int) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.readexactly(reply_len), timeout=5)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_pinned_read_status_frame(rig: Rig) -> None:
+    # Unit 2 (carriage), function 4, IR 0-8: powered, at park 0 mm, not enabled.
+    request = bytes.fromhex("02 04 00 00 00 09 30 3f")
+    reply = await _exchange(rig.bus.port, request, 23)
+    assert reply == bytes.fromhex(
+        "02 04 12 0080 0000 00000000 00000000 0000 0000 0000 15 ee"
+    )
+    # Unit 3 (torch slide) parks at 150 mm: 150,000 = 0x000249F0, high word first.
+    reply = await _exchange(rig.bus.port, bytes.fromhex("03 04 00 00 00 09 31 ee"), 23)
+    assert reply == bytes.fromhex(
+        "03 04 12 0080 0000 000249f0 00000000 0000 0000 0000 1c 5d"
+    )
+
+
+async def test_pinned_write_frames(rig: Rig) -> None:
+    # Function 6, HR 0 = ENABLE: echoed, and the carriage is enabled.
+    enable = bytes.fromhex("02 06 00 00 00 01 48 39")
+    assert await _exchange(rig.bus.port, enable, 8) == enable
+    assert rig.sims["carriage"].enabled
+    # ENABLE | START with no mode set: exception 3 (illegal data value).
+    start = bytes.fromhex("02 06 00 00 00 03 c9 f8")
+    assert await _exchange(rig.bus.port, start, 5) == bytes.fromhex("02 86 03 f2 61")
+
+
+# -- the bus --------------------------------------------------------------------------------------
+async def test_three_drives_on_one_bus(any_rig: Rig) -> None:
+    statuses = {name: await axis.read() for name, axis in any_rig.axes.items()}
+    assert statuses["spindle"].position_mm == 0.0
+    assert statuses["carriage"].position_mm == 0.0
+    assert statuses["torch_slide"].position_mm == 150.0
+    for status in statuses.values():
+        assert status.powered
+        assert not status.enabled
+        assert not status.homed
+        assert not status.alarm
+        assert status.mode is AxisMode.NONE
+    # Commands reach only their own unit.
+    await any_rig.axes["spindle"].enable()
+    assert [s.enabled for s in any_rig.sims.values()] == [True, False, False]
+
+
+async def test_absent_unit_times_out(any_rig: Rig) -> None:
+    ghost = ServoAxis(
+        any_rig.transport, 4, name="ghost", motion="rotary", max_speed=100, max_acceleration=20
+    )
+    with pytest.raises(DeviceTimeout):
+        await ghost.read()
+    # The bus still serves the drives that are there.
+    assert (await any_rig.axes["carriage"].read()).powered
+
+
+async def test_home_and_move_absolute_over_the_wire(any_rig: Rig) -> None:
+    slide = any_rig.axes["torch_slide"]
+    await slide.enable()
+    await slide.home()
+    status = await slide.read()
+    assert status.mode is AxisMode.HOMING
+    assert status.moving or status.homed
+    # Homing runs to the negative end at setup speed (10 % of 600 mm/min): 150 mm in ~150 s.
+    run_until(any_rig, "torch_slide", lambda s: s.homed, 3.0, 400)
+    status = await slide.read()
+    assert status.homed
+    assert status.in_position
+    assert status.position_mm == 0.0
+    assert any_rig.plant.torch_slide_mm == 0.0
+
+    await slide.move_absolute(100.0, 600.0)
+    seen = run_until(any_rig, "torch_slide", at_rest, 2.5, 120)
+    assert max(seen) == 100.0  # reached, never overshot
+    status = await slide.read()
+    assert status.in_position
+    assert not status.moving
+    assert status.position_mm == 100.0
+    assert status.mode is AxisMode.POSITION_ABSOLUTE
+    assert any_rig.plant.torch_slide_mm == 100.0
+
+
+# -- motion ---------------------------------------------------------------------------------------
+async def test_move_absolute_with_large_steps_never_overshoots(rig: Rig) -> None:
+    carriage = await home_carriage(rig)
+    await carriage.move_absolute(600.0, 3000.0)
+    status = await carriage.read()
+    assert not status.in_position
+    # Steps of 3 s process time: a high time scale. Still exactly 600, never past it.
+    seen = run_until(rig, "carriage", at_rest, 3.0, 60)
+    assert max(seen) == 600.0
+    assert seen == sorted(seen)
+    await carriage.move_relative(-250.5, 1500.0)
+    seen = run_until(rig, "carriage", at_rest, 1.7, 60)
+    assert min(seen) == 349.5
+    status = await carriage.read()
+    assert status.position_mm == 349.5
+    assert status.in_position
+    assert rig.plant.carriage_mm == 349.5
+
+
+async def test_acceleration_limit_is_respected(rig: Rig) -> None:
+    carriage = await home_carriage(rig)
+    await carriage.move_absolute(1000.0, 3000.0, acceleration=100.0)  # mm/s^2
+    sim = rig.sims["carriage"]
+    dt = 0.05
+    velocities = [sim.velocity]
+    while True:
+        rig.step(dt)
+        velocities.append(sim.velocity)  # mm/s
+        if at_rest(sim):
+            break
+    steps = [abs(b - a) / dt for a, b in zip(velocities, velocities[1:], strict=False)]
+    assert max(steps) <= 100.0 + 1e-6
+    assert max(velocities) == pytest.approx(3000.0 / 60)
+    # The drive reports the same through the wire: 0.01 mm/min resolution.
+    await carriage.move_absolute(500.0, 3000.0, acceleration=100.0)
+    rig.run(0.2, 0.05)
+    status = await carriage.read()
+    assert status.velocity == pytest.approx(-100.0 * 0.2 * 60, abs=0.02)  # mm/min
+
+
+async def test_spindle_velocity_mode(rig: Rig) -> None:
+    spindle = rig.axes["spindle"]
+    await spindle.enable()
+    await spindle.set_velocity(30.0)
+    rig.run(0.5, 0.05)
+    status = await spindle.read()
+    assert status.velocity == pytest.approx(10.0)  # 20 rpm/s for 0.5 s
+    assert status.moving
+    assert not status.in_position
+    rig.run(2.0, 0.5)
+    status = await spindle.read()
+    assert status.velocity == 30.0
+    assert status.in_position  # at speed
+    assert status.mode is AxisMode.VELOCITY
+    assert rig.plant.spindle_rpm == 30.0
+    await spindle.set_velocity(-10.0)
+    rig.run(3.0, 1.0)
+    assert (await spindle.read()).velocity == -10.0
+    await spindle.stop()
+    rig.run(1.0, 1.0)
+    status = await spindle.read()
+    assert status.velocity == 0.0
+    assert not status.moving
+    assert status.enabled
+
+
+async def test_rotary_homing_and_refused_position_moves(rig: Rig) -> None:
+    spindle = rig.axes["spindle"]
+    await spindle.enable()
+    await spindle.home()
+    status = await spindle.read()
+    assert status.homed
+    assert status.mode is AxisMode.HOMING
+    before = rig.transport.requests
+    with pytest.raises(DeviceRangeError):
+        await spindle.move_absolute(0.0, 10.0)
+    with pytest.raises(DeviceRangeError):
+        await spindle.set_velocity(101.0)
+    assert rig.transport.requests == before
+
+
+async def test_range_checks_send_nothing(rig: Rig) -> None:
+    carriage = rig.axes["carriage"]
+    before = rig.transport.requests
+    for call in (
+        carriage.move_absolute(1200.5, 100.0),
+        carriage.move_absolute(-1.0, 100.0),
+        carriage.move_absolute(600.0, 3001.0),
+        carriage.move_absolute(600.0, 0.0),
+        carriage.move_absolute(600.0, 100.0, acceleration=501.0),
+        carriage.move_relative(1300.0, 100.0),
+        carriage.jog(2, 100.0),
+        carriage.jog(1, 3500.0),
+        carriage.set_velocity(-3001.0),
+    ):
+        with pytest.raises(DeviceRangeError):
+            await call
+    assert rig.transport.requests == before
+
+
+async def test_drive_refuses_moves_it_cannot_make(rig: Rig) -> None:
+    carriage = rig.axes["carriage"]
+    with pytest.raises(DeviceExceptionResponse) as info:
+        await carriage.move_relative(100.0, 1000.0)  # not enabled
+    assert info.value.exception_code == ILLEGAL_VALUE
+    await carriage.enable()
+    with pytest.raises(DeviceExceptionResponse):
+        await carriage.move_absolute(100.0, 1000.0)  # not homed
+    with pytest.raises(DeviceExceptionResponse):
+        await carriage.move_relative(-10.0, 1000.0)  # below the travel (at 0 mm)
+    await carriage.move_relative(100.0, 1000.0)  # relative moves need no homing
+    run_until(rig, "carriage", at_rest, 1.0, 60)
+    assert (await carriage.read()).position_mm == 100.0
+    # A write of a speed beyond the drive's maximum is refused at the register.
+    with pytest.raises(DeviceExceptionResponse):
+        await rig.transport.write_registers(2, 4, [0x0004, 0x93E1])  # 3000.01 mm/min
+
+
+async def test_jog_stops_at_travel_limits(rig: Rig) -> None:
+    carriage = rig.axes["carriage"]
+    await carriage.enable()
+    await carriage.jog(-1, 500.0)
+    rig.run(0.2, 0.1)
+    status = await carriage.read()
+    assert status.limit_negative  # already at 0: nowhere to go
+    assert not status.moving
+
+    await carriage.jog(+1, 3000.0)
+    rig.run(1.0, 0.5)
+    status = await carriage.read()
+    assert status.mode is AxisMode.JOG
+    assert status.moving
+    seen = run_until(rig, "carriage", at_rest, 2.0, 60)
+    assert max(seen) == 1200.0
+    status = await carriage.read()
+    assert status.limit_positive
+    assert not status.limit_negative
+    assert status.position_mm == 1200.0
+
+    await carriage.jog(-1, 600.0)
+    rig.run(2.0, 0.5)
+    assert (await carriage.read()).moving
+    await carriage.stop()
+    run_until(rig, "carriage", at_rest, 0.1, 10)
+    status = await carriage.read()
+    assert not status.moving
+    assert not status.limit_positive
+    assert status.enabled
+    assert 1170.0 < status.position_mm < 1200.0
+
+
+async def test_stop_decelerates_short_of_the_target(rig: Rig) -> None:
+    carriage = await home_carriage(rig)
+    await carriage.move_absolute(1200.0, 3000.0)
+    rig.run(2.0, 0.5)
+    await carriage.stop()
+    sim = rig.sims["carriage"]
+    stopping_from = sim.position
+    speed_mm_s = sim.velocity
+    seen = run_until(rig, "carriage", at_rest, 0.02, 5)
+    assert max(seen) == pytest.approx(stopping_from + speed_mm_s**2 / (2 * 500.0))
+    status = await carriage.read()
+    assert not status.moving
+    assert not status.in_position  # the target was not reached
+    assert status.position_mm < 1200.0
+
+
+async def test_drive_alarm_and_reset(rig: Rig) -> None:
+    spindle = rig.axes["spindle"]
+    await spindle.enable()
+    await spindle.set_velocity(30.0)
+    rig.run(2.0, 0.5)
+    rig.faults.inject("spindle", "drive_alarm", params={"code": 5})
+    rig.run(0.5, 0.5)
+    status = await spindle.read()
+    assert status.alarm
+    assert status.alarm_code == 5
+    assert not status.enabled
+    rig.run(2.0, 0.5)
+    assert (await spindle.read()).velocity == 0.0
+    # The fault is still there: reset leaves the alarm latched, enable is refused.
+    await spindle.reset_alarm()
+    assert (await spindle.read()).alarm
+    with pytest.raises(DeviceExceptionResponse):
+        await spindle.enable()
+    rig.faults.clear("spindle", "drive_alarm")
+    rig.run(0.5, 0.5)
+    assert (await spindle.read()).alarm  # latched until reset
+    await spindle.reset_alarm()
+    status = await spindle.read()
+    assert not status.alarm
+    assert status.alarm_code == 0
+    assert not status.enabled
+    await spindle.enable()
+    assert (await spindle.read()).enabled
+
+
+async def test_estop_disables_every_drive(rig: Rig) -> None:
+    spindle = rig.axes["spindle"]
+    carriage = await home_carriage(rig)
+    await spindle.enable()
+    await spindle.set_velocity(30.0)
+    await carriage.move_absolute(1200.0, 3000.0)
+    rig.run(2.0, 0.5)
+    rig.plant.drives_powered = False
+    rig.run(0.1, 0.1)
+    for axis in (spindle, carriage):
+        status = await axis.read()
+        assert not status.enabled
+        assert not status.powered
+    rig.run(3.0, 0.5)
+    assert (await spindle.read()).velocity == 0.0
+    assert not (await carriage.read()).moving
+    assert rig.plant.spindle_rpm == 0.0
+    with pytest.raises(DeviceExceptionResponse):
+        await spindle.enable()
+    rig.plant.drives_powered = True
+    rig.run(0.1, 0.1)
+    status = await spindle.read()
+    assert status.powered
+    assert not status.enabled  # power back does not re-enable by itself
+    await spindle.enable()
+    assert (await spindle.read()).enabled
+
+
+async def test_stuck_and_drift_affect_reported_position(rig: Rig) -> None:
+    carriage = await home_carriage(rig)
+    await carriage.move_absolute(600.0, 3000.0)
+    rig.run(2.0, 0.5)
+    rig.faults.inject("carriage", "stuck")
+    frozen = (await carriage.read()).position_mm
+    rig.run(2.0, 0.5)
+    status = await carriage.read()
+    assert status.position_mm == frozen
+    assert rig.plant.carriage_mm > frozen  # the axis itself moved on
+    assert status.following_error_mm < 0
+    rig.faults.clear("carriage", "stuck")
+    run_until(rig, "carriage", at_rest, 1.0, 60)
+    rig.faults.inject("carriage", "drift", params={"offset": 0.25})
+    assert (await carriage.read()).position_mm == 600.25
+    rig.faults.inject("carriage", "drift", params={"rate_per_s": 0.1})
+    rig.run(2.0, 0.5)
+    assert (await carriage.read()).position_mm == pytest.approx(600.2, abs=0.002)
+
+
+# -- link faults ----------------------------------------------------------------------------------
+async def test_silent_drive_times_out_others_answer(rig: Rig) -> None:
+    rig.faults.inject("carriage", "silent")
+    with pytest.raises(DeviceTimeout):
+        await rig.axes["carriage"].read()
+    assert (await rig.axes["torch_slide"].read()).position_mm == 150.0
+    rig.faults.clear("carriage", "silent")
+    assert (await rig.axes["carriage"].read()).powered
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "torn"])
+async def test_damaged_reply_is_a_protocol_error(rig: Rig, kind: str) -> None:
+    rig.faults.inject("carriage", kind)
+    with pytest.raises(DeviceProtocolError) as info:
+        await rig.axes["carriage"].read()
+    assert not isinstance(info.value, DeviceExceptionResponse)
+    rig.faults.clear("carriage", kind)
+    status = await eventually(rig.axes["carriage"].read, lambda s: s.powered)
+    assert isinstance(status, AxisStatus)
+
+
+async def test_disconnect_and_reconnect(any_rig: Rig) -> None:
+    carriage = any_rig.axes["carriage"]
+    assert (await carriage.read()).powered
+    any_rig.faults.inject("carriage", "disconnect")
+    with pytest.raises((DeviceDisconnected, DeviceTimeout)):
+        await eventually(carriage.read, lambda _: False, deadline_s=5.0)
+    any_rig.faults.clear("carriage", "disconnect")
+    status = await eventually(carriage.read, lambda s: s.powered)
+    assert status.position_mm == 0.0
+
+
+# -- kinematics, without the wire -----------------------------------------------------------------
+def test_profiles_never_overshoot_nor_exceed_limits() -> None:
+    rng = random.Random(7)
+    for _ in range(300):
+        position, velocity = rng.uniform(0, 1200), rng.uniform(-50, 50)
+        target, cruise, accel = rng.uniform(0, 1200), rng.uniform(0.5, 50), rng.uniform(1, 500)
+        starting_toward = velocity * (target - position) >= 0
+        for _ in range(10_000):
+            dt = rng.choice([0.001, 0.01, 0.3, 3.0])
+            moved = advance_to_position(
+                position, velocity, target=target, cruise=cruise, accel=accel, dt=dt
+            )
+            assert abs(moved.velocity - velocity) <= accel * dt + 1e-6
+            assert abs(moved.velocity) <= max(cruise, abs(velocity)) + 1e-9
+            if starting_toward and velocity == 0.0:
+                assert min(position, target) - 1e-6 <= moved.position
+            position, velocity = moved.position, moved.velocity
+            if moved.arrived:
+                break
+        assert (position, velocity) == (target, 0.0)
+
+
+def test_velocity_ramp_is_exact_over_long_steps() -> None:
+    moved = advance_to_velocity(0.0, 0.0, target=180.0, accel=120.0, dt=3.0)
+    # 1.5 s ramp (135 degrees) then 1.5 s at 180 degrees/s (270 degrees).
+    assert moved.velocity == 180.0
+    assert moved.position == pytest.approx(405.0)
