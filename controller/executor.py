@@ -29,6 +29,7 @@ from controller.plan import (
     Plan,
     PurgeOp,
     RampOp,
+    Tolerances,
 )
 from controller.process_clock import ProcessClock
 from controller.process_model import SIO2_PER_SICL4, grown_diameter_mm, mass_for_diameter_g
@@ -116,6 +117,7 @@ class Executor:
         self.trim_power_kw = 0.0
         self.trim_traverse_pct = 0.0
         self.current_op = "idle"
+        self.reignite_attempts: int | None = None  # set by the supervisor for re-ignition
         self._log = log.bind(recipe=plan.name)
         sicl4 = line.mfc("mfc_sicl4")
         self._g_per_slpm = sicl4.grams_per_min_per_slpm or 7.58
@@ -176,6 +178,8 @@ class Executor:
         elif isinstance(op, DepositOp):
             await self._deposit(op)
         elif isinstance(op, DwellOp):
+            if op.spindle_rpm is not None:
+                await self.act.spindle_rpm(op.spindle_rpm, "recipe")
             await self.clock.sleep(op.duration_s)
         else:
             await self.cool_down(op)
@@ -207,7 +211,7 @@ class Executor:
             await self._ignite(ignite)
         if isinstance(op, DepositOp):
             layer = op.layers[min(self.cursor.layer, len(op.layers) - 1)]
-            await self._establish_layer(layer, ramp_s=30.0)
+            await self._establish_layer(layer, op.tolerances, ramp_s=30.0)
             await self._to_pass_start(op)
 
     # -- steps -----------------------------------------------------------------------------
@@ -222,20 +226,24 @@ class Executor:
         await self.act.set_outputs("recipe", gas_master_valve=True, exhaust_fan=True,
                                    precursor_valve=False)
         await self._set_gases(op.ar_slpm, op.o2_slpm, op.n2_slpm)
+        if op.spindle_rpm > 0:
+            await self.act.spindle_rpm(op.spindle_rpm, "recipe")
         await self.clock.sleep(op.duration_s)
 
     async def _ignite(self, op: IgniteOp) -> None:
         sup = self.line.supervision
         await self.act.set_outputs("recipe", gas_master_valve=True, exhaust_fan=True,
                                    precursor_valve=False)
-        for attempt in range(1, op.attempts + 1):
+        await self.act.spindle_rpm(op.spindle_rpm, "recipe")
+        attempts = op.attempts if self.reignite_attempts is None else self.reignite_attempts
+        for attempt in range(1, attempts + 1):
             self.current_op = "ignite"
             self._progress(attempt=attempt)
-            await self._set_gases(op.ar_slpm, 0.0, op.n2_slpm)
-            tolerance = self.plan.flow_tolerance_fraction * self.line.mfc("mfc_ar").full_scale_slpm
+            await self._set_gases(op.ar_slpm, op.o2_slpm, op.n2_slpm)
+            tolerance = op.tolerances.flow_pct / 100 * self.line.mfc("mfc_ar").full_scale_slpm
             await self._until(
                 lambda: abs((self._flow("mfc_ar") or 0.0) - op.ar_slpm) <= tolerance,
-                self.plan.settle_timeout_s, "argon flow to settle",
+                op.tolerances.settle_s, "argon flow to settle",
             )
             await self.act.set_ramp_kw_s(op.ramp_kw_s, "recipe")
             await self.act.set_power_kw(op.power_kw, "recipe")
@@ -250,7 +258,7 @@ class Executor:
             self.plasma_expected = True
             self._log.info("executor.plasma_lit", attempt=attempt)
             return
-        raise IgnitionFailed("ignite", f"no ignition after {op.attempts} attempt(s)")
+        raise IgnitionFailed("ignite", f"no ignition after {attempts} attempt(s)")
 
     async def _ramp(self, op: RampOp) -> None:
         start_power = self.act.commanded.power_kw
@@ -258,6 +266,8 @@ class Executor:
         start = (flows.get("mfc_ar", 0.0), flows.get("mfc_o2", 0.0), flows.get("mfc_n2", 0.0))
         end = (op.ar_slpm, op.o2_slpm, op.n2_slpm)
         await self.act.set_ramp_kw_s(self.line.rf().max_slew_kw_s, "recipe")
+        if op.spindle_rpm is not None:
+            await self.act.spindle_rpm(op.spindle_rpm, "recipe")
         increments = max(1, min(50, math.ceil(op.duration_s / 5.0)))
         for k in range(1, increments + 1):
             f = k / increments
@@ -266,14 +276,18 @@ class Executor:
             await self.act.set_power_kw(power, "recipe")
             await self._set_gases(*gases)
             await self.clock.sleep(op.duration_s / increments)
-        await self._wait_power(op.power_kw)
+        if op.power_kw <= 0:
+            self.plasma_expected = False
+            await self.act.rf_off("recipe")
+            return
+        await self._wait_power(op.power_kw, op.tolerances)
 
-    async def _wait_power(self, power_kw: float) -> None:
+    async def _wait_power(self, power_kw: float, tolerances: Tolerances) -> None:
         slew = self.line.rf().max_slew_kw_s
         await self._until(
             lambda: self.telemetry.rf is not None
-            and abs(self.telemetry.rf.forward_kw - power_kw) <= self.plan.power_tolerance_kw,
-            self.plan.settle_timeout_s + abs(power_kw) / slew, f"RF power {power_kw:g} kW",
+            and abs(self.telemetry.rf.forward_kw - power_kw) <= tolerances.power_kw,
+            tolerances.settle_s + abs(power_kw) / slew, f"RF power {power_kw:g} kW",
         )
 
     def _layer_power(self, layer: LayerOp) -> float:
@@ -288,14 +302,16 @@ class Executor:
     def _sicl4_slpm(self, layer: LayerOp) -> float:
         return layer.sicl4_g_min * self.cursor.sicl4_scale / self._g_per_slpm
 
-    async def _establish_layer(self, layer: LayerOp, *, ramp_s: float = 0.0) -> None:
+    async def _establish_layer(
+        self, layer: LayerOp, tolerances: Tolerances, *, ramp_s: float = 0.0
+    ) -> None:
         """Power, gases and rotation for a layer; precursors last, once the plasma holds."""
         await self.act.spindle_rpm(layer.spindle_rpm, "recipe")
         await self._set_gases(layer.ar_slpm, layer.o2_slpm, layer.n2_slpm)
         await self.act.set_ramp_kw_s(self.line.rf().max_slew_kw_s, "recipe")
         await self.act.set_power_kw(self._layer_power(layer), "recipe")
         await self.clock.sleep(ramp_s)
-        await self._wait_power(self._layer_power(layer))
+        await self._wait_power(self._layer_power(layer), tolerances)
         await self.act.set_outputs("recipe", precursor_valve=True)
         await self.act.set_flow_slpm("mfc_sicl4", self._sicl4_slpm(layer), "recipe")
         await self.act.set_flow_slpm("mfc_dopant", layer.dopant_slpm, "recipe")
@@ -342,7 +358,7 @@ class Executor:
         await self._to_pass_start(op)
         while self.cursor.layer < len(op.layers):
             layer = op.layers[self.cursor.layer]
-            await self._establish_layer(layer)
+            await self._establish_layer(layer, op.tolerances)
             while self.cursor.layer_pass < layer.passes:
                 await self._one_pass(op, layer)
             self.cursor.layer += 1
@@ -444,19 +460,20 @@ class Executor:
         )
         await self.act.set_outputs("cooldown", precursor_valve=False, heater_a=False,
                                    heater_b=False)
+        await self.act.spindle_rpm(op.spindle_rpm, "cooldown")
         if self.act.commanded.rf_on:
-            await self.act.set_ramp_kw_s(op.ramp_down_kw_s, "cooldown")
+            power = max(self.act.commanded.power_kw, 1.0)
+            rate = min(self.line.rf().max_slew_kw_s, power / op.power_ramp_down_s)
+            await self.act.set_ramp_kw_s(rate, "cooldown")
             await self.act.set_power_kw(0.0, "cooldown")
-            forward = self.telemetry.rf.forward_kw if self.telemetry.rf else 0.0
             await self._until(
                 lambda: self.telemetry.rf is None or self.telemetry.rf.forward_kw < 1.0
                 or not self.plasma_lit,
-                forward / op.ramp_down_kw_s + 10, "RF power to ramp down",
+                op.power_ramp_down_s + op.tolerances.settle_s, "RF power to ramp down",
             )
         self.plasma_expected = False
         await self.act.rf_off("cooldown")
-        await self._set_gases(0.0, 0.0, op.n2_slpm)
-        await self.act.spindle_rpm(op.spindle_rpm, "cooldown")
+        await self._set_gases(op.ar_slpm, op.o2_slpm, op.n2_slpm)
         slide = self.line.axis("torch_slide")
         carriage = self.line.axis("carriage")
         await asyncio.gather(
@@ -465,12 +482,15 @@ class Executor:
             self.act.move_axis("carriage", carriage.park_position_mm or 0.0,
                                self.line.supervision.carriage_reposition_mm_min, "cooldown"),
         )
+        await self.clock.sleep(op.duration_s)
+        # The rod keeps turning until it has cooled, however long the recipe said.
+        limit = self.line.supervision.cooldown_rod_temp_c
 
         def cooled() -> bool:
             io = self.telemetry.safety
-            return io is not None and io.rod_temperature_c <= op.rod_temperature_c
+            return io is not None and io.rod_temperature_c <= limit
 
-        deadline = self.clock.now() + op.max_duration_s
+        deadline = self.clock.now() + self.line.supervision.cooldown_max_s
         while not cooled() and self.clock.now() < deadline:
             await asyncio.sleep(POLL_S)
         await self._set_gases(0.0, 0.0, 0.0)

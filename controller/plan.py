@@ -1,10 +1,17 @@
 """The executor's plan: a recipe reduced to the operations the executor performs, in machine
-units. Keeping it separate from the recipe file's schema lets the file format evolve (and be
-validated, documented and migrated) without touching the code that moves the machine."""
+units. Keeping it apart from the recipe file's schema lets the file format evolve (validated,
+documented, migrated) without touching the code that moves the machine."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    flow_pct: float = 5.0  # % of each MFC's full scale
+    power_kw: float = 2.0
+    settle_s: float = 30.0  # process seconds to reach setpoints before the step fails
 
 
 @dataclass(frozen=True)
@@ -13,25 +20,32 @@ class PurgeOp:
     ar_slpm: float
     o2_slpm: float
     n2_slpm: float
+    spindle_rpm: float
+    tolerances: Tolerances = Tolerances()
 
 
 @dataclass(frozen=True)
 class IgniteOp:
     ar_slpm: float
+    o2_slpm: float
     n2_slpm: float
     power_kw: float
+    spindle_rpm: float
     timeout_s: float
     attempts: int
     ramp_kw_s: float
+    tolerances: Tolerances = Tolerances()
 
 
 @dataclass(frozen=True)
 class RampOp:
     duration_s: float
-    power_kw: float
+    power_kw: float  # 0: the plasma goes out at the end of the ramp
     ar_slpm: float
     o2_slpm: float
     n2_slpm: float
+    spindle_rpm: float | None
+    tolerances: Tolerances = Tolerances()
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,7 @@ class DepositOp:
     layers: tuple[LayerOp, ...]
     turning_point_a_mm: float
     turning_point_b_mm: float
+    tolerances: Tolerances = Tolerances()
 
     @property
     def total_passes(self) -> int:
@@ -66,15 +81,18 @@ class DepositOp:
 @dataclass(frozen=True)
 class DwellOp:
     duration_s: float
+    spindle_rpm: float | None = None
 
 
 @dataclass(frozen=True)
 class CooldownOp:
-    max_duration_s: float
-    rod_temperature_c: float
+    power_ramp_down_s: float
+    duration_s: float  # cooling after RF off
+    ar_slpm: float
+    o2_slpm: float
     n2_slpm: float
     spindle_rpm: float
-    ramp_down_kw_s: float
+    tolerances: Tolerances = Tolerances()
 
 
 Op = PurgeOp | IgniteOp | RampOp | DepositOp | DwellOp | CooldownOp
@@ -86,9 +104,6 @@ class Plan:
     version: str
     steps: tuple[Op, ...]
     target_diameter_mm: float | None = None
-    flow_tolerance_fraction: float = 0.05  # of full scale
-    power_tolerance_kw: float = 2.0
-    settle_timeout_s: float = 30.0  # process seconds for flows / power to settle
 
     @property
     def deposit_steps(self) -> list[DepositOp]:

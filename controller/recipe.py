@@ -741,7 +741,15 @@ def check_recipe(recipe: Recipe, line: LineConfig) -> list[RecipeIssue]:
 
 
 def _pydantic_findings(exc: ValidationError) -> list[Finding]:
-    return [(_clean_loc(e["loc"]), _pydantic_reason(e)) for e in exc.errors()]
+    return [(_clean_loc(e["loc"]), _pydantic_reason(e)) for e in exc.errors() if not _echo(e)]
+
+
+def _echo(error: Any) -> bool:
+    """A length error that only echoes invalid items (pydantic counts the valid ones)."""
+    if error["type"] != "too_short":
+        return False
+    given = error.get("input")
+    return isinstance(given, list | tuple) and len(given) >= error["ctx"]["min_length"]
 
 
 def _clean_loc(loc: tuple[int | str, ...]) -> Loc:
@@ -808,7 +816,9 @@ def _line_of(root: yaml.Node | None, loc: Loc) -> int | None:
 
 
 def _issues(findings: Sequence[Finding], root: yaml.Node | None) -> list[RecipeIssue]:
-    return [RecipeIssue(format_loc(loc), reason, _line_of(root, loc)) for loc, reason in findings]
+    issues = [RecipeIssue(format_loc(loc), reason, _line_of(root, loc)) for loc, reason in findings]
+    # In the order of the file, as the operator reads it.
+    return sorted(issues, key=lambda issue: issue.line or 0)
 
 
 def parse_recipe(text: str, line: LineConfig, path: Path | None = None) -> Recipe:
@@ -830,10 +840,8 @@ def parse_recipe(text: str, line: LineConfig, path: Path | None = None) -> Recip
     except ValidationError as exc:
         # Structure first: limit checks need a well-formed recipe to read.
         raise RecipeError(where, _issues(findings + _pydantic_findings(exc), root)) from None
-    issues = _issues(findings, root) + [
-        RecipeIssue(i.field, i.reason, _line_of(root, _parse_field(i.field)))
-        for i in check_recipe(recipe, line)
-    ]
+    findings += [(_parse_field(i.field), i.reason) for i in check_recipe(recipe, line)]
+    issues = _issues(findings, root)
     if issues:
         raise RecipeError(where, issues)
     recipe._text = text

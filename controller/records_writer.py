@@ -188,8 +188,15 @@ class SqliteWriter:
         try:
             value = job.work(conn)
         except Exception as exc:  # the job's failure goes to its caller
-            conn.execute("ROLLBACK TO job")
-            conn.execute("RELEASE job")
+            if not conn.in_transaction:
+                # SQLite rolled the whole transaction back (disk full, I/O error): every job
+                # of the group is lost, so the group fails with this cause.
+                raise
+            try:
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+            except sqlite3.Error:
+                raise exc from None
             return job, None, classify(exc)
         conn.execute("RELEASE job")
         return job, value, None

@@ -26,7 +26,7 @@ from controller.machine import AXIS_NAMES, MFC_NAMES, Machine
 from controller.plan import CooldownOp, Plan
 from controller.process_clock import ProcessClock
 from controller.reactions import apply_posture
-from controller.records import RecordsUnavailable, RunHeader, RunRecords
+from controller.records import PassRecord, RecordsUnavailable, RunHeader, RunRecords
 from controller.safe_state import HOLD, POSTURE_FOR_REACTION, Posture, Rf
 from controller.states import ACTIVE_STATES, Command, CommandRefused, State, StateMachine
 from controller.telemetry import Fanout, Telemetry
@@ -347,9 +347,10 @@ class Supervisor:
             # PLC drops the RF enable by itself (rule 4), and say so.
             self.heartbeat_enabled = False
             self._log.error("trip.rf_off_unconfirmed", heartbeat="stopped")
+        run_id = self.run_id
         self._record(lambda: self.records.record_event(
-            "posture", {"posture": posture.name, "source": source,
-                        "failures": result.failures}))
+            run_id, "posture", {"posture": posture.name, "source": source,
+                                "failures": result.failures}))
 
     def _begin_suspend(self, interlock: Interlock) -> None:
         if self._reaction is not None and not self._reaction.done():
@@ -382,6 +383,8 @@ class Supervisor:
                 await asyncio.sleep(0.1)
                 continue
             self.sm.apply(Command.UNSUSPEND, cause=f"{interlock.id} recovered")
+            assert self.executor is not None
+            self.executor.reignite_attempts = self.line.supervision.reignite_attempts
             self._launch_executor(resume=True)
             return
 
@@ -466,11 +469,11 @@ class Supervisor:
             for op in reversed(self.plan.steps):
                 if isinstance(op, CooldownOp):
                     return op
-        sup = self.line.supervision
-        return CooldownOp(max_duration_s=sup.cooldown_max_s, rod_temperature_c=sup.cooldown_rod_temp_c,
-                          n2_slpm=self.line.mfc("mfc_n2").purge_slpm,
-                          spindle_rpm=self.line.axis("spindle").cooling_speed_rpm or 10.0,
-                          ramp_down_kw_s=sup.stop_ramp_down_kw_s)
+        return CooldownOp(
+            power_ramp_down_s=30.0, duration_s=60.0, ar_slpm=0.0, o2_slpm=0.0,
+            n2_slpm=self.line.mfc("mfc_n2").purge_slpm,
+            spindle_rpm=self.line.axis("spindle").cooling_speed_rpm or 10.0,
+        )
 
     async def _cool_down_if_hot(self, source: str) -> None:
         executor = self.executor
@@ -489,8 +492,9 @@ class Supervisor:
         """An operator command: checked, recorded durably, then carried out."""
         refusal = self._refusal(command, plan)
         accepted = refusal is None
+        run_id = self.run_id
         await self._record_now(lambda: self.records.record_command(
-            self.run_id, user, command, {"reason": reason}, accepted, refusal))
+            run_id, user, command, {"reason": reason}, accepted=accepted, reason=refusal))
         if refusal is not None:
             self._log.warning("command.refused", command=command, user=user, reason=refusal)
             return CommandResult(command, False, refusal, self.sm.state.value)
@@ -556,7 +560,7 @@ class Supervisor:
             self.run_id = await self.records.start_run(header)
         else:
             self.run_id = run_id
-            await self.records.reopen_run(run_id)
+            await self.records.record_event(run_id, "run_resumed", {"cursor": cursor and cursor.to_json()})
         self.executor = Executor(plan, self.line, self.act, self.telemetry, self.clock,
                                  cursor=cursor, on_pass=self._on_pass,
                                  on_progress=self._on_progress)
@@ -680,13 +684,20 @@ class Supervisor:
     def _on_setpoint(self, device: str, quantity: str, value: float | bool | str,
                      source: str) -> None:
         run_id = self.run_id
-        self._record(lambda: self.records.record_setpoint(run_id, device, quantity, value, source))
+        number = float(value) if isinstance(value, bool | int | float) else 0.0
+        self._record(lambda: self.records.record_setpoint(run_id, device, quantity, number, source))
 
     async def _on_pass(self, summary: PassSummary, cursor: Cursor) -> None:
         run_id = self.run_id
         assert run_id is not None
-        await self.records.record_pass(run_id, summary)
-        await self.records.checkpoint(run_id, cursor.to_json())
+        wall_to_epoch = time.time() - time.monotonic()
+        await self.records.record_pass(run_id, PassRecord(
+            layer=summary.layer, pass_index=summary.passes_done,
+            diameter_mm=summary.diameter_mm, deposited_g=summary.deposited_g,
+            duration_s=summary.duration_s, started_at=summary.started_wall + wall_to_epoch,
+            ended_at=summary.ended_wall + wall_to_epoch))
+        await self.records.checkpoint(run_id, summary.layer, summary.passes_done,
+                                      cursor.to_json())
         self.fanout.publish({"kind": "pass", **summary.__dict__})
 
     def _on_progress(self, progress: dict[str, Any]) -> None:

@@ -344,4 +344,3 @@ class AlicatModbusMfcSim(RegisterDevice):
             return ILLEGAL_VALUE  # Alicat refuses a setpoint outside its range
         self.core.set_setpoint(value)
         return None
-

@@ -188,6 +188,7 @@ class RfGeneratorSim(RegisterDevice):
         self.plant.rf_on = self.emitting
         self.plant.rf_forward_kw = self.forward_kw
         self.value_faults.step(dt_s)
+        self.refresh()  # a `stuck` fault freezes the readings of the step it began in
 
     def _latch_fault(self) -> None:
         fault = self.faults.active(self.name, "rf_fault")

@@ -264,7 +264,6 @@ class ServoAxisSim(RegisterDevice):
         if self.enabled:
             self._log.info("servo_sim.disabled", reason=reason)
         self.enabled = False
-        self.jog_direction = 0
         self._stop(self.config.acceleration * self._accel_k)
 
     def _stop(self, accel: float) -> None:

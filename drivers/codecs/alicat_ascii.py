@@ -38,7 +38,7 @@ STATUS_ORDER: tuple[str, ...] = (
 )  # fmt: skip
 STATUS_WORDS: frozenset[str] = frozenset(STATUS_ORDER)
 
-_NUMBER = re.compile(r"^[+-]?\d+(\.\d+)?$")
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
 _REGISTER_REPLY = re.compile(r"^([A-Z])\s+(\d+)\s*=\s*(-?\d+)$")
 _REGISTER_WRITE = re.compile(r"^(?:\$\$)?W(\d+)=(-?\d+)$")
 _REGISTER_READ = re.compile(r"^(?:\$\$)?R(\d+)$")
@@ -271,8 +271,7 @@ def parse_data_frame(line: str) -> DataFrame:
     if len(unit) != 1 or unit not in UNIT_IDS:
         raise AsciiFormatError(f"bad unit id {unit!r} in {line!r}")
     pressure, temperature, volumetric, mass, setpoint = (
-        _number(text, name, line)
-        for text, name in zip(parts[1:6], _FRAME_NUMBERS, strict=True)
+        _number(text, name, line) for text, name in zip(parts[1:6], _FRAME_NUMBERS, strict=True)
     )
     gas = parts[6]
     if _NUMBER.match(gas):

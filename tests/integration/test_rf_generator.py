@@ -119,17 +119,22 @@ async def test_on_then_off(rig: Rig) -> None:
     await rig.rf.rf_on()
     rig.run(5.0)
     status = await rig.rf.read()
-    assert status.rf_on and status.ready and not status.ramping
+    assert status.rf_on
+    assert status.ready
+    assert not status.ramping
     assert status.forward_kw == pytest.approx(12.0)
     assert status.setpoint_kw == pytest.approx(12.0)
     assert status.reflected_kw == pytest.approx(12.0 * rig.plant.reflected_fraction, abs=0.05)
-    assert rig.plant.rf_on and rig.plant.rf_forward_kw == pytest.approx(12.0)
+    assert rig.plant.rf_on
+    assert rig.plant.rf_forward_kw == pytest.approx(12.0)
 
     await rig.rf.rf_off()
     rig.run(0.05)
     status = await rig.rf.read()
-    assert not status.rf_on and status.forward_kw == 0.0
-    assert not rig.plant.rf_on and rig.plant.rf_forward_kw == 0.0
+    assert not status.rf_on
+    assert status.forward_kw == 0.0
+    assert not rig.plant.rf_on
+    assert rig.plant.rf_forward_kw == 0.0
 
 
 async def test_plasma_lit_is_reported_from_the_plant(rig: Rig) -> None:
@@ -147,7 +152,8 @@ async def test_power_slews_at_the_commanded_ramp(rig: Rig) -> None:
     rig.run(1.0)
     status = await rig.rf.read()
     assert status.forward_kw == pytest.approx(2.0)
-    assert status.ramping and status.setpoint_kw == pytest.approx(50.0)
+    assert status.ramping
+    assert status.setpoint_kw == pytest.approx(50.0)
 
 
 async def test_ramp_is_capped_by_the_generators_max_slew(rig: Rig) -> None:
@@ -161,7 +167,8 @@ async def test_ramp_is_capped_by_the_generators_max_slew(rig: Rig) -> None:
     assert (await rig.rf.read()).forward_kw == pytest.approx(rig.config.max_slew_kw_s)
     rig.run(20.0)
     status = await rig.rf.read()
-    assert status.forward_kw == pytest.approx(50.0) and not status.ramping
+    assert status.forward_kw == pytest.approx(50.0)
+    assert not status.ramping
 
     await rig.rf.set_power_kw(45.0)  # down-ramps are slew-limited too
     rig.run(0.5)
@@ -175,8 +182,11 @@ async def test_fault_latches_until_reset_after_it_clears(rig: Rig) -> None:
     rig.faults.inject("rf", "rf_fault")
     rig.run(0.05)
     status = await rig.rf.read()
-    assert status.fault and status.fault_code == rf_map.FAULT_INTERNAL
-    assert not status.rf_on and not status.ready and status.forward_kw == 0.0
+    assert status.fault
+    assert status.fault_code == rf_map.FAULT_INTERNAL
+    assert not status.rf_on
+    assert not status.ready
+    assert status.forward_kw == 0.0
     assert not rig.plant.rf_on
 
     with pytest.raises(DeviceExceptionResponse) as refused:
@@ -193,7 +203,9 @@ async def test_fault_latches_until_reset_after_it_clears(rig: Rig) -> None:
     await rig.rf.reset_fault()
     rig.run(1.0)
     status = await rig.rf.read()
-    assert not status.fault and status.fault_code == 0 and status.ready
+    assert not status.fault
+    assert status.fault_code == 0
+    assert status.ready
     assert not status.rf_on, "RF must not come back by itself after a reset"
 
 
@@ -210,7 +222,9 @@ async def test_rf_enable_lost_switches_rf_off_for_good(rig: Rig) -> None:
     rig.plant.rf_enable = False
     rig.run(0.05)
     status = await rig.rf.read()
-    assert status.interlock_open and not status.rf_on and not status.ready
+    assert status.interlock_open
+    assert not status.rf_on
+    assert not status.ready
     assert not status.fault  # an open interlock is not a generator fault
     assert rig.plant.rf_forward_kw == 0.0
 
@@ -221,7 +235,8 @@ async def test_rf_enable_lost_switches_rf_off_for_good(rig: Rig) -> None:
     rig.plant.rf_enable = True
     rig.run(1.0)
     status = await rig.rf.read()
-    assert status.ready and not status.interlock_open
+    assert status.ready
+    assert not status.interlock_open
     assert not status.rf_on, "the on-command was cleared: RF stays off until commanded"
 
 
@@ -238,7 +253,8 @@ async def test_safety_plc_heartbeat_loss_drops_rf(rig: Rig) -> None:
     plc.step(0.05, 100.0 + line.safety_io().heartbeat_timeout_s)  # no beat since: lost
     rig.run(0.05)
     status = await rig.rf.read()
-    assert status.interlock_open and not status.rf_on
+    assert status.interlock_open
+    assert not status.rf_on
 
 
 async def test_stuck_and_drift_apply_to_the_readings(rig: Rig) -> None:

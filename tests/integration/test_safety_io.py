@@ -177,19 +177,24 @@ async def test_estop_cuts_drives_valves_and_heaters(rig: Rig) -> None:
         SafetyOutputs(gas_master_valve=True, precursor_valve=True, heater_a=True, heater_b=True)
     )
     await rig.alive()
-    assert rig.plant.master_valve_open and rig.plant.drives_powered
+    assert rig.plant.master_valve_open
+    assert rig.plant.drives_powered
 
     rig.faults.inject("safety_io", "estop")
     await rig.alive()
-    assert not rig.plant.drives_powered and not rig.plant.rf_enable
-    assert not rig.plant.master_valve_open and not rig.plant.precursor_valve_open
+    assert not rig.plant.drives_powered
+    assert not rig.plant.rf_enable
+    assert not rig.plant.master_valve_open
+    assert not rig.plant.precursor_valve_open
     assert rig.plant.heaters_on == [False, False]
     # The outputs word is the controller's: the relay overrides it, it does not rewrite it.
     assert (await rig.io.read_outputs()).gas_master_valve
 
     rig.faults.clear("safety_io", "estop")
     await rig.alive()
-    assert rig.plant.drives_powered and rig.plant.master_valve_open and rig.plant.rf_enable
+    assert rig.plant.drives_powered
+    assert rig.plant.master_valve_open
+    assert rig.plant.rf_enable
 
 
 async def test_stuck_and_drift_apply_to_analog_values(rig: Rig) -> None:
@@ -218,7 +223,9 @@ async def test_stuck_and_drift_apply_to_analog_values(rig: Rig) -> None:
 async def test_no_rf_enable_before_the_first_heartbeat(rig: Rig) -> None:
     rig.step()
     inputs = await rig.io.read()
-    assert not inputs.heartbeat_ok and not inputs.rf_enable and inputs.safety_relay_ok
+    assert not inputs.heartbeat_ok
+    assert not inputs.rf_enable
+    assert inputs.safety_relay_ok
     assert not rig.plant.rf_enable
     assert (await rig.alive()).rf_enable
 
@@ -230,11 +237,15 @@ async def test_heartbeat_watchdog_drops_and_restores_rf_enable(rig: Rig) -> None
     assert (await rig.io.read()).rf_enable
     rig.step(timeout * 0.2)  # past the timeout since the last beat, in wall time
     inputs = await rig.io.read()
-    assert not inputs.heartbeat_ok and not inputs.rf_enable and inputs.safety_relay_ok
+    assert not inputs.heartbeat_ok
+    assert not inputs.rf_enable
+    assert inputs.safety_relay_ok
     assert not rig.plant.rf_enable
 
     inputs = await rig.alive()  # beats resume: the enable returns
-    assert inputs.heartbeat_ok and inputs.rf_enable and rig.plant.rf_enable
+    assert inputs.heartbeat_ok
+    assert inputs.rf_enable
+    assert rig.plant.rf_enable
 
 
 async def test_rewriting_the_same_value_is_no_heartbeat(rig: Rig) -> None:
@@ -275,20 +286,23 @@ async def test_outputs_drive_the_plant(rig: Rig) -> None:
     await rig.io.write_outputs(outputs)
     assert await rig.io.read_outputs() == outputs
     rig.step()
-    assert rig.plant.master_valve_open and rig.plant.precursor_valve_open
+    assert rig.plant.master_valve_open
+    assert rig.plant.precursor_valve_open
     assert rig.plant.heaters_on == [True, False]
 
     await rig.io.set_output("precursor_valve", False)
     await rig.io.set_output("heater_b", True)
     rig.step()
-    assert rig.plant.master_valve_open and not rig.plant.precursor_valve_open
+    assert rig.plant.master_valve_open
+    assert not rig.plant.precursor_valve_open
     assert rig.plant.heaters_on == [True, True]
     assert rig.io.outputs == SafetyOutputs(gas_master_valve=True, heater_a=True, heater_b=True)
 
 
 async def test_all_outputs_start_off_and_valves_closed(rig: Rig) -> None:
     assert await rig.io.read_outputs() == SafetyOutputs()
-    assert not rig.plant.master_valve_open and not rig.plant.precursor_valve_open
+    assert not rig.plant.master_valve_open
+    assert not rig.plant.precursor_valve_open
 
 
 async def test_set_output_writes_the_whole_word_without_reading(rig: Rig) -> None:
@@ -348,7 +362,8 @@ async def test_disconnect_then_recovery(rig: Rig) -> None:
             if time.monotonic() > end:
                 raise
             await asyncio.sleep(0.05)
-    assert inputs.estop_ok and rig.transport.connected
+    assert inputs.estop_ok
+    assert rig.transport.connected
 
 
 # -- pinned wire bytes ---------------------------------------------------------------------

@@ -7,6 +7,7 @@ tests wait, and they poll for the outcome with a generous deadline."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -127,7 +128,23 @@ async def eventually(
         await asyncio.sleep(0.05)
 
 
-def run_until(rig: Rig, name: str, done: Callable[[ServoAxisSim], bool], dt_s: float, limit_s: float) -> list[float]:
+async def first_failure(
+    call: Callable[[], Awaitable[object]], deadline_s: float = 10.0
+) -> DeviceError:
+    """Repeat a call until it fails; the failure."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            await call()
+        except DeviceError as exc:
+            return exc
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no failure within {deadline_s} s")
+
+
+def run_until(
+    rig: Rig, name: str, done: Callable[[ServoAxisSim], bool], dt_s: float, limit_s: float
+) -> list[float]:
     """Step until ``done``; returns the true positions seen at every step."""
     sim = rig.sims[name]
     seen = [sim.position]
@@ -167,14 +184,10 @@ async def test_pinned_read_status_frame(rig: Rig) -> None:
     # Unit 2 (carriage), function 4, IR 0-8: powered, at park 0 mm, not enabled.
     request = bytes.fromhex("02 04 00 00 00 09 30 3f")
     reply = await _exchange(rig.bus.port, request, 23)
-    assert reply == bytes.fromhex(
-        "02 04 12 0080 0000 00000000 00000000 0000 0000 0000 15 ee"
-    )
+    assert reply == bytes.fromhex("02 04 12 0080 0000 00000000 00000000 0000 0000 0000 15 ee")
     # Unit 3 (torch slide) parks at 150 mm: 150,000 = 0x000249F0, high word first.
     reply = await _exchange(rig.bus.port, bytes.fromhex("03 04 00 00 00 09 31 ee"), 23)
-    assert reply == bytes.fromhex(
-        "03 04 12 0080 0000 000249f0 00000000 0000 0000 0000 1c 5d"
-    )
+    assert reply == bytes.fromhex("03 04 12 0080 0000 000249f0 00000000 0000 0000 0000 1c 5d")
 
 
 async def test_pinned_write_frames(rig: Rig) -> None:
@@ -220,7 +233,7 @@ async def test_home_and_move_absolute_over_the_wire(any_rig: Rig) -> None:
     await slide.home()
     status = await slide.read()
     assert status.mode is AxisMode.HOMING
-    assert status.moving or status.homed
+    assert not status.homed  # homing forgets the reference until the home is found
     # Homing runs to the negative end at setup speed (10 % of 600 mm/min): 150 mm in ~150 s.
     run_until(any_rig, "torch_slide", lambda s: s.homed, 3.0, 400)
     status = await slide.read()
@@ -270,7 +283,7 @@ async def test_acceleration_limit_is_respected(rig: Rig) -> None:
         velocities.append(sim.velocity)  # mm/s
         if at_rest(sim):
             break
-    steps = [abs(b - a) / dt for a, b in zip(velocities, velocities[1:], strict=False)]
+    steps = [abs(b - a) / dt for a, b in itertools.pairwise(velocities)]
     assert max(steps) <= 100.0 + 1e-6
     assert max(velocities) == pytest.approx(3000.0 / 60)
     # The drive reports the same through the wire: 0.01 mm/min resolution.
@@ -510,8 +523,8 @@ async def test_disconnect_and_reconnect(any_rig: Rig) -> None:
     carriage = any_rig.axes["carriage"]
     assert (await carriage.read()).powered
     any_rig.faults.inject("carriage", "disconnect")
-    with pytest.raises((DeviceDisconnected, DeviceTimeout)):
-        await eventually(carriage.read, lambda _: False, deadline_s=5.0)
+    error = await first_failure(carriage.read)
+    assert isinstance(error, (DeviceDisconnected, DeviceTimeout))
     any_rig.faults.clear("carriage", "disconnect")
     status = await eventually(carriage.read, lambda s: s.powered)
     assert status.position_mm == 0.0

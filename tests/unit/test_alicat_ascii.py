@@ -77,7 +77,8 @@ def test_malformed_frames_are_refused(line: str) -> None:
 def test_frames_round_trip_to_the_shown_resolution(
     values: list[float], setpoint: float, unit: str, gas: str, status: frozenset[str]
 ) -> None:
-    frame = ac.DataFrame(unit, *values, setpoint, gas, status)  # type: ignore[arg-type]
+    pressure, temperature, volumetric, mass = values
+    frame = ac.DataFrame(unit, pressure, temperature, volumetric, mass, setpoint, gas, status)
     parsed = ac.parse_data_frame(ac.format_data_frame(frame))
     assert (parsed.unit, parsed.gas, parsed.status) == (unit, gas, status)
     shown = (parsed.pressure_psia, parsed.temperature_c, parsed.volumetric_slpm, parsed.mass_slpm)
@@ -114,6 +115,7 @@ def test_rejections() -> None:
         ("a", ac.Request("A", ac.Command.POLL)),
         ("AS5.00", ac.Request("A", ac.Command.SETPOINT, value=5.0)),
         ("as 5", ac.Request("A", ac.Command.SETPOINT, value=5.0)),
+        ("AS.5", ac.Request("A", ac.Command.SETPOINT, value=0.5)),
         ("A32000", ac.Request("A", ac.Command.SETPOINT, value=0.5, integer_setpoint=True)),
         ("ALS", ac.Request("A", ac.Command.QUERY_SETPOINT)),
         ("ALS 7.5", ac.Request("A", ac.Command.SET_SETPOINT_LS, value=7.5)),

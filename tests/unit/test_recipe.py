@@ -175,6 +175,8 @@ def test_unknown_fields_are_errors_at_every_level() -> None:
     issues = errors_of(data)
     for field in ("nmae", "steps[2].power_kW", "steps[3].layers[1].sicl4_gmin"):
         assert_issue(issues, field, "unknown field")
+    # Nothing else: no echo of the bad layer as a missing one.
+    assert len(issues) == 3
 
 
 def test_unknown_step_kind() -> None:
@@ -569,9 +571,13 @@ def test_format_recipe_error_lines() -> None:
     with pytest.raises(RecipeError) as info:
         parse_recipe(yaml.safe_dump(data), LINE, Path("recipes/x.yaml"))
     lines = format_recipe_error(info.value).splitlines()
-    assert "recipes/x.yaml: steps[3].layers[1].sicl4_g_min: 80 g/min exceeds the SiCl4 MFC's "
-    "full scale (75.8 g/min)" in lines
-    assert "recipes/x.yaml: dopant_gas: C2F6 does not match the line's dopant MFC gas (SF6)" in lines
+    assert (
+        "recipes/x.yaml: steps[3].layers[1].sicl4_g_min: "
+        "80 g/min exceeds the SiCl4 MFC's full scale (75.8 g/min)"
+    ) in lines
+    assert "recipes/x.yaml: dopant_gas: C2F6 does not match the line's dopant MFC gas (SF6)" in (
+        lines
+    )
     assert len(lines) == len(info.value.errors)
 
 

@@ -60,7 +60,8 @@ def test_each_digital_bit_alone(bit: int, name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "word"), [(-50.0, 0xFE0C), (-0.1, 0xFFFF), (0.0, 0), (3276.7, 0x7FFF), (-3276.8, 0x8000)]
+    ("value", "word"),
+    [(-50.0, 0xFE0C), (-0.1, 0xFFFF), (0.0, 0), (3276.7, 0x7FFF), (-3276.8, 0x8000)],
 )
 def test_signed_draft(value: float, word: int) -> None:
     assert io_map.encode_analog(value, io_map.DRAFT_SCALE, signed=True) == word

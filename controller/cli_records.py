@@ -1,0 +1,73 @@
+"""``povd runs list|show``: read the run records directly, no service needed."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from typing import Any
+
+from controller.cli import EXIT_INVALID, EXIT_OK, out
+from controller.records import RecordsReader, records_path, resolve_data_dir
+
+
+def _when(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    path = records_path(resolve_data_dir(args.data_dir))
+    if not path.exists():
+        if args.runs_command == "list":
+            out("[]" if args.json else f"no run records yet ({path})")
+            return EXIT_OK
+        out(f"no run records at {path}")
+        return EXIT_INVALID
+    reader = RecordsReader(path)
+    if args.runs_command == "list":
+        runs = reader.list_runs()
+        if args.json:
+            out(json.dumps([_plain(r) for r in runs], indent=2, default=str))
+            return EXIT_OK
+        out(f"{'id':>4}  {'recipe':<22} {'serial':<12} {'operator':<12} {'started':<19}  outcome")
+        for r in runs:
+            outcome = r.outcome.value if r.outcome else "interrupted?"
+            out(f"{r.id:>4}  {r.recipe_name:<22} {r.preform_serial or '-':<12} "
+                f"{r.operator:<12} {_when(r.started_at):<19}  {outcome}")
+        return EXIT_OK
+    detail = reader.get_run(args.run_id)
+    if detail is None:
+        out(f"no run {args.run_id}")
+        return EXIT_INVALID
+    if args.json:
+        out(json.dumps(_plain(detail), indent=2, default=str))
+        return EXIT_OK
+    r = detail.run
+    out(f"run {r.id}: {r.recipe_name} ({r.recipe_hash[:12]}) on {r.line}/{r.machine}")
+    out(f"  operator {r.operator}, serial {r.preform_serial or '-'}, "
+        f"bait rod {r.bait_rod_lot or '-'}, precursor {r.precursor_lot or '-'}")
+    out(f"  started {_when(r.started_at)}, ended {_when(r.ended_at)}, "
+        f"outcome {r.outcome.value if r.outcome else 'none (interrupted)'}")
+    out(f"  passes: {len(detail.passes)}")
+    for p in detail.passes:
+        out(f"    layer {p.layer} pass {p.pass_index}: diameter {p.diameter_mm} mm, "
+            f"deposited {p.deposited_g} g, {p.duration_s} s")
+    out(f"  state changes: {len(detail.states)}")
+    for s in detail.states:
+        out(f"    {_when(s.t)} {s.from_state} -> {s.to_state} ({s.reason or ''})")
+    out(f"  alarms: {len(detail.alarms)}, commands: {len(detail.commands)}, "
+        f"setpoints: {len(detail.setpoints)}")
+    for a in detail.alarms:
+        out(f"    {_when(a.t)} {_plain(a)}")
+    for c in detail.commands:
+        out(f"    {_when(c.t)} {_plain(c)}")
+    return EXIT_OK
