@@ -461,6 +461,8 @@ class Executor:
         await self.act.set_outputs("cooldown", precursor_valve=False, heater_a=False,
                                    heater_b=False)
         await self.act.spindle_rpm(op.spindle_rpm, "cooldown")
+        # The plasma will go out as the power falls: that is the plan, not a flame-out.
+        self.plasma_expected = False
         if self.act.commanded.rf_on:
             power = max(self.act.commanded.power_kw, 1.0)
             rate = min(self.line.rf().max_slew_kw_s, power / op.power_ramp_down_s)

@@ -149,6 +149,11 @@ async def _supervise(
     if missing:
         err(f"refused: no answer from {', '.join(missing)}")
         return EXIT_REFUSED
+    await sup.make_idle("connect")
+    blockers = await sup.wait_healthy()
+    if blockers:
+        err("refused: interlocks not healthy: " + "; ".join(blockers))
+        return EXIT_REFUSED
     if restarted:
         # After a crash: safe state first, then compare what was commanded with what is.
         await sup.make_safe("restart")

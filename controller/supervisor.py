@@ -73,6 +73,7 @@ class Supervisor:
         self.finished = asyncio.Event()
         self.trip_cause: str | None = None
         self.heartbeat_enabled = True
+        self.armed = False
         self.reaction_latency_s: list[float] = []
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -199,6 +200,11 @@ class Supervisor:
     def _store_gauge(self, sample: Any) -> None:
         self.telemetry.gauge = sample
 
+    def link_lost(self, device: str) -> bool:
+        """A link that answered once and has since gone quiet (not one still coming up)."""
+        health = self.telemetry.health.get(device)
+        return health is not None and health.ever_ok and not self.link_alive(device)
+
     def link_alive(self, device: str) -> bool:
         health = self.telemetry.health.get(device)
         if health is None or not health.ever_ok:
@@ -235,12 +241,12 @@ class Supervisor:
             rf_fault=bool(rf is not None and rf.fault),
             reflected_ratio=reflected,
             drive_alarm=any(a.alarm for a in t.axes.values()),
-            link_rf=self.link_alive("rf"),
-            link_safety_io=self.link_alive("safety_io"),
-            link_drives=all(self.link_alive(a) for a in AXIS_NAMES),
-            link_plasma_gas=self.link_alive("mfc_o2") and self.link_alive("mfc_ar"),
-            link_precursor=self.link_alive("mfc_sicl4") and self.link_alive("mfc_dopant"),
-            link_gauge=self.link_alive("diameter_gauge"),
+            link_rf=not self.link_lost("rf"),
+            link_safety_io=not self.link_lost("safety_io"),
+            link_drives=not any(self.link_lost(a) for a in AXIS_NAMES),
+            link_plasma_gas=not (self.link_lost("mfc_o2") or self.link_lost("mfc_ar")),
+            link_precursor=not (self.link_lost("mfc_sicl4") or self.link_lost("mfc_dopant")),
+            link_gauge=not self.link_lost("diameter_gauge"),
             rf_on=bool(rf is not None and rf.rf_on),
             water_flow_l_min=io_cfg.water_flow_min_l_min,
             water_temp_c=io_cfg.water_temp_max_c,
@@ -266,11 +272,32 @@ class Supervisor:
         reasons = [f"{d}: no link" for d in DEVICE_NAMES if not self.link_alive(d)]
         reasons += [f"interlock {i.id}: {i.description}"
                     for i in blocking_start(self.signals(), self.line)]
-        reasons += [f"alarm {a.definition.id} latched: clear it first"
-                    for a in self.alarms.blocking_trips()]
         return reasons
 
+    async def make_idle(self, source: str = "idle") -> None:
+        """The idle posture: exhaust running (the draft interlock needs it), valves closed,
+        heaters off, RF off."""
+        await self.act.rf_off(source)
+        await self.act.set_outputs(source, exhaust_fan=True, gas_master_valve=False,
+                                   precursor_valve=False, heater_a=False, heater_b=False,
+                                   beacon_green=False, beacon_amber=True)
+
+    async def wait_healthy(self, timeout_s: float = 5.0) -> list[str]:
+        """Wait for the start blockers to go (e.g. the exhaust draft coming up)."""
+        deadline = time.monotonic() + timeout_s
+        while (blockers := self.start_blockers()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self.arm()
+        return blockers
+
+    def arm(self) -> None:
+        """Start annunciating interlock alarms: after the idle posture has been written, so the
+        conditions of a machine still coming up (exhaust fan spinning up) are not alarms."""
+        self.armed = True
+
     def _judge_interlocks(self) -> None:
+        if not self.armed:
+            return
         started = time.monotonic()
         now = time.time()
         signals = self.signals()
@@ -493,8 +520,9 @@ class Supervisor:
         refusal = self._refusal(command, plan)
         accepted = refusal is None
         run_id = self.run_id
-        await self._record_now(lambda: self.records.record_command(
-            run_id, user, command, {"reason": reason}, accepted=accepted, reason=refusal))
+        if not (accepted and command == "start"):  # an accepted start is recorded in its run
+            await self._record_now(lambda: self.records.record_command(
+                run_id, user, command, {"reason": reason}, accepted=accepted, reason=refusal))
         if refusal is not None:
             self._log.warning("command.refused", command=command, user=user, reason=refusal)
             return CommandResult(command, False, refusal, self.sm.state.value)
@@ -553,11 +581,16 @@ class Supervisor:
     async def _start(self, plan: Plan, header: RunHeader, cursor: Cursor | None,
                      run_id: int | None) -> None:
         self.plan = plan
+        # Trip alarms latched while idle whose condition has gone (the exhaust before the fan
+        # ran, say) are cleared by the start itself, which is recorded.
+        self.alarms.clear_latches(header.operator, time.time())
         self.finished.clear()
         self._reignite_failed = False
         self.trip_cause = None
         if run_id is None:
             self.run_id = await self.records.start_run(header)
+            await self.records.record_command(self.run_id, header.operator, "start",
+                                              {"recipe": plan.name}, accepted=True)
         else:
             self.run_id = run_id
             await self.records.record_event(run_id, "run_resumed", {"cursor": cursor and cursor.to_json()})

@@ -197,7 +197,7 @@ class ModbusBusServer:
 
     async def _close(self) -> None:
         if self._server is not None:
-            await self._server.shutdown()
+            await self._server.shutdown()  # type: ignore[no-untyped-call]
             self._server = None
 
     def _disconnect_active(self) -> bool:

@@ -105,8 +105,19 @@ class ModbusTransport:
                 framer=FramerType.SOCKET,
                 **common,  # type: ignore[arg-type]
             )
+        if self.endpoint.path is None:
+            # RTU framing over a serial device server's TCP socket: pymodbus's TCP client with
+            # the RTU framer, rather than pyserial's socket:// handler, which blocks the event
+            # loop for 0.3 s whenever it closes.
+            assert self.endpoint.host is not None
+            return AsyncModbusTcpClient(
+                self.endpoint.host,
+                port=self.endpoint.port or 502,
+                framer=FramerType.RTU,
+                **common,  # type: ignore[arg-type]
+            )
         return AsyncModbusSerialClient(
-            self.endpoint.serial_url(),
+            self.endpoint.path,
             framer=FramerType.RTU,
             baudrate=self.endpoint.baudrate,
             **common,  # type: ignore[arg-type]
