@@ -630,7 +630,29 @@ class Supervisor:
         if executor is None or not executor.plasma_lit:
             posture = replace(HOLD, rf=Rf.OFF)
         await self._safe_posture(posture, "hold")
+        await self._wait_carriage_parked()
         self.sm.complete(cause="held")
+
+    async def _wait_carriage_parked(self) -> None:
+        """Holding completes when the carriage has reached its turning point (or gave up)."""
+        target = self.act.commanded.axis_targets.get("carriage")
+        if target is None:
+            return
+        speed = self.line.supervision.carriage_reposition_mm_min
+        travel = self.line.axis("carriage")
+        budget = self.clock.wall_budget(
+            abs(travel.max_position_mm - travel.min_position_mm) / speed * 60
+        )
+        deadline = time.monotonic() + budget
+        tolerance = self.line.supervision.position_tolerance_mm
+        await asyncio.sleep(2 / self._poll_hz("carriage"))  # a fresh status after the move
+        while time.monotonic() < deadline:
+            status = self.telemetry.axes.get("carriage")
+            if status is not None and abs(status.position_mm - target) <= tolerance \
+                    and not status.moving:
+                return
+            await asyncio.sleep(0.02)
+        self._log.warning("hold.carriage_not_parked", target=target)
 
     async def _stop(self, cause: str) -> None:
         self.sm.apply(Command.STOP, cause=cause)

@@ -1,0 +1,83 @@
+"""A whole line under test: the simulated machine (in-process, on real sockets), the
+controller's supervisor connected to it over the real protocols, and run records on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from controller.config import LineConfig, load_line_config
+from controller.machine import build_machine
+from controller.planning import plan_from_recipe
+from controller.process_clock import ProcessClock
+from controller.recipe import load_recipe
+from controller.records import RecordsReader, RunHeader, RunRecords
+from controller.states import State
+from controller.supervisor import CommandResult, Supervisor
+from simulators.line import LineSimulator
+
+RECIPES = Path(__file__).parent / "recipes"
+TIME_SCALE = 200.0
+
+
+@dataclass
+class Rig:
+    line: LineConfig
+    sim: LineSimulator
+    sup: Supervisor
+    records: RunRecords
+    db: Path
+
+    async def start(self, recipe: str = "quick", operator: str = "alice") -> CommandResult:
+        path = RECIPES / f"{recipe}.yaml" if "/" not in recipe else Path(recipe)
+        loaded = load_recipe(path, self.line)
+        header = RunHeader(recipe_name=loaded.name, recipe_text=loaded.text, line=self.line.line,
+                           machine=self.line.machine, operator=operator, preform_serial="T-1")
+        return await self.sup.command("start", operator, plan=plan_from_recipe(loaded, self.line),
+                                      header=header)
+
+    async def wait_for(self, condition: Callable[[], bool], timeout_s: float = 30.0,
+                       what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; state "
+                                     f"{self.sup.sm.state.value}, plant {self.sim.plant.snapshot()}")
+            await asyncio.sleep(0.01)
+
+    async def wait_state(self, *states: State, timeout_s: float = 30.0) -> None:
+        await self.wait_for(lambda: self.sup.sm.state in states, timeout_s,
+                            f"state in {[s.value for s in states]}")
+
+    async def wait_depositing(self, passes_done: int = 1) -> None:
+        """Until the run is in Execute, plasma lit, SiCl4 flowing and some passes done."""
+        def depositing() -> bool:
+            ex = self.sup.executor
+            return (self.sup.sm.state is State.EXECUTE and ex is not None
+                    and ex.current_op == "deposit" and ex.cursor.passes_done >= passes_done
+                    and self.sim.plant.plasma_lit and self.sim.plant.sicl4_g_min > 1)
+        await self.wait_for(depositing, 60, "deposition")
+
+    def reader(self) -> RecordsReader:
+        return RecordsReader(self.db)
+
+
+@asynccontextmanager
+async def line_rig(tmp_path: Path, *, time_scale: float = TIME_SCALE) -> AsyncIterator[Rig]:
+    line = load_line_config()
+    db = tmp_path / "records.sqlite3"
+    async with LineSimulator(line, time_scale=time_scale, serve_ptys=False) as sim:
+        machine = build_machine(line, sim.endpoints())
+        async with RunRecords(db, line=line.line) as records:
+            sup = Supervisor(machine, records, clock=ProcessClock(time_scale))
+            async with sup:
+                missing = await sup.wait_links(15)
+                assert not missing, f"no link to {missing}"
+                await sup.make_idle("test")
+                blockers = await sup.wait_healthy(10)
+                assert not blockers, blockers
+                yield Rig(line, sim, sup, records, db)

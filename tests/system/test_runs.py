@@ -1,0 +1,96 @@
+"""Whole recipes against the simulated line: complete, hold / unhold, stop, abort, clear."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller.states import State
+from tests.system.rig import Rig
+
+pytestmark = pytest.mark.slow
+
+
+async def test_quick_recipe_completes_with_a_full_record(rig: Rig) -> None:
+    result = await rig.start("quick")
+    assert result.accepted, result.reason
+    await rig.sup.finished.wait()
+    assert rig.sup.sm.state is State.COMPLETE
+    plant = rig.sim.plant
+    assert not plant.rf_on and not plant.plasma_lit
+    assert plant.gas_flow_slpm["mfc_sicl4"] < 0.01
+    assert plant.rod_diameter_mm > 30.05  # glass was deposited
+    await rig.sup._record_flush()
+    await rig.records.flush()
+    detail = rig.reader().get_run(rig.sup.run_id or 0)
+    assert detail is not None
+    assert detail.run.outcome is not None and detail.run.outcome.value == "complete"
+    assert [p.pass_index for p in detail.passes] == [1, 2, 3, 4]
+    assert [s.to_state for s in detail.states][-2:] == ["Completing", "Complete"]
+    assert any(c.command == "start" and c.accepted for c in detail.commands)
+    assert len(detail.setpoints) > 20
+    assert detail.last_checkpoint is not None
+
+
+async def test_start_is_refused_while_a_trip_condition_is_present(rig: Rig) -> None:
+    rig.sim.faults.inject("safety_io", "water_flow_low")
+    await rig.wait_for(lambda: bool(rig.sup.start_blockers()), 5, "blocker")
+    result = await rig.start("quick")
+    assert not result.accepted
+    assert "water_flow_low" in (result.reason or "")
+    assert rig.sup.sm.state is State.IDLE
+    await rig.sup._record_flush()
+
+
+async def test_hold_parks_at_a_turning_point_and_unhold_resumes_the_pass(rig: Rig) -> None:
+    assert (await rig.start("long")).accepted
+    await rig.wait_depositing(passes_done=2)
+    result = await rig.sup.command("hold", "alice", reason="check the rod")
+    assert result.accepted, result.reason
+    assert rig.sup.sm.state is State.HELD
+    plant = rig.sim.plant
+    geometry = rig.line.geometry
+    await rig.wait_for(lambda: not rig.sup.telemetry.axes["carriage"].moving, 10, "carriage stop")
+    assert min(abs(plant.carriage_mm - geometry.turning_point_a_mm),
+               abs(plant.carriage_mm - geometry.turning_point_b_mm)) < 1.0
+    assert plant.gas_flow_slpm["mfc_sicl4"] < 0.05 and not plant.precursor_valve_open
+    assert plant.plasma_lit  # plasma kept at idle power
+    assert abs(plant.rf_forward_kw - rig.line.supervision.idle_power_kw) < 2.0
+    assert plant.spindle_rpm > 5  # the rod keeps turning
+    passes_at_hold = rig.sup.executor.cursor.passes_done if rig.sup.executor else -1
+    result = await rig.sup.command("unhold", "alice")
+    assert result.accepted, result.reason
+    await rig.wait_depositing(passes_done=passes_at_hold + 1)
+    assert rig.sup.sm.state is State.EXECUTE
+
+
+async def test_operator_stop_ends_in_a_controlled_way(rig: Rig) -> None:
+    assert (await rig.start("long")).accepted
+    await rig.wait_depositing(passes_done=1)
+    result = await rig.sup.command("stop", "bob", reason="end of shift")
+    assert result.accepted, result.reason
+    assert rig.sup.sm.state is State.STOPPED
+    plant = rig.sim.plant
+    assert not plant.rf_on and plant.gas_flow_slpm["mfc_sicl4"] < 0.05
+    await rig.sup._record_flush()
+    await rig.records.flush()
+    detail = rig.reader().get_run(rig.sup.run_id or 0)
+    assert detail is not None and detail.run.outcome is not None
+    assert detail.run.outcome.value == "stopped"
+    # From Stopped only reset is allowed; start is refused with the reason.
+    refused = await rig.sup.command("hold", "bob")
+    assert not refused.accepted and "Stopped" in (refused.reason or "")
+    assert (await rig.sup.command("reset", "bob")).accepted
+    assert rig.sup.sm.state is State.IDLE
+
+
+async def test_operator_abort_reaches_the_safe_state_and_needs_a_clear(rig: Rig) -> None:
+    assert (await rig.start("long")).accepted
+    await rig.wait_depositing(passes_done=1)
+    assert (await rig.sup.command("abort", "carol")).accepted
+    assert rig.sup.sm.state is State.ABORTED
+    plant = rig.sim.plant
+    assert not plant.rf_on and plant.spindle_rpm > 5
+    assert not (await rig.sup.command("reset", "carol")).accepted
+    assert (await rig.sup.command("clear", "carol")).accepted
+    assert rig.sup.sm.state is State.STOPPED
+    assert (await rig.sup.command("reset", "carol")).accepted
