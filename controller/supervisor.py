@@ -517,6 +517,8 @@ class Supervisor:
                       plan: Plan | None = None, header: RunHeader | None = None,
                       cursor: Cursor | None = None, run_id: int | None = None) -> CommandResult:
         """An operator command: checked, recorded durably, then carried out."""
+        if command == "clear" and self.sm.state is State.ABORTED:
+            await self._reset_device_latches(user)
         refusal = self._refusal(command, plan)
         accepted = refusal is None
         run_id = self.run_id
@@ -552,6 +554,20 @@ class Supervisor:
             self.sm.complete(cause="reset")
         await self._record_flush()
         return CommandResult(command, True, None, self.sm.state.value)
+
+    async def _reset_device_latches(self, user: str) -> None:
+        """Clearing an abort also resets the devices' own latches (RF fault, drive alarms),
+        then waits for fresh readings, so the check that follows sees the truth."""
+        source = f"clear:{user}"
+        resets = [self.act.reset_rf_fault(source)]
+        resets += [self._reset_axis(name, source) for name, status in self.telemetry.axes.items()
+                   if status.alarm]
+        await asyncio.gather(*resets, return_exceptions=True)
+        await asyncio.sleep(3 / min(self._poll_hz("rf"), self._poll_hz("carriage")))
+
+    async def _reset_axis(self, axis: str, source: str) -> None:
+        await self.machine.axes[axis].reset_alarm()
+        self._on_setpoint(axis, "alarm_reset", True, source)
 
     def _refusal(self, command: str, plan: Plan | None) -> str | None:
         if command not in ("start", "hold", "unhold", "stop", "abort", "reset", "clear"):

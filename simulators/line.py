@@ -11,7 +11,7 @@ import contextlib
 import os
 import time
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import structlog
 
@@ -91,7 +91,8 @@ class LineSimulator:
         for bus_name, bus in line.buses.items():
             members = [self.devices[n] for n, d in line.devices.items() if d.bus == bus_name]
             if members:
-                self.buses[bus_name] = self._bus_server(bus_name, bus, members, ports.get(bus_name, 0))
+                port = ports.get(bus_name, 0)
+                self.buses[bus_name] = self._bus_server(bus_name, bus, members, port)
         self.control = ControlServer(
             self.faults, self.plant, list(self.devices), host=host, port=control_port,
             extra=lambda: {"time_scale": self.time_scale},
@@ -104,7 +105,7 @@ class LineSimulator:
     ) -> BusServer:
         if bus.protocol in ("modbus-tcp", "modbus-rtu"):
             registers = [m for m in members if isinstance(m, RegisterDevice)]
-            framing = "tcp" if bus.protocol == "modbus-tcp" else "rtu"
+            framing: Literal["tcp", "rtu"] = "tcp" if bus.protocol == "modbus-tcp" else "rtu"
             return ModbusBusServer(name, framing, registers, self.faults, host=self.host, port=port)
         ascii_devices = [m for m in members if not isinstance(m, RegisterDevice)]
         return AsciiBusServer(name, ascii_devices, self.faults, host=self.host, port=port)

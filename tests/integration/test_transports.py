@@ -1,0 +1,341 @@
+"""The Modbus and ASCII transports' error model against bare asyncio servers written here
+(no simulator, no pymodbus server): silence -> DeviceTimeout after every retry, a closed link
+-> DeviceDisconnected, a refused connection -> DeviceDisconnected paced by the backoff,
+garbage -> DeviceProtocolError, and one outstanding request at a time per bus."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Literal
+
+import pytest
+
+from drivers.errors import DeviceDisconnected, DeviceProtocolError, DeviceTimeout
+from drivers.transports.ascii import AsciiTransport
+from drivers.transports.backoff import Backoff
+from drivers.transports.endpoint import Endpoint
+from drivers.transports.modbus import ModbusTransport
+
+HOST = "127.0.0.1"
+TIMEOUT_S = 0.1
+Framing = Literal["mbap", "rtu", "line"]
+Transport = ModbusTransport | AsciiTransport
+
+
+class Close:
+    """A behaviour's answer meaning: drop the connection instead of replying."""
+
+
+CLOSE = Close()
+Behaviour = Callable[[bytes], Awaitable[bytes | Close | None]]
+
+
+class BareServer:
+    """A TCP server that splits the byte stream into request frames, counts them, tracks how
+    many are outstanding at once, and answers each as its behaviour says."""
+
+    def __init__(self, framing: Framing, behaviour: Behaviour, port: int = 0) -> None:
+        self.framing = framing
+        self.behaviour = behaviour
+        self.port = port
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.outstanding = 0
+        self.max_outstanding = 0
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> BareServer:
+        self._server = await asyncio.start_server(self._serve, HOST, self.port)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._handlers):
+            task.cancel()
+        for task in list(self._handlers):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._server.wait_closed()
+
+    async def _read_frame(self, reader: asyncio.StreamReader) -> bytes:
+        if self.framing == "mbap":
+            header = await reader.readexactly(6)
+            (length,) = struct.unpack(">H", header[4:6])
+            return header + await reader.readexactly(length)
+        if self.framing == "rtu":
+            return await reader.readexactly(8)  # every read/write-single request is 8 bytes
+        return await reader.readuntil(b"\r")
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        self.connections += 1
+        try:
+            while True:
+                frame = await self._read_frame(reader)
+                self.requests.append(frame)
+                self.outstanding += 1
+                self.max_outstanding = max(self.max_outstanding, self.outstanding)
+                try:
+                    reply = await self.behaviour(frame)
+                finally:
+                    self.outstanding -= 1
+                if isinstance(reply, Close):
+                    return
+                if reply:
+                    writer.write(reply)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            self._handlers.discard(task)
+            writer.close()
+
+
+# -- behaviours --------------------------------------------------------------------------------
+async def never_answer(frame: bytes) -> None:
+    return None
+
+
+async def close_link(frame: bytes) -> Close:
+    return CLOSE
+
+
+def mbap_read_reply(frame: bytes) -> bytes:
+    """A valid Modbus TCP reply to a read of one register: the register holds its address."""
+    transaction, _, _, unit, function, address, count = struct.unpack(">HHHBBHH", frame[:12])
+    assert count == 1
+    pdu = struct.pack(">BBH", function, 2, address)
+    return struct.pack(">HHHB", transaction, 0, len(pdu) + 1, unit) + pdu
+
+
+async def slow_register_echo(frame: bytes) -> bytes:
+    await asyncio.sleep(0.005)  # long enough for a second request to overlap, were it sent
+    return mbap_read_reply(frame)
+
+
+async def slow_line_echo(frame: bytes) -> bytes:
+    await asyncio.sleep(0.005)
+    return b"echo " + frame
+
+
+def garbage(reply: bytes) -> Behaviour:
+    async def answer(frame: bytes) -> bytes:
+        return reply
+
+    return answer
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+def modbus(port: int, *, rtu: bool = False, retries: int = 1,
+           backoff: Backoff | None = None) -> ModbusTransport:
+    endpoint = Endpoint("modbus-rtu" if rtu else "modbus-tcp", host=HOST, port=port)
+    return ModbusTransport("bus", endpoint, timeout_s=TIMEOUT_S, retries=retries, backoff=backoff)
+
+
+def ascii_line(port: int, *, retries: int = 1, backoff: Backoff | None = None) -> AsciiTransport:
+    endpoint = Endpoint("ascii", host=HOST, port=port)
+    return AsciiTransport("line", endpoint, timeout_s=TIMEOUT_S, retries=retries, backoff=backoff)
+
+
+async def modbus_read(transport: Transport) -> list[int]:
+    assert isinstance(transport, ModbusTransport)
+    return await transport.read_holding(1, 7, 1)
+
+
+async def ascii_request(transport: Transport) -> str:
+    assert isinstance(transport, AsciiTransport)
+    return await transport.request("A")
+
+
+@contextlib.asynccontextmanager
+async def closing(transport: Transport) -> AsyncIterator[Transport]:
+    try:
+        yield transport
+    finally:
+        await transport.close()
+
+
+async def free_port() -> int:
+    """A port nobody listens on: bound by a server that is closed again at once."""
+    async with BareServer("line", never_answer) as server:
+        return server.port
+
+
+# -- timeouts ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("retries", [0, 2])
+async def test_modbus_silence_is_a_timeout_after_every_retry(retries: int) -> None:
+    async with (
+        BareServer("mbap", never_answer) as server,
+        closing(modbus(server.port, retries=retries)) as transport,
+    ):
+        with pytest.raises(DeviceTimeout) as caught:
+            await modbus_read(transport)
+    assert len(server.requests) == retries + 1
+    assert caught.value.device == "bus"
+    assert caught.value.timeout_s == TIMEOUT_S
+    assert "read holding 7+1 @1" in caught.value.request
+    # Every attempt is the same request: function 3, address 7, one register, unit 1.
+    assert {frame[6:] for frame in server.requests} == {bytes.fromhex("01 03 0007 0001")}
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+async def test_ascii_silence_is_a_timeout_after_every_retry(retries: int) -> None:
+    async with (
+        BareServer("line", never_answer) as server,
+        closing(ascii_line(server.port, retries=retries)) as transport,
+    ):
+        with pytest.raises(DeviceTimeout) as caught:
+            await ascii_request(transport)
+    assert server.requests == [b"A\r"] * (retries + 1)
+    assert caught.value.request == "'A'"
+
+
+# -- disconnects -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("framing", "make", "call"),
+    [("mbap", modbus, modbus_read), ("line", ascii_line, ascii_request)],
+    ids=["modbus", "ascii"],
+)
+async def test_a_closed_link_is_disconnected(
+    framing: Framing,
+    make: Callable[[int], Transport],
+    call: Callable[[Transport], Awaitable[object]],
+) -> None:
+    async with (
+        BareServer(framing, close_link) as server,
+        closing(make(server.port)) as transport,
+    ):
+        with pytest.raises(DeviceDisconnected):
+            await call(transport)
+        assert not transport.connected
+    assert len(server.requests) == 1  # a dead link is reported, not retried into the void
+
+
+@pytest.mark.parametrize(
+    ("framing", "make", "call"),
+    [("mbap", modbus, modbus_read), ("line", ascii_line, ascii_request)],
+    ids=["modbus", "ascii"],
+)
+async def test_refused_connection_then_backoff(
+    framing: Framing,
+    make: Callable[..., Transport],
+    call: Callable[[Transport], Awaitable[object]],
+) -> None:
+    port = await free_port()
+    # A long first delay makes "immediately" certain even on a slow machine.
+    async with closing(make(port, backoff=Backoff(initial_s=60.0))) as transport:
+        with pytest.raises(DeviceDisconnected) as first:
+            await call(transport)
+        assert "backoff" not in first.value.reason
+        async with BareServer(framing, never_answer, port=port) as server:
+            with pytest.raises(DeviceDisconnected) as second:
+                await call(transport)
+            assert "backoff" in second.value.reason
+            assert server.connections == 0  # the backoff held the attempt back
+
+
+async def test_reconnects_once_the_backoff_allows() -> None:
+    port = await free_port()
+    async with closing(modbus(port, backoff=Backoff(initial_s=0.01, maximum_s=0.01))) as transport:
+        with pytest.raises(DeviceDisconnected):
+            await modbus_read(transport)
+        async with BareServer("mbap", slow_register_echo, port=port) as server:
+            end = asyncio.get_running_loop().time() + 10
+            while True:
+                try:
+                    assert await modbus_read(transport) == [7]
+                    break
+                except DeviceDisconnected:
+                    assert asyncio.get_running_loop().time() < end
+                    await asyncio.sleep(0.01)
+            assert server.connections == 1
+
+
+# -- garbage -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("framing", "reply", "rtu"),
+    [
+        ("mbap", b"\x00\x01garbage!\r\n", False),  # not a Modbus frame at all
+        ("rtu", bytes.fromhex("01 03 02 00 07 00 00"), True),  # right shape, wrong CRC
+    ],
+    ids=["modbus-tcp", "modbus-rtu-bad-crc"],
+)
+async def test_modbus_garbage_is_a_protocol_error(
+    framing: Framing, reply: bytes, rtu: bool
+) -> None:
+    async with (
+        BareServer(framing, garbage(reply)) as server,
+        closing(modbus(server.port, rtu=rtu, retries=1)) as transport,
+    ):
+        with pytest.raises(DeviceProtocolError) as caught:
+            await modbus_read(transport)
+    assert "bad CRC or malformed" in caught.value.detail
+    assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize(
+    ("reply", "detail"),
+    [
+        (b"\xff\xfe\x80\r", "non-ASCII"),
+        (b"no terminator here", "unterminated"),
+        (b"x" * 600, "unterminated"),  # a runaway stream, longer than any frame
+    ],
+)
+async def test_ascii_garbage_is_a_protocol_error(reply: bytes, detail: str) -> None:
+    async with (
+        BareServer("line", garbage(reply)) as server,
+        closing(ascii_line(server.port, retries=0)) as transport,
+    ):
+        with pytest.raises(DeviceProtocolError) as caught:
+            await ascii_request(transport)
+    assert detail in caught.value.detail
+
+
+async def test_ascii_recovers_after_garbage() -> None:
+    replies = iter([b"\xff\r", b"A +014.70\r"])
+
+    async def answer(frame: bytes) -> bytes:
+        return next(replies)
+
+    async with (
+        BareServer("line", answer) as server,
+        closing(ascii_line(server.port)) as transport,
+    ):
+        with pytest.raises(DeviceProtocolError):
+            await ascii_request(transport)
+        assert await ascii_request(transport) == "A +014.70"
+
+
+# -- one request at a time ---------------------------------------------------------------------
+async def test_modbus_requests_are_serialised() -> None:
+    async with (
+        BareServer("mbap", slow_register_echo) as server,
+        closing(modbus(server.port)) as transport,
+    ):
+        assert isinstance(transport, ModbusTransport)
+        results = await asyncio.gather(
+            *(transport.read_holding(1, address, 1) for address in range(20))
+        )
+    assert results == [[address] for address in range(20)]
+    assert len(server.requests) == 20
+    assert server.max_outstanding == 1
+
+
+async def test_ascii_requests_are_serialised() -> None:
+    async with (
+        BareServer("line", slow_line_echo) as server,
+        closing(ascii_line(server.port)) as transport,
+    ):
+        assert isinstance(transport, AsciiTransport)
+        lines = [f"U{n}" for n in range(20)]
+        replies = await asyncio.gather(*(transport.request(line) for line in lines))
+    assert replies == [f"echo {line}" for line in lines]
+    assert server.max_outstanding == 1

@@ -1,0 +1,118 @@
+"""Every interlock in the states where it can occur: the safe state of domain.md, the
+first-out cause latched in an alarm, and the run in Aborted (or Suspended for flame-out and a
+lost precursor controller; only an alarm for a lost gauge)."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller.alarms import ANNUNCIATED
+from controller.interlocks import INTERLOCKS_BY_ID
+from controller.states import State
+from tests.system.rig import Rig
+
+pytestmark = pytest.mark.slow
+
+# (device, fault kind) -> the interlock that must trip first.
+TRIPS = [
+    (("safety_io", "estop"), "estop"),
+    (("safety_io", "safety_relay_open"), "safety_relay_open"),
+    (("safety_io", "door_open"), "door_open"),
+    (("safety_io", "water_flow_low"), "water_flow_low"),
+    (("safety_io", "water_temp_high"), "water_temp_high"),
+    (("safety_io", "exhaust_lost"), "exhaust_lost"),
+    (("safety_io", "scrubber_not_ready"), "scrubber_not_ready"),
+    (("safety_io", "supply_pressure_low"), "gas_supply_low"),
+    (("safety_io", "gas_alarm"), "gas_detected"),
+    (("rf", "rf_fault"), "rf_fault"),
+    (("rf", "reflected_high"), "reflected_power_high"),
+    (("carriage", "drive_alarm"), "drive_alarm"),
+    (("rf", "silent"), "link_rf"),
+    (("safety_io", "silent"), "link_safety_io"),
+    (("torch_slide", "silent"), "link_drives"),
+    (("mfc_o2", "silent"), "link_plasma_gas"),
+    (("mfc_ar", "disconnect"), "link_plasma_gas"),
+]
+
+
+def _first_out(rig: Rig) -> str | None:
+    first = rig.sup.alarms.first_out()
+    return first.definition.id if first else None
+
+
+def assert_safe_state(rig: Rig, *, estop: bool, gas_off: bool) -> None:
+    plant = rig.sim.plant
+    assert not plant.rf_on, "RF must be off"
+    assert plant.sicl4_g_min < 0.5, "SiCl4 must be off"
+    assert not plant.precursor_valve_open
+    if estop:
+        assert not plant.drives_powered
+    else:
+        # The rod keeps turning at its cooling speed.
+        cooling = rig.line.axis("spindle").cooling_speed_rpm or 10
+        assert abs(plant.spindle_rpm - cooling) < 1.0
+    if gas_off:
+        assert not plant.master_valve_open
+
+
+@pytest.mark.parametrize(("fault", "interlock"), TRIPS, ids=[t[1] + "-" + t[0][1] for t in TRIPS])
+async def test_trip_while_depositing(rig: Rig, fault: tuple[str, str], interlock: str) -> None:
+    assert (await rig.start("long")).accepted
+    await rig.wait_depositing(passes_done=1)
+    rig.sim.faults.inject(*fault)
+    await rig.wait_state(State.ABORTED, timeout_s=20)
+    assert rig.sup.trip_cause == interlock
+    assert _first_out(rig) == interlock
+    # Drives lose power on E-stop; otherwise let the spindle settle at cooling speed.
+    await rig.wait_for(lambda: rig.sup.telemetry.axes["spindle"].in_position or fault[1] == "estop"
+                       or interlock == "link_drives", 10, "spindle at cooling speed")
+    assert_safe_state(rig, estop=interlock == "estop", gas_off=interlock == "gas_detected")
+    status = rig.sup.alarms.status(interlock)
+    assert status.state in ANNUNCIATED and status.latched
+    # Clear is refused while the condition persists (a plasma-only condition has gone with the
+    # plasma), accepted once it has gone.
+    if not INTERLOCKS_BY_ID[interlock].only_with_plasma:
+        refused = await rig.sup.command("clear", "alice")
+        assert not refused.accepted
+    rig.sim.faults.clear()
+    await rig.wait_for(lambda: rig.sup.link_alive(fault[0]), 15, "link back")
+    for _ in range(20):  # the condition goes as the fresh readings come in
+        if (await rig.sup.command("clear", "alice")).accepted:
+            break
+    assert rig.sup.sm.state is State.STOPPED
+    assert not rig.sup.start_blockers()
+
+
+@pytest.mark.parametrize("when", ["held", "starting"])
+async def test_trip_in_other_active_states(rig: Rig, when: str) -> None:
+    assert (await rig.start("long")).accepted
+    if when == "held":
+        await rig.wait_depositing(passes_done=1)
+        assert (await rig.sup.command("hold", "alice")).accepted
+        assert rig.sup.sm.state is State.HELD
+    else:
+        await rig.wait_for(lambda: rig.sim.plant.plasma_lit, 30, "ignition")
+    rig.sim.faults.inject("safety_io", "water_flow_low")
+    await rig.wait_state(State.ABORTED, timeout_s=20)
+    assert _first_out(rig) == "water_flow_low"
+    assert_safe_state(rig, estop=False, gas_off=False)
+
+
+async def test_trip_in_idle_raises_an_alarm_and_blocks_start(rig: Rig) -> None:
+    rig.sim.faults.inject("safety_io", "door_open")
+    rig.sim.faults.inject("safety_io", "scrubber_not_ready")
+    await rig.wait_for(lambda: rig.sup.alarms.status("scrubber_not_ready").condition, 5, "alarm")
+    assert rig.sup.sm.state is State.IDLE
+    result = await rig.start("quick")
+    assert not result.accepted and "scrubber_not_ready" in (result.reason or "")
+
+
+async def test_first_out_is_the_first_cause_of_a_burst(rig: Rig) -> None:
+    assert (await rig.start("long")).accepted
+    await rig.wait_depositing(passes_done=1)
+    rig.sim.faults.inject("safety_io", "exhaust_lost")
+    await rig.wait_state(State.ABORTED, timeout_s=20)
+    rig.sim.faults.inject("safety_io", "water_flow_low")
+    await rig.wait_for(lambda: rig.sup.alarms.status("water_flow_low").condition, 5, "second")
+    assert _first_out(rig) == "exhaust_lost"
+    assert not rig.sup.alarms.status("water_flow_low").first_out
