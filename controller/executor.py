@@ -117,6 +117,7 @@ class Executor:
         self.trim_power_kw = 0.0
         self.trim_traverse_pct = 0.0
         self.current_op = "idle"
+        self.stop_requested = False
         self.reignite_attempts: int | None = None  # set by the supervisor for re-ignition
         self._log = log.bind(recipe=plan.name)
         sicl4 = line.mfc("mfc_sicl4")
@@ -138,9 +139,16 @@ class Executor:
         reading = self.telemetry.mfcs.get(device)
         return None if reading is None else reading.mass_slpm
 
+    def _check_stop(self) -> None:
+        # Belt and braces for task cancellation, which Python 3.11's wait_for can swallow.
+        if self.stop_requested:
+            raise asyncio.CancelledError
+
     async def _until(self, condition: Callable[[], bool], process_s: float, what: str) -> None:
         deadline = time.monotonic() + self.clock.wall_budget(process_s)
+        self._check_stop()
         while not condition():
+            self._check_stop()
             if time.monotonic() > deadline:
                 raise StepFailed(self.current_op, f"timed out waiting for {what}")
             await asyncio.sleep(POLL_S)
@@ -153,6 +161,7 @@ class Executor:
     async def run(self, *, resume: bool = False, on_resumed: Callable[[], None] | None = None) -> None:
         steps = self.plan.steps
         while self.cursor.step < len(steps):
+            self._check_stop()
             op = steps[self.cursor.step]
             if resume:
                 await self._resume_prelude(self.cursor.step)
@@ -370,6 +379,7 @@ class Executor:
         await self.act.set_outputs("recipe", precursor_valve=False, heater_a=False, heater_b=False)
 
     async def _one_pass(self, op: DepositOp, layer: LayerOp) -> None:
+        self._check_stop()
         self.current_op = "deposit"
         if self.plan.target_diameter_mm is not None:
             self._correct_for_target(op)

@@ -21,7 +21,14 @@ from controller.actuators import Actuators
 from controller.alarm_catalog import alarm_definitions
 from controller.alarms import AlarmEvent, AlarmManager
 from controller.executor import Cursor, Executor, IgnitionFailed, PassSummary, StepFailed
-from controller.interlocks import Interlock, Reaction, Signals, blocking_start, evaluate
+from controller.interlocks import (
+    INTERLOCKS_BY_ID,
+    Interlock,
+    Reaction,
+    Signals,
+    blocking_start,
+    evaluate,
+)
 from controller.machine import AXIS_NAMES, MFC_NAMES, Machine
 from controller.plan import CooldownOp, Plan
 from controller.process_clock import ProcessClock
@@ -45,6 +52,19 @@ class CommandResult:
     accepted: bool
     reason: str | None = None
     state: str | None = None
+
+
+async def cancel_and_wait(tasks: list[asyncio.Task[Any]], attempts: int = 20) -> None:
+    """Cancel tasks and wait until they are done, cancelling again if need be: on Python 3.11
+    ``asyncio.wait_for`` can swallow a cancellation that races with its inner future (fixed in
+    3.12), which would leave a poller running forever."""
+    for _ in range(attempts):
+        pending = [t for t in tasks if not t.done()]
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.5)
 
 
 class Supervisor:
@@ -74,6 +94,7 @@ class Supervisor:
         self.trip_cause: str | None = None
         self.heartbeat_enabled = True
         self.armed = False
+        self._stopping = False
         self.reaction_latency_s: list[float] = []
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -113,13 +134,17 @@ class Supervisor:
         tb: TracebackType | None,
     ) -> None:
         await self._cancel_executor()
-        if self._reaction is not None and not self._reaction.done():
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reaction
+        reaction = self._reaction
+        if reaction is not None and not reaction.done():
+            # A safety reaction finishes its writes (bounded by the transports' timeouts);
+            # waiting for an operator or a recovery afterwards is not ours to do any more.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(reaction), timeout=5)
+            reaction.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._record_queue.join(), timeout=10)
-        for task in self._tasks:
-            task.cancel()
+        self._stopping = True
+        await cancel_and_wait(self._tasks)
         assert self._tg is not None
         await self._tg.__aexit__(None, None, None)
         await self.machine.close()
@@ -137,7 +162,7 @@ class Supervisor:
         period = 1.0 / self._poll_hz(device)
         health = self.telemetry.link(device)
         next_at = time.monotonic()
-        while True:
+        while not self._stopping:
             health.polls += 1
             try:
                 store(await read())
@@ -163,7 +188,7 @@ class Supervisor:
         period = 1.0 / self._poll_hz(device)
         health = self.telemetry.link(device)
         next_at = time.monotonic()
-        while True:
+        while not self._stopping:
             health.polls += 1
             try:
                 self.telemetry.safety = await self.machine.safety_io.read()
@@ -356,7 +381,9 @@ class Supervisor:
         posture = POSTURE_FOR_REACTION[interlock.reaction]
         exec_task = self._exec_task
         if exec_task is not None:
-            exec_task.cancel()  # no await: the RF-off write must go out first
+            exec_task.cancel()
+        if self.executor is not None:
+            self.executor.stop_requested = True  # no await: the RF-off write must go out first
         if running:
             self.sm.apply(Command.ABORT, cause=f"interlock {interlock.id}")
         await self._safe_posture(posture, f"trip:{interlock.id}", detected_at)
@@ -390,6 +417,8 @@ class Supervisor:
         exec_task = self._exec_task
         if exec_task is not None:
             exec_task.cancel()
+        if self.executor is not None:
+            self.executor.stop_requested = True
         posture = POSTURE_FOR_REACTION[Reaction.SUSPEND]
         await self._safe_posture(posture, f"suspend:{interlock.id}")
         await self._cancel_executor()
@@ -418,6 +447,7 @@ class Supervisor:
     # -- the executor ----------------------------------------------------------------------
     def _launch_executor(self, *, resume: bool) -> None:
         assert self.executor is not None and self._tg is not None
+        self.executor.stop_requested = False
         self._exec_task = self._tg.create_task(self._run_executor(resume), name="executor")
 
     async def _run_executor(self, resume: bool) -> None:
@@ -441,7 +471,7 @@ class Supervisor:
             return
         except DeviceError as exc:
             self._exec_task = None
-            await self._abort_with("internal_error", f"device error in recipe: {exc}")
+            await self._device_failed(exc)
             return
         except Exception as exc:  # rule 1: an unhandled error ends in the safe state
             self._exec_task = None
@@ -457,6 +487,38 @@ class Supervisor:
     def _resumed(self) -> None:
         if self.sm.state in (State.UNHOLDING, State.UNSUSPENDING, State.STARTING):
             self.sm.complete(cause="process re-established")
+
+    def _interlock_for_device_error(self, exc: DeviceError) -> Interlock | None:
+        """The link interlock of the device (or bus) that failed under the executor."""
+        names = {exc.device} | {n for n, d in self.line.devices.items() if d.bus == exc.device}
+        if names & set(AXIS_NAMES):
+            return INTERLOCKS_BY_ID["link_drives"]
+        if "rf" in names:
+            return INTERLOCKS_BY_ID["link_rf"]
+        if "safety_io" in names:
+            return INTERLOCKS_BY_ID["link_safety_io"]
+        if names & {"mfc_sicl4", "mfc_dopant"}:
+            return INTERLOCKS_BY_ID["link_precursor"]
+        if names & {"mfc_ar", "mfc_o2", "mfc_n2"}:
+            return INTERLOCKS_BY_ID["link_plasma_gas"]
+        return None
+
+    async def _device_failed(self, exc: DeviceError) -> None:
+        """A write under the executor failed before the poller declared the link lost: react
+        as the link interlock would, a moment earlier."""
+        self._log.error("executor.device_error", device=exc.device, error=str(exc))
+        interlock = self._interlock_for_device_error(exc)
+        if interlock is None:
+            await self._abort_with("internal_error", f"device error in recipe: {exc}")
+            return
+        self.alarms.evaluate(f"interlock.{interlock.id}", True, time.time())
+        self._tripped.add(interlock.id)
+        if interlock.reaction is Reaction.SUSPEND and self.sm.state is State.EXECUTE:
+            await self._suspend(interlock)
+            return
+        running = self.sm.state in ACTIVE_STATES and self.sm.state is not State.ABORTING
+        self.trip_cause = self.trip_cause or interlock.id
+        await self._trip(interlock, time.monotonic(), running)
 
     async def _ignition_failed(self, exc: StepFailed) -> None:
         now = time.time()
@@ -486,10 +548,10 @@ class Supervisor:
     async def _cancel_executor(self) -> None:
         task = self._exec_task
         self._exec_task = None
+        if self.executor is not None:
+            self.executor.stop_requested = True  # seen at its next wait, whatever happens
         if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task])
 
     def _cooldown_op(self) -> CooldownOp:
         if self.plan is not None:
@@ -675,6 +737,7 @@ class Supervisor:
         await self._cancel_executor()
         try:
             if self.executor is not None:
+                self.executor.stop_requested = False  # the cool-down is the stop's own work
                 await self.executor.cool_down(self._cooldown_op())
             else:
                 await self._safe_posture(POSTURE_FOR_REACTION[Reaction.TRIP], "stop")
@@ -688,6 +751,8 @@ class Supervisor:
         exec_task = self._exec_task
         if exec_task is not None:
             exec_task.cancel()
+        if self.executor is not None:
+            self.executor.stop_requested = True
         await self._safe_posture(POSTURE_FOR_REACTION[Reaction.TRIP], "abort")
         await self._cancel_executor()
         self.sm.complete(cause="safe state reached")

@@ -40,8 +40,10 @@ def _first_out(rig: Rig) -> str | None:
     return first.definition.id if first else None
 
 
-def assert_safe_state(rig: Rig, *, estop: bool, gas_off: bool) -> None:
+async def assert_safe_state(rig: Rig, *, estop: bool, gas_off: bool) -> None:
     plant = rig.sim.plant
+    cooling = rig.line.axis("spindle").cooling_speed_rpm or 10
+    await rig.wait_for(lambda: estop or abs(plant.spindle_rpm - cooling) < 1.0, 10, "cooling")
     assert not plant.rf_on, "RF must be off"
     assert plant.sicl4_g_min < 0.5, "SiCl4 must be off"
     assert not plant.precursor_valve_open
@@ -64,9 +66,10 @@ async def test_trip_while_depositing(rig: Rig, fault: tuple[str, str], interlock
     assert rig.sup.trip_cause == interlock
     assert _first_out(rig) == interlock
     # Drives lose power on E-stop; otherwise let the spindle settle at cooling speed.
-    await rig.wait_for(lambda: rig.sup.telemetry.axes["spindle"].in_position or fault[1] == "estop"
-                       or interlock == "link_drives", 10, "spindle at cooling speed")
-    assert_safe_state(rig, estop=interlock == "estop", gas_off=interlock == "gas_detected")
+    cooling = rig.line.axis("spindle").cooling_speed_rpm or 10
+    await rig.wait_for(lambda: interlock == "estop"
+                       or abs(rig.sim.plant.spindle_rpm - cooling) < 1.0, 10, "cooling speed")
+    await assert_safe_state(rig, estop=interlock == "estop", gas_off=interlock == "gas_detected")
     status = rig.sup.alarms.status(interlock)
     assert status.state in ANNUNCIATED and status.latched
     # Clear is refused while the condition persists (a plasma-only condition has gone with the
@@ -95,7 +98,7 @@ async def test_trip_in_other_active_states(rig: Rig, when: str) -> None:
     rig.sim.faults.inject("safety_io", "water_flow_low")
     await rig.wait_state(State.ABORTED, timeout_s=20)
     assert _first_out(rig) == "water_flow_low"
-    assert_safe_state(rig, estop=False, gas_off=False)
+    await assert_safe_state(rig, estop=False, gas_off=False)
 
 
 async def test_trip_in_idle_raises_an_alarm_and_blocks_start(rig: Rig) -> None:
