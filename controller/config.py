@@ -162,6 +162,8 @@ class SupervisionConfig(Strict):
     torch_slide_mm_min: float = Field(default=300.0, gt=0)
     diameter_correction_limits: tuple[float, float] = (0.6, 1.6)  # SiCl4 scale bounds
     telemetry_record_hz: float = Field(default=1.0, gt=0)
+    # The controller's prior for the deposition efficiency, until the gauge has measured it.
+    nominal_efficiency: float = Field(default=0.5, gt=0, le=1)
 
 
 class LineConfig(Strict):

@@ -64,6 +64,8 @@ class Cursor:
     sicl4_scale: float = 1.0
     diameter_mm: float | None = None
     efficiency_estimate: float | None = None
+    start_diameter_mm: float | None = None  # measured when deposition began
+    basis_g: float = 0.0  # glass the passes so far would have made at efficiency 1
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -362,6 +364,8 @@ class Executor:
         if self.cursor.diameter_mm is None:
             self.cursor.diameter_mm = (self.measured_diameter()
                                        or self.line.geometry.bait_rod_diameter_mm)
+        if self.cursor.start_diameter_mm is None:
+            self.cursor.start_diameter_mm = self.cursor.diameter_mm
         first_layer = op.layers[self.cursor.layer]
         await self._track_gap(first_layer, self.cursor.diameter_mm)
         await self._to_pass_start(op)
@@ -398,22 +402,18 @@ class Executor:
         duration = self.clock.now() - started_process
         stroke_s = abs(end - start) / self._layer_traverse(layer) * 60
         sicl4_g_min = self._sicl4_slpm(layer) * self._g_per_slpm
-        measured = self.measured_diameter()
         length = abs(op.turning_point_b_mm - op.turning_point_a_mm)
-        predicted_g = (self.cursor.efficiency_estimate or 0.5) * sicl4_g_min * SIO2_PER_SICL4 * stroke_s / 60
+        basis_g = sicl4_g_min * SIO2_PER_SICL4 * stroke_s / 60  # the glass at efficiency 1
+        self.cursor.basis_g += basis_g
+        measured = await self._fresh_diameter(after_wall=time.monotonic())
         if measured is not None:
             diameter, source = measured, "gauge"
-            deposited = max(0.0, mass_for_diameter_g(diameter_before, measured, length))
-            if sicl4_g_min > 0:
-                efficiency = deposited / (sicl4_g_min * SIO2_PER_SICL4 * stroke_s / 60)
-                previous = self.cursor.efficiency_estimate
-                self.cursor.efficiency_estimate = (
-                    efficiency if previous is None else 0.5 * previous + 0.5 * efficiency
-                )
+            self._estimate_efficiency(measured, length)
         else:
             # Open loop from the forecast: the gauge is lost, deposition goes on (rule 2).
-            deposited = predicted_g
-            diameter, source = grown_diameter_mm(diameter_before, deposited, length), "forecast"
+            grown = self._efficiency() * basis_g
+            diameter, source = grown_diameter_mm(diameter_before, grown, length), "forecast"
+        deposited = self._efficiency() * basis_g
         self.cursor.diameter_mm = diameter
         self.cursor.layer_pass += 1
         self.cursor.passes_done += 1
@@ -427,6 +427,36 @@ class Executor:
         self._log.info("executor.pass", **asdict(summary))
         if self.on_pass is not None:
             await self.on_pass(summary, self.cursor)
+
+    def _efficiency(self) -> float:
+        return self.cursor.efficiency_estimate or self.line.supervision.nominal_efficiency
+
+    def _estimate_efficiency(self, measured_mm: float, length_mm: float) -> None:
+        """Apparent deposition efficiency from the growth measured since deposition began.
+
+        Cumulative, not per pass: one pass grows the rod by about the gauge's resolution, so a
+        per-pass estimate would be mostly quantisation noise."""
+        start = self.cursor.start_diameter_mm
+        if start is None or self.cursor.basis_g <= 0:
+            return
+        nominal = self.line.supervision.nominal_efficiency
+        expected = grown_diameter_mm(start, nominal * self.cursor.basis_g, length_mm) - start
+        if expected < 10 * self.line.gauge().resolution_mm:
+            return  # too little growth yet to tell anything from noise
+        mass = mass_for_diameter_g(start, measured_mm, length_mm)
+        self.cursor.efficiency_estimate = max(0.02, min(1.0, mass / self.cursor.basis_g))
+
+    async def _fresh_diameter(self, after_wall: float) -> float | None:
+        """A gauge reading taken after the pass ended (the gauge polls slowly; a stale one
+        would lag the growth by most of a pass at high time scales)."""
+        health = self.telemetry.health.get("diameter_gauge")
+        if health is None or not self.telemetry.link_ok("diameter_gauge"):
+            return self.measured_diameter()
+        budget = 2.5 / self.line.gauge().poll_hz
+        deadline = time.monotonic() + budget
+        while health.last_ok_wall <= after_wall and time.monotonic() < deadline:
+            await asyncio.sleep(POLL_S)
+        return self.measured_diameter()
 
     def _remaining_passes(self, op: DepositOp) -> list[LayerOp]:
         passes: list[LayerOp] = []
@@ -445,7 +475,7 @@ class Executor:
         if target is None or diameter is None or not remaining:
             return
         length = abs(op.turning_point_b_mm - op.turning_point_a_mm)
-        efficiency = self.cursor.efficiency_estimate or 0.5
+        efficiency = self._efficiency()
         needed = mass_for_diameter_g(diameter, target, length)
         planned = sum(
             efficiency * layer.sicl4_g_min * SIO2_PER_SICL4

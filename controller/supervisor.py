@@ -111,6 +111,8 @@ class Supervisor:
     async def __aenter__(self) -> Self:
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
+        for device in DEVICE_NAMES:
+            self.telemetry.link(device).timeout_s = self.line.devices[device].link_timeout_s
         spawn = self._tg.create_task
         self._tasks.append(spawn(self._record_writer(), name="records"))
         self._tasks.append(spawn(self._poll_safety(), name="poll-safety_io"))
@@ -171,7 +173,6 @@ class Supervisor:
                 health.consecutive_failures += 1
                 health.last_error = str(exc)
             else:
-                health.ok = True
                 health.ever_ok = True
                 health.consecutive_failures = 0
                 health.last_ok_wall = time.monotonic()
@@ -192,7 +193,7 @@ class Supervisor:
             health.polls += 1
             try:
                 self.telemetry.safety = await self.machine.safety_io.read()
-                health.ok = health.ever_ok = True
+                health.ever_ok = True
                 health.consecutive_failures = 0
                 health.last_ok_wall = time.monotonic()
                 if self.heartbeat_enabled:
@@ -232,10 +233,7 @@ class Supervisor:
 
     def link_alive(self, device: str) -> bool:
         health = self.telemetry.health.get(device)
-        if health is None or not health.ever_ok:
-            return False
-        timeout = self.line.devices[device].link_timeout_s
-        return time.monotonic() - health.last_ok_wall <= timeout
+        return health is not None and health.ok
 
     async def wait_links(self, timeout_s: float | None = None) -> list[str]:
         """Wait until every device has answered; returns those that never did."""

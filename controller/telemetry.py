@@ -20,13 +20,17 @@ from drivers.servo_axis import AxisStatus
 
 @dataclass
 class LinkHealth:
-    ok: bool = False
+    timeout_s: float = 1.0  # no good reply for this long (wall) and the link counts as lost
     ever_ok: bool = False
     last_ok_wall: float = 0.0
     consecutive_failures: int = 0
     last_error: str | None = None
     polls: int = 0
     failures: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.ever_ok and time.monotonic() - self.last_ok_wall <= self.timeout_s
 
 
 @dataclass
