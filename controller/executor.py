@@ -452,7 +452,7 @@ class Executor:
         health = self.telemetry.health.get("diameter_gauge")
         if health is None or not self.telemetry.link_ok("diameter_gauge"):
             return self.measured_diameter()
-        budget = 2.5 / self.line.gauge().poll_hz
+        budget = 1.2 / self.line.gauge().poll_hz
         deadline = time.monotonic() + budget
         while health.last_ok_wall <= after_wall and time.monotonic() < deadline:
             await asyncio.sleep(POLL_S)
