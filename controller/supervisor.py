@@ -581,10 +581,11 @@ class Supervisor:
             await self._reset_device_latches(user)
         refusal = self._refusal(command, plan)
         accepted = refusal is None
-        run_id = self.run_id
+        current_run = self.run_id
         if not (accepted and command == "start"):  # an accepted start is recorded in its run
             await self._record_now(lambda: self.records.record_command(
-                run_id, user, command, {"reason": reason}, accepted=accepted, reason=refusal))
+                current_run, user, command, {"reason": reason}, accepted=accepted,
+                reason=refusal))
         if refusal is not None:
             self._log.warning("command.refused", command=command, user=user, reason=refusal)
             return CommandResult(command, False, refusal, self.sm.state.value)

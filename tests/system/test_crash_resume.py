@@ -1,0 +1,127 @@
+"""kill -9 of the controller while a separate povd-sim keeps the machine: the next start is
+refused until the interrupted run is resumed (or abandoned); --resume continues from the last
+completed pass and nothing recorded is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controller.records import RecordsReader, RecordsUnavailable
+
+pytestmark = pytest.mark.slow
+
+RECIPE = Path(__file__).parent / "recipes" / "long.yaml"
+
+
+def _wait(condition, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def simulator(tmp_path: Path) -> Iterator[Path]:
+    endpoints = tmp_path / "endpoints.json"
+    log = (tmp_path / "sim.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulators.serve", "serve", "--time-scale", "200", "--no-pty",
+         "--endpoints-json", str(endpoints), "--log-json"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait(endpoints.exists, 30, "povd-sim endpoints")
+        yield endpoints
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        log.close()
+
+
+def _povd(data_dir: Path, *args: str, **kwargs) -> subprocess.Popen[str]:  # type: ignore[no-untyped-def]
+    return subprocess.Popen(
+        [sys.executable, "-m", "controller.cli", "--data-dir", str(data_dir), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        **kwargs,
+    )
+
+
+def _plant(endpoints: Path) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-m", "simulators.serve", "status", "--endpoints", str(endpoints)],
+        capture_output=True, text=True, check=True, timeout=30,
+    )
+    plant: dict[str, object] = json.loads(out.stdout)["plant"]
+    return plant
+
+
+def test_kill_9_then_resume_from_the_last_pass(tmp_path: Path, simulator: Path) -> None:
+    data = tmp_path / "data"
+    db = data / "records.sqlite3"
+    controller = _povd(data, "run", str(RECIPE), "--endpoints", str(simulator),
+                       "--serial", "P-42", "--operator", "dana")
+
+    def passes() -> int:
+        try:
+            runs = RecordsReader(db).list_runs()
+        except (RecordsUnavailable, sqlite3.OperationalError):
+            return 0  # not created yet
+        detail = RecordsReader(db).get_run(runs[0].id) if runs else None
+        return len(detail.passes) if detail else 0
+
+    try:
+        _wait(lambda: passes() >= 3, 90, "three passes")
+    finally:
+        os.kill(controller.pid, signal.SIGKILL)
+        controller.communicate(timeout=10)
+    run_id = RecordsReader(db).list_runs()[0].id
+    recorded_before = passes()
+    # Without a controller the heartbeat stops and the safety PLC drops the RF enable.
+    _wait(lambda: _plant(simulator)["rf_enable"] is False, 10, "the PLC to drop RF enable")
+
+    refused = _povd(data, "run", str(RECIPE), "--endpoints", str(simulator))
+    _, err = refused.communicate(timeout=60)
+    assert refused.returncode == 3, err
+    assert f"run {run_id}" in err and "--resume" in err and "--abandon" in err
+
+    resumed = _povd(data, "run", str(RECIPE), "--endpoints", str(simulator),
+                    "--resume", str(run_id), "--operator", "dana")
+    out, err = resumed.communicate(timeout=240)
+    assert resumed.returncode == 0, out + err
+    detail = RecordsReader(db).get_run(run_id)
+    assert detail is not None and detail.run.outcome is not None
+    assert detail.run.outcome.value == "complete"
+    indices = [p.pass_index for p in detail.passes]
+    assert indices == list(range(1, 41)), indices  # every pass once, in order, none lost
+    assert recorded_before <= len(indices)
+    assert detail.run.preform_serial == "P-42"
+    assert RecordsReader(db).interrupted_runs() == []
+
+
+def test_a_second_controller_for_the_same_line_is_refused(tmp_path: Path, simulator: Path) -> None:
+    data = tmp_path / "data"
+    first = _povd(data, "run", str(RECIPE), "--endpoints", str(simulator))
+    try:
+        _wait(lambda: (data / "line1.lock").exists(), 30, "the line lock")
+        time.sleep(0.5)
+        second = _povd(data, "run", str(RECIPE), "--endpoints", str(simulator))
+        _, err = second.communicate(timeout=60)
+        assert second.returncode == 3
+        assert "another controller" in err
+    finally:
+        first.send_signal(signal.SIGTERM)  # without a terminal: hold, then a controlled stop
+        out, err = first.communicate(timeout=120)
+    assert first.returncode == 1, out + err  # ended, but not complete
+    runs = RecordsReader(data / "records.sqlite3").list_runs()
+    assert runs and runs[0].outcome is not None and runs[0].outcome.value == "stopped"
