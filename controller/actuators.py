@@ -27,7 +27,7 @@ class Commanded:
     rf_on: bool = False
     power_kw: float = 0.0
     flows_slpm: dict[str, float] = dataclasses.field(default_factory=dict)
-    outputs: SafetyOutputs = SafetyOutputs()
+    outputs: SafetyOutputs = dataclasses.field(default_factory=SafetyOutputs)
     spindle_rpm: float = 0.0
     axis_targets: dict[str, float] = dataclasses.field(default_factory=dict)
 

@@ -137,13 +137,13 @@ class AlarmError(Exception):
     """Base of the alarm manager's errors."""
 
 
-class UnknownAlarm(AlarmError, KeyError):  # noqa: N818 - the name says what is unknown
+class UnknownAlarm(AlarmError, KeyError):
     def __init__(self, key: str) -> None:
         super().__init__(f"no alarm defined for {key!r}")
         self.key = key
 
 
-class AlarmRefused(AlarmError):  # noqa: N818 - a refusal with a reason, as CommandRefused
+class AlarmRefused(AlarmError):
     def __init__(self, alarm_id: str, reason: str) -> None:
         super().__init__(f"{alarm_id}: {reason}")
         self.alarm_id = alarm_id

@@ -160,7 +160,9 @@ class Executor:
             self.on_progress({"op": self.current_op, **asdict(self.cursor), **extra})
 
     # -- the run ---------------------------------------------------------------------------
-    async def run(self, *, resume: bool = False, on_resumed: Callable[[], None] | None = None) -> None:
+    async def run(
+        self, *, resume: bool = False, on_resumed: Callable[[], None] | None = None
+    ) -> None:
         steps = self.plan.steps
         while self.cursor.step < len(steps):
             self._check_stop()
@@ -251,11 +253,8 @@ class Executor:
             self.current_op = "ignite"
             self._progress(attempt=attempt)
             await self._set_gases(op.ar_slpm, op.o2_slpm, op.n2_slpm)
-            tolerance = op.tolerances.flow_pct / 100 * self.line.mfc("mfc_ar").full_scale_slpm
-            await self._until(
-                lambda: abs((self._flow("mfc_ar") or 0.0) - op.ar_slpm) <= tolerance,
-                op.tolerances.settle_s, "argon flow to settle",
-            )
+            await self._until(self._argon_settled(op), op.tolerances.settle_s,
+                              "argon flow to settle")
             await self.act.set_ramp_kw_s(op.ramp_kw_s, "recipe")
             await self.act.set_power_kw(op.power_kw, "recipe")
             await self.act.rf_on("recipe")
@@ -270,6 +269,10 @@ class Executor:
             self._log.info("executor.plasma_lit", attempt=attempt)
             return
         raise IgnitionFailed("ignite", f"no ignition after {attempts} attempt(s)")
+
+    def _argon_settled(self, op: IgniteOp) -> Callable[[], bool]:
+        tolerance = op.tolerances.flow_pct / 100 * self.line.mfc("mfc_ar").full_scale_slpm
+        return lambda: abs((self._flow("mfc_ar") or 0.0) - op.ar_slpm) <= tolerance
 
     async def _ramp(self, op: RampOp) -> None:
         start_power = self.act.commanded.power_kw
@@ -353,7 +356,8 @@ class Executor:
 
     async def _track_gap(self, layer: LayerOp, diameter_mm: float) -> None:
         slide = self.line.axis("torch_slide")
-        target = layer.coil_gap_mm + diameter_mm / 2 - self.line.geometry.coil_to_axis_at_slide_zero_mm
+        at_zero = self.line.geometry.coil_to_axis_at_slide_zero_mm
+        target = layer.coil_gap_mm + diameter_mm / 2 - at_zero
         target = max(slide.min_position_mm, min(slide.max_position_mm, target))
         await self.act.move_axis("torch_slide", round(target, 3),
                                  self.line.supervision.torch_slide_mm_min, "gap-control")

@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Self
 
 
-class LineLocked(Exception):  # noqa: N818 - names the situation an operator sees
+class LineLocked(Exception):
     def __init__(self, line: str, path: Path, holder: str) -> None:
         super().__init__(f"another controller holds line {line} ({path}: {holder})")
         self.line = line

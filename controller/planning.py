@@ -54,8 +54,9 @@ def _op(step: Step, line: LineConfig, stroke: tuple[float, float]) -> Op:
                 n2_slpm=layer.n2_slpm, sicl4_g_min=layer.sicl4_g_min,
                 dopant_slpm=layer.dopant_slpm, traverse_mm_min=layer.traverse_mm_min,
                 spindle_rpm=layer.spindle_rpm, heaters=layer.turning_point_heaters,
-                coil_gap_mm=layer.coil_gap_mm, power_trim_kw=tuple(layer.power_trim_kw),
-                traverse_trim_pct=tuple(layer.traverse_trim_pct),
+                coil_gap_mm=layer.coil_gap_mm,
+                power_trim_kw=(layer.power_trim_kw[0], layer.power_trim_kw[1]),
+                traverse_trim_pct=(layer.traverse_trim_pct[0], layer.traverse_trim_pct[1]),
             )
             for i, layer in enumerate(step.layers)
         )

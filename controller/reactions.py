@@ -93,10 +93,10 @@ async def apply_posture(
                 "carriage", park, line.supervision.carriage_reposition_mm_min, source
             )
         if posture.torch_slide_park:
-            park = line.axis("torch_slide").park_position_mm
-            if park is not None:
+            slide_park = line.axis("torch_slide").park_position_mm
+            if slide_park is not None:
                 jobs["torch_slide"] = act.move_axis(
-                    "torch_slide", park, line.supervision.torch_slide_mm_min, source
+                    "torch_slide", slide_park, line.supervision.torch_slide_mm_min, source
                 )
         if posture.spindle is Spindle.COOLING:
             cooling = line.axis("spindle").cooling_speed_rpm or 10.0

@@ -130,7 +130,7 @@ class RecordsError(Exception):
     """A record could not be written as asked (a bad argument: unknown run, bad JSON...)."""
 
 
-class RecordsUnavailable(RecordsError):  # noqa: N818 - a condition of the store, not a bug
+class RecordsUnavailable(RecordsError):
     """The store cannot write (disk full, I/O error, cannot open): hold the run (rule 9)."""
 
     def __init__(self, detail: str) -> None:

@@ -24,8 +24,15 @@ from typing import Any
 
 import structlog
 
-from controller.cli import EXIT_ENDED_OTHERWISE, EXIT_INVALID, EXIT_OK, EXIT_REFUSED, err, out
-from controller.cli import load_config_or_exit
+from controller.cli import (
+    EXIT_ENDED_OTHERWISE,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_REFUSED,
+    err,
+    load_config_or_exit,
+    out,
+)
 from controller.config import LineConfig
 from controller.executor import Cursor
 from controller.forecast import forecast
@@ -134,7 +141,7 @@ async def _run_locked(
                                         restarted=bool(interrupted))
 
 
-async def _supervise(
+async def _supervise(  # noqa: PLR0917 - one call site, each argument named there
     args: argparse.Namespace,
     line: LineConfig,
     recipe: Recipe,
@@ -204,7 +211,8 @@ async def _watch(sup: Supervisor, operator: str, forecast_s: float) -> None:
 async def _on_interrupt(sup: Supervisor, operator: str, which: str, interactive: bool) -> None:
     if sup.sm.state in (State.EXECUTE, State.SUSPENDED):
         result = await sup.command("hold", operator, reason=which)
-        out(f"\n{which}: hold {'accepted' if result.accepted else 'refused: ' + str(result.reason)}")
+        answer = "accepted" if result.accepted else f"refused: {result.reason}"
+        out(f"\n{which}: hold {answer}")
     if not interactive or which == "SIGTERM":
         await _wait_not_acting(sup)
         result = await sup.command("stop", operator, reason=f"{which} without a terminal")

@@ -24,7 +24,9 @@ def _die_with_parent() -> None:
 
 
 class SimulatorChild:
-    def __init__(self, config: Path | None, time_scale: float, *, startup_timeout_s: float = 30) -> None:
+    def __init__(
+        self, config: Path | None, time_scale: float, *, startup_timeout_s: float = 30
+    ) -> None:
         self.config = config
         self.time_scale = time_scale
         self.startup_timeout_s = startup_timeout_s
@@ -40,7 +42,7 @@ class SimulatorChild:
             args += ["--config", str(self.config)]
         self.process = await asyncio.create_subprocess_exec(
             *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl only: async-signal-safe enough for CPython's fork path
+            stderr=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         deadline = time.monotonic() + self.startup_timeout_s

@@ -213,7 +213,7 @@ class ModeChange:
 
 
 # The name is the supervisor's vocabulary (a refusal, not an error in the software).
-class CommandRefused(Exception):  # noqa: N818
+class CommandRefused(Exception):
     """A command (or mode change) that is not allowed now; carries the refusal's reason."""
 
     def __init__(self, command: str, state: State, reason: str) -> None:

@@ -35,7 +35,7 @@ from controller.process_clock import ProcessClock
 from controller.reactions import apply_posture
 from controller.records import PassRecord, RecordsUnavailable, RunHeader, RunRecords
 from controller.safe_state import HOLD, POSTURE_FOR_REACTION, Posture, Rf
-from controller.states import ACTIVE_STATES, Command, CommandRefused, State, StateMachine
+from controller.states import ACTIVE_STATES, Command, State, StateMachine
 from controller.telemetry import Fanout, Telemetry
 from drivers.errors import DeviceError
 
@@ -444,7 +444,8 @@ class Supervisor:
 
     # -- the executor ----------------------------------------------------------------------
     def _launch_executor(self, *, resume: bool) -> None:
-        assert self.executor is not None and self._tg is not None
+        assert self.executor is not None
+        assert self._tg is not None
         self.executor.stop_requested = False
         self._exec_task = self._tg.create_task(self._run_executor(resume), name="executor")
 
@@ -591,7 +592,8 @@ class Supervisor:
             return CommandResult(command, False, refusal, self.sm.state.value)
         self._log.info("command.accepted", command=command, user=user)
         if command == "start":
-            assert plan is not None and header is not None
+            assert plan is not None
+            assert header is not None
             await self._start(plan, header, cursor, run_id)
         elif command == "hold":
             await self._hold(cause=f"operator {user}")
@@ -670,7 +672,8 @@ class Supervisor:
                                               {"recipe": plan.name}, accepted=True)
         else:
             self.run_id = run_id
-            await self.records.record_event(run_id, "run_resumed", {"cursor": cursor and cursor.to_json()})
+            await self.records.record_event(
+                run_id, "run_resumed", {"cursor": cursor.to_json() if cursor else None})
         self.executor = Executor(plan, self.line, self.act, self.telemetry, self.clock,
                                  cursor=cursor, on_pass=self._on_pass,
                                  on_progress=self._on_progress)

@@ -87,8 +87,11 @@ class ControlServer:
     def handle_line(self, line: bytes) -> dict[str, Any]:
         try:
             request = json.loads(line)
-            if not isinstance(request, dict):
-                raise TypeError("a request is a JSON object")
+        except ValueError as exc:
+            return {"ok": False, "error": f"malformed JSON: {exc}"}
+        if not isinstance(request, dict):
+            return {"ok": False, "error": "a request is a JSON object"}
+        try:
             return self.handle(request)
         except (ValueError, TypeError, KeyError) as exc:
             log.warning("control.refused", error=str(exc))
@@ -109,7 +112,8 @@ class ControlServer:
             if not isinstance(params, dict):
                 raise TypeError("params must be an object")
             fault = self.faults.inject(
-                device, kind, duration_s=None if duration is None else float(duration), params=params
+                device, kind, params=params,
+                duration_s=None if duration is None else float(duration),
             )
             log.info("control.fault", device=device, kind=kind, duration_s=duration)
             return {"ok": True, "fault": fault.to_json(fault.started_at)}

@@ -39,7 +39,7 @@ class DiameterGaugeSim:
         self.plant = plant
         self.faults = faults
         # Seeded per device so runs repeat, yet independent of the plant's own random stream.
-        self._rng = random.Random(plant.config.seed ^ zlib.crc32(name.encode()))  # noqa: S311 (noise, not crypto)
+        self._rng = random.Random(plant.config.seed ^ zlib.crc32(name.encode()))
         self._drift_mm = 0.0
         self._stuck_at: GaugeReading | None = None
         self.measurements = 0

@@ -46,7 +46,7 @@ class Fault:
     expires_at: float | None = None
 
     def to_json(self, now: float) -> dict[str, Any]:
-        remaining = None if self.expires_at is None else max(0.0, self.expires_at - now)
+        remaining = None if self.expires_at is None else round(max(0.0, self.expires_at - now), 3)
         return {
             "device": self.device,
             "kind": self.kind,

@@ -84,7 +84,7 @@ class RegisterDevice:
         return self.on_write(address, list(values))
 
 
-async def _action(
+async def _action(  # noqa: PLR0917 - the signature is pymodbus's SimAction, plus the device
     device: RegisterDevice,
     function_code: int,
     start_address: int,

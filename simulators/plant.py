@@ -171,7 +171,8 @@ class Plant:
         if not powered:
             self.ignition_failed = False  # RF off re-arms the igniter
             return
-        ready = self.rf_forward_kw >= cfg.ignition_min_power_kw and argon >= cfg.ignition_min_argon_slpm
+        ready = (self.rf_forward_kw >= cfg.ignition_min_power_kw
+                 and argon >= cfg.ignition_min_argon_slpm)
         if not ready or self.ignition_failed:
             return
         blocked = self.faults.is_active("rf", "ignition_fail") or self.faults.is_active(

@@ -83,7 +83,7 @@ async def serve(args: argparse.Namespace) -> int:
     try:
         line = load_line_config(args.config)
     except ConfigError as exc:
-        log.error("config.invalid", path=str(exc.path), errors=exc.errors)
+        log.error("config.invalid", path=str(exc.path), errors=exc.errors)  # noqa: TRY400 - the errors are the message; a traceback would bury them
         return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

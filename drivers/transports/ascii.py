@@ -129,8 +129,9 @@ class AsciiTransport:
         try:
             # A serial device server is plain TCP: open it directly, since pyserial's
             # socket:// handler sleeps 0.3 s on the event loop when it closes.
+            host, port = self.endpoint.host, self.endpoint.port
             opening = (
-                loop.create_connection(lambda: protocol, self.endpoint.host, self.endpoint.port)
+                loop.create_connection(lambda: protocol, host or "127.0.0.1", port or 0)
                 if self.endpoint.path is None
                 else serial_asyncio_fast.create_serial_connection(
                     loop, lambda: protocol, self.endpoint.path, baudrate=self.endpoint.baudrate
@@ -162,7 +163,8 @@ class AsciiTransport:
         for attempt in range(self.retries + 1):
             await self._connect_locked()
             protocol, transport = self._protocol, self._transport
-            assert protocol is not None and transport is not None
+            assert protocol is not None
+            assert transport is not None
             protocol.discard_pending()
             transport.write(line.encode("ascii") + self.terminator)
             if not reply:
@@ -195,4 +197,6 @@ class AsciiTransport:
         try:
             return raw.decode("ascii")
         except UnicodeDecodeError as exc:
-            raise DeviceProtocolError(self.name, repr(line), f"non-ASCII reply {raw[:40]!r}") from exc
+            raise DeviceProtocolError(
+                self.name, repr(line), f"non-ASCII reply {raw[:40]!r}"
+            ) from exc

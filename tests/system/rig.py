@@ -45,8 +45,9 @@ class Rig:
         deadline = time.monotonic() + timeout_s
         while not condition():
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; state "
-                                     f"{self.sup.sm.state.value}, plant {self.sim.plant.snapshot()}")
+                state = self.sup.sm.state.value
+                raise AssertionError(f"timed out waiting for {what}; state {state}, "
+                                     f"plant {self.sim.plant.snapshot()}")
             await asyncio.sleep(0.01)
 
     async def wait_state(self, *states: State, timeout_s: float = 30.0) -> None:

@@ -113,7 +113,7 @@ def test_a_second_controller_for_the_same_line_is_refused(tmp_path: Path, simula
     data = tmp_path / "data"
     first = _povd(data, "run", str(RECIPE), "--endpoints", str(simulator))
     try:
-        _wait(lambda: (data / "line1.lock").exists(), 30, "the line lock")
+        _wait((data / "line1.lock").exists, 30, "the line lock")
         time.sleep(0.5)
         second = _povd(data, "run", str(RECIPE), "--endpoints", str(simulator))
         _, err = second.communicate(timeout=60)
