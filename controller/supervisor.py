@@ -37,7 +37,7 @@ from controller.records import PassRecord, RecordsUnavailable, RunHeader, RunRec
 from controller.safe_state import HOLD, POSTURE_FOR_REACTION, Posture, Rf
 from controller.states import ACTIVE_STATES, Command, State, StateMachine
 from controller.telemetry import Fanout, Telemetry
-from drivers.errors import DeviceError
+from drivers.errors import DeviceError, DeviceExceptionResponse
 
 log = structlog.get_logger(__name__)
 
@@ -382,11 +382,13 @@ class Supervisor:
             exec_task.cancel()
         if self.executor is not None:
             self.executor.stop_requested = True  # no await: the RF-off write must go out first
-        if running:
+        # Two reactions may race (the poller's and the executor's view of the same failure):
+        # the first takes the abort, the second only adds its writes.
+        if running and self.sm.can(Command.ABORT) is None:
             self.sm.apply(Command.ABORT, cause=f"interlock {interlock.id}")
         await self._safe_posture(posture, f"trip:{interlock.id}", detected_at)
         await self._cancel_executor()
-        if running:
+        if self.sm.state is State.ABORTING:
             self.sm.complete(cause=f"safe state reached after {interlock.id}")
 
     async def _safe_posture(self, posture: Posture, source: str,
@@ -506,6 +508,19 @@ class Supervisor:
         """A write under the executor failed before the poller declared the link lost: react
         as the link interlock would, a moment earlier."""
         self._log.error("executor.device_error", device=exc.device, error=str(exc))
+        if isinstance(exc, DeviceExceptionResponse):
+            # The device answered and refused: not a lost link. Its status says why (a drive
+            # alarm, an RF fault); give the pollers a moment to bring that status in.
+            await asyncio.sleep(3 / min(self._poll_hz("rf"), self._poll_hz("carriage")))
+            tripped = [i for i in evaluate(self.signals(), self.line)
+                       if i.reaction is not Reaction.ALARM]
+            if tripped:
+                self.trip_cause = self.trip_cause or tripped[0].id
+                running = self.sm.state in ACTIVE_STATES and self.sm.state is not State.ABORTING
+                await self._trip(tripped[0], time.monotonic(), running)
+            else:
+                await self._abort_with("step_failed", f"device refused a command: {exc}")
+            return
         interlock = self._interlock_for_device_error(exc)
         if interlock is None:
             await self._abort_with("internal_error", f"device error in recipe: {exc}")
