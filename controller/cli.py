@@ -78,6 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--link-wait", type=float, default=15.0,
                      help="seconds to wait for every device to answer")
 
+    from controller.cli_client import add_admin_commands, add_client_commands  # noqa: PLC0415
+    from controller.serve_command import add_serve_command  # noqa: PLC0415
+
+    add_serve_command(sub)
+    add_client_commands(sub)
+    add_admin_commands(sub)
+
     runs = sub.add_parser("runs", help="read the run records")
     runs_sub = runs.add_subparsers(dest="runs_command", required=True)
     runs_list = runs_sub.add_parser("list")
@@ -120,6 +127,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     configure_logging(json=True if args.log_json else None, level=args.log_level.upper())
+    if getattr(args, "client_command", None):
+        from controller.cli_client import run_client_command  # noqa: PLC0415
+
+        sys.exit(run_client_command(args))
+    if getattr(args, "admin_command", None):
+        from controller.cli_client import run_admin_command  # noqa: PLC0415
+        from controller.records import resolve_data_dir  # noqa: PLC0415
+
+        sys.exit(run_admin_command(args, resolve_data_dir(args.data_dir)))
+    if args.command == "serve":
+        from controller.serve_command import serve  # noqa: PLC0415
+
+        sys.exit(asyncio.run(serve(args)))
     if args.command == "validate":
         sys.exit(cmd_validate(args))
     if args.command == "recipe":

@@ -304,7 +304,7 @@ class Executor:
             tolerances.settle_s + abs(power_kw) / slew, f"RF power {power_kw:g} kW",
         )
 
-    def _layer_power(self, layer: LayerOp) -> float:
+    def layer_power(self, layer: LayerOp) -> float:
         low, high = layer.power_trim_kw
         return layer.power_kw + max(low, min(high, self.trim_power_kw))
 
@@ -323,9 +323,9 @@ class Executor:
         await self.act.spindle_rpm(layer.spindle_rpm, "recipe")
         await self._set_gases(layer.ar_slpm, layer.o2_slpm, layer.n2_slpm)
         await self.act.set_ramp_kw_s(self.line.rf().max_slew_kw_s, "recipe")
-        await self.act.set_power_kw(self._layer_power(layer), "recipe")
+        await self.act.set_power_kw(self.layer_power(layer), "recipe")
         await self.clock.sleep(ramp_s)
-        await self._wait_power(self._layer_power(layer), tolerances)
+        await self._wait_power(self.layer_power(layer), tolerances)
         await self.act.set_outputs("recipe", precursor_valve=True)
         await self.act.set_flow_slpm("mfc_sicl4", self._sicl4_slpm(layer), "recipe")
         await self.act.set_flow_slpm("mfc_dopant", layer.dopant_slpm, "recipe")
@@ -431,6 +431,15 @@ class Executor:
         self._log.info("executor.pass", **asdict(summary))
         if self.on_pass is not None:
             await self.on_pass(summary, self.cursor)
+
+    def current_layer(self) -> LayerOp | None:
+        steps = self.plan.steps
+        if self.cursor.step >= len(steps):
+            return None
+        op = steps[self.cursor.step]
+        if not isinstance(op, DepositOp) or self.cursor.layer >= len(op.layers):
+            return None
+        return op.layers[self.cursor.layer]
 
     def _efficiency(self) -> float:
         return self.cursor.efficiency_estimate or self.line.supervision.nominal_efficiency

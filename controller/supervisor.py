@@ -30,6 +30,7 @@ from controller.interlocks import (
     evaluate,
 )
 from controller.machine import AXIS_NAMES, MFC_NAMES, Machine
+from controller.maintenance import Maintenance
 from controller.plan import CooldownOp, Plan
 from controller.process_clock import ProcessClock
 from controller.reactions import apply_posture
@@ -104,6 +105,7 @@ class Supervisor:
         self._tripped: set[str] = set()
         self._reignite_failed = False
         self._log = log.bind(line=self.line.line)
+        self.maintenance = Maintenance(self)
         self.sm.add_listener(self._on_transition)
         self.alarms.subscribe(self._on_alarm)
 
@@ -127,6 +129,7 @@ class Supervisor:
         self._tasks.append(spawn(self._poll("diameter_gauge", self.machine.gauge.read,
                                             self._store_gauge), name="poll-gauge"))
         self._tasks.append(spawn(self._telemetry_loop(), name="telemetry"))
+        self._tasks.append(spawn(self.maintenance.watchdog(), name="jog-leases"))
         return self
 
     async def __aexit__(
@@ -778,14 +781,50 @@ class Supervisor:
         """Drive the machine to the safe state outside a run (e.g. after a restart)."""
         await self._safe_posture(POSTURE_FOR_REACTION[Reaction.TRIP], source)
 
-    def set_trim(self, power_kw: float | None, traverse_pct: float | None) -> None:
+    def trim_refusal(self, power_kw: float | None, traverse_pct: float | None) -> str | None:
+        """Trims apply to a depositing run, within the bounds its current layer declares."""
+        executor = self.executor
+        if executor is None or self.sm.state not in (State.EXECUTE, State.HELD):
+            return f"trim applies to a running deposition, not in {self.sm.state.value}"
+        layer = executor.current_layer()
+        if layer is None:
+            return "trim applies during a deposit step"
+        if power_kw is not None and not layer.power_trim_kw[0] <= power_kw <= layer.power_trim_kw[1]:
+            low, high = layer.power_trim_kw
+            return f"power trim {power_kw:g} kW outside the recipe's [{low:g}, {high:g}] kW"
+        if traverse_pct is not None and not (
+            layer.traverse_trim_pct[0] <= traverse_pct <= layer.traverse_trim_pct[1]
+        ):
+            low, high = layer.traverse_trim_pct
+            return f"traverse trim {traverse_pct:g} % outside the recipe's [{low:g}, {high:g}] %"
+        return None
+
+    async def set_trim(self, power_kw: float | None, traverse_pct: float | None,
+                       user: str) -> None:
+        """Like a feed override: power at once, traverse from the next pass; recorded."""
         executor = self.executor
         if executor is None:
             return
         if power_kw is not None:
             executor.trim_power_kw = power_kw
+            self.record_setpoint("rf", "power_trim_kw", power_kw, f"trim:{user}")
+            layer = executor.current_layer()
+            if layer is not None and self.sm.state is State.EXECUTE:
+                await self.act.set_power_kw(executor.layer_power(layer), f"trim:{user}")
         if traverse_pct is not None:
             executor.trim_traverse_pct = traverse_pct
+            self.record_setpoint("carriage", "traverse_trim_pct", traverse_pct, f"trim:{user}")
+
+    def record_setpoint(self, device: str, quantity: str, value: float, source: str) -> None:
+        self._on_setpoint(device, quantity, value, source)
+
+    async def record_command(self, user: str, command: str, args: dict[str, Any],
+                             accepted: bool, reason: str | None) -> None:
+        """Record a command handled outside ``command`` (alarms, mode, trim, maintenance),
+        durably, before the caller answers."""
+        current_run = self.run_id
+        await self._record_now(lambda: self.records.record_command(
+            current_run, user, command, args, accepted=accepted, reason=reason))
 
     # -- records and fan-out ---------------------------------------------------------------
     def _record(self, write: Callable[[], Awaitable[Any]]) -> None:

@@ -1,0 +1,227 @@
+"""Maintenance mode (domain.md rule 6): jogging on a lease, homing, moves and device tests,
+with every interlock still in force.
+
+- Refused while a run is active, outside maintenance mode, and while the E-stop chain or the
+  safety relay is open: the reason says which.
+- A continuous jog lives on a lease (500 ms by default, renewed every 100 ms by the client):
+  the watchdog stops any axis whose lease ran out, so a lost client never means a runaway.
+- Speeds are capped by the axis's maintenance cap, and by setup speed (a fraction of maximum,
+  10 % by default) while a door is open; the RF stays off with a door open.
+- Leaving maintenance mode returns every device to idle."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from controller.config import ServoAxisConfig
+from controller.machine import AXIS_NAMES, MFC_NAMES
+
+if TYPE_CHECKING:
+    from controller.supervisor import Supervisor
+
+log = structlog.get_logger(__name__)
+
+LEASE_S = 0.5
+WATCHDOG_S = 0.02
+TEST_POWER_MAX_KW = 15.0  # "the torch at low power": ignition power at most
+
+
+class MaintenanceRefused(Exception):
+    def __init__(self, action: str, reason: str) -> None:
+        super().__init__(f"{action}: {reason}")
+        self.action = action
+        self.reason = reason
+
+
+@dataclass
+class Lease:
+    axis: str
+    direction: int
+    speed: float
+    expires_at: float
+    user: str
+
+
+class Maintenance:
+    def __init__(self, sup: Supervisor, *, lease_s: float = LEASE_S) -> None:
+        self.sup = sup
+        self.lease_s = lease_s
+        self.leases: dict[str, Lease] = {}
+        self.lease_expiries = 0
+
+    # -- checks ----------------------------------------------------------------------------
+    def refusal(self, action: str) -> str | None:
+        refused = self.sup.sm.can_maintain()
+        if refused is not None:
+            return refused.reason
+        io = self.sup.telemetry.safety
+        if io is None or not self.sup.link_alive("safety_io"):
+            return "the safety I/O does not answer"
+        if not io.estop_ok:
+            return "the E-stop chain is open"
+        if not io.safety_relay_ok:
+            return "the safety relay is open"
+        return None
+
+    def _check(self, action: str) -> None:
+        reason = self.refusal(action)
+        if reason is not None:
+            raise MaintenanceRefused(action, reason)
+
+    def door_open(self) -> bool:
+        io = self.sup.telemetry.safety
+        return io is None or not io.doors_closed
+
+    def _axis(self, axis: str) -> ServoAxisConfig:
+        if axis not in AXIS_NAMES:
+            raise MaintenanceRefused("axis", f"unknown axis {axis!r}; axes: {', '.join(AXIS_NAMES)}")
+        return self.sup.line.axis(axis)
+
+    def speed_limit(self, axis: str) -> float:
+        cfg = self._axis(axis)
+        cap = min(cfg.max_speed, cfg.maintenance_speed_cap or cfg.max_speed)
+        if self.door_open():
+            cap = min(cap, cfg.max_speed * cfg.setup_speed_fraction)
+        return cap
+
+    def _speed(self, axis: str, requested: float | None) -> float:
+        limit = self.speed_limit(axis)
+        speed = limit if requested is None else requested
+        if speed <= 0:
+            raise MaintenanceRefused("speed", f"speed must be positive, got {speed:g}")
+        if speed > limit + 1e-9:
+            why = "setup speed: a door is open" if self.door_open() else "the maintenance cap"
+            raise MaintenanceRefused("speed", f"{speed:g} exceeds {limit:g} ({why})")
+        return speed
+
+    # -- motion ----------------------------------------------------------------------------
+    async def jog(self, axis: str, direction: int, speed: float | None, user: str) -> str:
+        """Start or renew a jog lease; returns 'started' or 'renewed'."""
+        self._check("jog")
+        if direction not in (-1, 1):
+            raise MaintenanceRefused("jog", "direction must be + or -")
+        chosen = self._speed(axis, speed)
+        now = time.monotonic()
+        lease = self.leases.get(axis)
+        if lease is not None and lease.direction == direction and lease.speed == chosen:
+            lease.expires_at = now + self.lease_s
+            return "renewed"
+        await self.sup.act.enable_axis(axis, f"maintenance:{user}")
+        await self.sup.machine.axes[axis].jog(direction, chosen)
+        self.sup.record_setpoint(axis, "jog", direction * chosen, f"maintenance:{user}")
+        self.leases[axis] = Lease(axis, direction, chosen, now + self.lease_s, user)
+        return "started"
+
+    async def jog_stop(self, axis: str, user: str) -> None:
+        self._axis(axis)
+        self.leases.pop(axis, None)
+        await self.sup.act.stop_axis(axis, f"maintenance:{user}")
+
+    async def home(self, axis: str, user: str) -> None:
+        self._check("home")
+        self._axis(axis)
+        await self.sup.act.enable_axis(axis, f"maintenance:{user}")
+        await self.sup.act.home_axis(axis, f"maintenance:{user}")
+
+    async def move(self, axis: str, position_mm: float, speed: float | None, user: str) -> None:
+        self._check("move")
+        cfg = self._axis(axis)
+        if cfg.motion != "linear":
+            raise MaintenanceRefused("move", f"{axis} is rotary: jog it or test it instead")
+        if not cfg.min_position_mm <= position_mm <= cfg.max_position_mm:
+            raise MaintenanceRefused(
+                "move", f"{position_mm:g} mm is outside {axis}'s soft limits "
+                f"[{cfg.min_position_mm:g}, {cfg.max_position_mm:g}] mm")
+        chosen = self._speed(axis, speed)
+        await self.sup.act.enable_axis(axis, f"maintenance:{user}")
+        await self.sup.act.move_axis(axis, position_mm, chosen, f"maintenance:{user}")
+
+    # -- device tests ----------------------------------------------------------------------
+    async def device_test(self, args: dict[str, Any], user: str) -> dict[str, Any]:
+        self._check("device_test")
+        device = str(args.get("device", ""))
+        source = f"device_test:{user}"
+        if device in MFC_NAMES and "flow_slpm" in args:
+            flow = float(args["flow_slpm"])
+            full_scale = self.sup.line.mfc(device).full_scale_slpm
+            if not 0 <= flow <= full_scale:
+                raise MaintenanceRefused("device_test", f"{flow:g} slpm outside [0, {full_scale:g}]")
+            valves: dict[str, bool] = {"gas_master_valve": True}
+            if device in ("mfc_sicl4", "mfc_dopant"):
+                valves["precursor_valve"] = flow > 0
+            await self.sup.act.set_outputs(source, **valves)
+            await self.sup.act.set_flow_slpm(device, flow, source)
+            return {"device": device, "flow_slpm": flow}
+        if device == "rf" and "power_kw" in args:
+            power = float(args["power_kw"])
+            if self.door_open():
+                raise MaintenanceRefused("device_test", "the RF stays off while a door is open")
+            if not 0 <= power <= TEST_POWER_MAX_KW:
+                raise MaintenanceRefused(
+                    "device_test", f"test power {power:g} kW outside [0, {TEST_POWER_MAX_KW:g}]")
+            if power == 0:
+                await self.sup.act.rf_off(source)
+            else:
+                await self.sup.act.set_power_kw(power, source)
+                await self.sup.act.rf_on(source)
+            return {"device": device, "power_kw": power}
+        if device in self.sup.line.devices and args.get("read", True):
+            return {"device": device, "status": await self._raw_status(device)}
+        raise MaintenanceRefused("device_test", f"nothing to test on {device!r} with {args}")
+
+    async def _raw_status(self, device: str) -> Any:
+        machine = self.sup.machine
+        reader: Any
+        if device == "rf":
+            reader = machine.rf
+        elif device == "safety_io":
+            reader = machine.safety_io
+        elif device in machine.mfcs:
+            reader = machine.mfcs[device]
+        elif device in machine.axes:
+            reader = machine.axes[device]
+        else:
+            reader = machine.gauge
+        sample = await reader.read()
+        return _asdict(sample)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def leave(self, user: str) -> None:
+        """Back to production: every device to idle."""
+        source = f"maintenance_exit:{user}"
+        for axis in list(self.leases):
+            self.leases.pop(axis, None)
+        await asyncio.gather(*(self.sup.act.stop_axis(a, source) for a in AXIS_NAMES),
+                             return_exceptions=True)
+        await asyncio.gather(*(self.sup.act.set_flow_slpm(m, 0.0, source) for m in MFC_NAMES),
+                             return_exceptions=True)
+        await self.sup.make_idle(source)
+
+    async def watchdog(self) -> None:
+        """Stop every jog whose lease ran out, and any jog faster than a door now allows."""
+        while True:
+            await asyncio.sleep(WATCHDOG_S)
+            now = time.monotonic()
+            for axis, lease in list(self.leases.items()):
+                too_fast = lease.speed > self.speed_limit(axis) + 1e-9
+                if lease.expires_at <= now or too_fast or self.refusal("jog") is not None:
+                    self.leases.pop(axis, None)
+                    self.lease_expiries += 1
+                    log.warning("maintenance.jog_stopped", axis=axis, lease_expired=not too_fast)
+                    try:
+                        await self.sup.act.stop_axis(axis, "jog-lease")
+                    except Exception as exc:  # the axis may be the lost device
+                        log.error("maintenance.stop_failed", axis=axis, error=str(exc))
+
+
+def _asdict(sample: Any) -> Any:
+    if dataclasses.is_dataclass(sample) and not isinstance(sample, type):
+        return {k: (sorted(v) if isinstance(v, frozenset) else v)
+                for k, v in dataclasses.asdict(sample).items()}
+    return repr(sample)

@@ -1,0 +1,262 @@
+"""The running controller as a service: the ``ControllerService`` the HTTP API and the MQTT
+bridge call. It owns the role check (again: the API checks first, MQTT only here), turns each
+named command into a supervisor action, and records every command and refusal durably before
+it answers (architecture: the command path)."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from controller.alarms import AlarmError
+from controller.executor import Cursor
+from controller.maintenance import MaintenanceRefused
+from controller.planning import plan_from_recipe
+from controller.recipe import RecipeError, parse_recipe
+from controller.records import RecordsReader, RecordsUnavailable, RunHeader
+from controller.roles import refusal as role_refusal
+from controller.service_protocol import CommandReply, Event
+from controller.states import CommandRefused, Mode, State
+from controller.supervisor import Supervisor
+from controller.users import UserStore
+
+log = structlog.get_logger(__name__)
+
+RUN_COMMANDS = ("hold", "unhold", "stop", "abort", "reset", "clear")
+
+
+class Refused(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class LineService:
+    """``ControllerService`` over a live supervisor."""
+
+    def __init__(self, sup: Supervisor, users: UserStore | None, records_db: Path) -> None:
+        self.sup = sup
+        self.users = users
+        self.records_db = records_db
+        self.line = sup.line.line
+        self.machine = sup.line.machine
+        self._lock = asyncio.Lock()  # one command at a time: the unit has one state
+        self._handlers: dict[str, Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+            "start": self._start,
+            "retry": self._retry,
+            "ack": self._ack,
+            "shelve": self._shelve,
+            "mode": self._mode,
+            "trim": self._trim,
+            "jog": self._jog,
+            "jog_stop": self._jog_stop,
+            "home": self._home,
+            "move": self._move,
+            "device_test": self._device_test,
+        }
+
+    # -- reads -----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        status = self.sup.status()
+        status.update(line=self.line, machine=self.machine,
+                      interrupted_runs=[r.id for r in self._interrupted()],
+                      links={d: self.sup.link_alive(d) for d in self.sup.line.devices})
+        return status
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        return self.sup.fanout.subscribe()
+
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        self.sup.fanout.unsubscribe(queue)
+
+    def events_since(self, seq: int, limit: int = 1000) -> list[Event]:
+        try:
+            records = RecordsReader(self.records_db).events_since(seq, line=self.line,
+                                                                  limit=limit)
+        except RecordsUnavailable:
+            return []
+        return [Event(seq=r.seq, kind=r.kind, t=r.t, payload=r.payload) for r in records]
+
+    def last_event_seq(self) -> int:
+        events = self.events_since(0, limit=1_000_000)
+        return events[-1].seq if events else 0
+
+    def _interrupted(self) -> list[Any]:
+        try:
+            runs = RecordsReader(self.records_db).interrupted_runs()
+        except RecordsUnavailable:
+            return []
+        return [r for r in runs if r.line == self.line and r.id != self.sup.run_id]
+
+    # -- commands --------------------------------------------------------------------------
+    async def execute(self, user: str, command: str, args: dict[str, Any]) -> CommandReply:
+        async with self._lock:
+            return await self._execute(user, command, dict(args))
+
+    async def _execute(self, user: str, command: str, args: dict[str, Any]) -> CommandReply:
+        reason = self._role_refusal(user, command)
+        if reason is not None:
+            await self._record(user, command, args, False, reason)
+            return self._reply(command, False, reason)
+        if command in RUN_COMMANDS:
+            result = await self.sup.command(command, user, reason=args.get("reason"))
+            return self._reply(command, result.accepted, result.reason)
+        handler = self._handlers.get(command)
+        if handler is None:
+            reason = f"{command!r} is not a command of this controller"
+            await self._record(user, command, args, False, reason)
+            return self._reply(command, False, reason)
+        try:
+            data = await handler(user, args)
+        except (Refused, MaintenanceRefused, CommandRefused, AlarmError) as exc:
+            reason = getattr(exc, "reason", None) or str(exc)
+            if command != "start":  # the supervisor recorded a refused start itself
+                await self._record(user, command, args, False, reason)
+            return self._reply(command, False, reason)
+        except (KeyError, TypeError, ValueError) as exc:
+            reason = f"bad arguments for {command}: {exc}"
+            await self._record(user, command, args, False, reason)
+            return self._reply(command, False, reason)
+        return self._reply(command, True, None, data)
+
+    def _role_refusal(self, user: str, command: str) -> str | None:
+        if self.users is None:
+            return None  # a local controller without user management (tests, `povd run`)
+        known = self.users.get(user)
+        if known is None:
+            return f"unknown user {user!r}"
+        return role_refusal(known.role, command)
+
+    def _reply(self, command: str, accepted: bool, reason: str | None,
+               data: dict[str, Any] | None = None) -> CommandReply:
+        return CommandReply(command=command, accepted=accepted, reason=reason,
+                            state=self.sup.sm.state.value, data=data or {})
+
+    async def _record(self, user: str, command: str, args: dict[str, Any], accepted: bool,
+                      reason: str | None) -> None:
+        clean = {k: v for k, v in args.items() if k != "recipe_text"}
+        await self.sup.record_command(user, command, clean, accepted, reason)
+
+    # -- handlers --------------------------------------------------------------------------
+    async def _start(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
+        line = self.sup.line
+        text = args.get("recipe_text")
+        if not isinstance(text, str) or not text.strip():
+            raise Refused("start needs the recipe's text (recipe_text)")
+        path = Path(str(args.get("recipe_path") or "<api>"))
+        try:
+            recipe = parse_recipe(text, line, path)
+        except RecipeError as exc:
+            issues = "; ".join(f"{i.field}: {i.reason}" if i.field else i.reason
+                               for i in exc.errors)
+            raise Refused(f"invalid recipe: {issues}") from None
+        cursor: Cursor | None = None
+        run_id: int | None = None
+        interrupted = self._interrupted()
+        resume = args.get("resume_run_id")
+        if resume is not None:
+            match = [r for r in interrupted if r.id == int(resume)]
+            if not match:
+                raise Refused(f"run {resume} is not an interrupted run of this line")
+            checkpoint = RecordsReader(self.records_db).last_checkpoint(int(resume))
+            cursor = Cursor.from_json(checkpoint.state) if checkpoint else Cursor()
+            run_id = int(resume)
+        elif interrupted:
+            r = interrupted[0]
+            raise Refused(f"run {r.id} ({r.recipe_name}) was interrupted: start with "
+                          f"resume_run_id={r.id}, or abandon it first")
+        header = RunHeader(
+            recipe_name=recipe.name, recipe_text=recipe.text, line=line.line,
+            machine=line.machine, operator=str(args.get("operator") or user or getpass.getuser()),
+            preform_serial=args.get("preform_serial"), bait_rod_lot=args.get("bait_rod_lot"),
+            precursor_lot=args.get("precursor_lot"),
+        )
+        result = await self.sup.command("start", user, plan=plan_from_recipe(recipe, line),
+                                        header=header, cursor=cursor, run_id=run_id)
+        if not result.accepted:
+            raise Refused(result.reason or "refused")
+        return {"run_id": self.sup.run_id, "recipe": recipe.name, "passes":
+                recipe.total_passes()}
+
+    async def _retry(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
+        if self.sup.sm.state is not State.SUSPENDED:
+            raise Refused(f"retry applies to a suspended run, not in {self.sup.sm.state.value}")
+        for command in ("hold", "unhold"):
+            result = await self.sup.command(command, user, reason="retry")
+            if not result.accepted:
+                raise Refused(result.reason or "refused")
+        return {}
+
+    async def _ack(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
+        alarm_id = str(args["alarm_id"])
+        event = self.sup.alarms.acknowledge(alarm_id, user, time.time())
+        await self._record(user, "ack", args, True, None)
+        return {"alarm_id": alarm_id, "changed": event is not None}
+
+    async def _shelve(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
+        alarm_id = str(args["alarm_id"])
+        duration = float(args.get("for_s") or args.get("duration_s") or 0)
+        if duration <= 0:
+            raise Refused("shelving needs a positive duration (for_s)")
+        note = str(args.get("reason") or "")
+        if not note:
+            raise Refused("shelving needs a reason")
+        self.sup.alarms.shelve(alarm_id, user, duration, time.time(), note)
+        await self._record(user, "shelve", args, True, None)
+        return {"alarm_id": alarm_id, "until": time.time() + duration}
+
+    async def _mode(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
+        target = Mode(str(args["mode"]))
+        leaving = self.sup.sm.mode is Mode.MAINTENANCE and target is Mode.PRODUCTION
+        self.sup.sm.set_mode(target, user)
+        if leaving:
+            await self.sup.maintenance.leave(user)
+        await self._record(user, "mode", args, True, None)
+        return {"mode": target.value}
+
+    async def _trim(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
+        power = None if args.get("power_kw") is None else float(args["power_kw"])
+        traverse = None if args.get("traverse_pct") is None else float(args["traverse_pct"])
+        reason = self.sup.trim_refusal(power, traverse)
+        if reason is not None:
+            raise Refused(reason)
+        await self.sup.set_trim(power, traverse, user)
+        await self._record(user, "trim", args, True, None)
+        return {"power_kw": power, "traverse_pct": traverse}
+
+    async def _jog(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
+        direction = {"+": 1, "-": -1, 1: 1, -1: -1, "1": 1, "-1": -1}.get(args["direction"])
+        if direction is None:
+            raise Refused("direction must be + or -")
+        speed = None if args.get("speed") is None else float(args["speed"])
+        what = await self.sup.maintenance.jog(str(args["axis"]), direction, speed, user)
+        if what == "started":
+            await self._record(user, "jog", args, True, None)
+        return {"lease": what, "lease_s": self.sup.maintenance.lease_s}
+
+    async def _jog_stop(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
+        await self.sup.maintenance.jog_stop(str(args["axis"]), user)
+        await self._record(user, "jog_stop", args, True, None)
+        return {}
+
+    async def _home(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
+        await self.sup.maintenance.home(str(args["axis"]), user)
+        await self._record(user, "home", args, True, None)
+        return {}
+
+    async def _move(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
+        speed = None if args.get("speed") is None else float(args["speed"])
+        await self.sup.maintenance.move(str(args["axis"]), float(args["position_mm"]), speed, user)
+        await self._record(user, "move", args, True, None)
+        return {}
+
+    async def _device_test(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
+        data = await self.sup.maintenance.device_test(args, user)
+        await self._record(user, "device_test", args, True, None)
+        return data
