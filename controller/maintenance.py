@@ -80,7 +80,8 @@ class Maintenance:
 
     def _axis(self, axis: str) -> ServoAxisConfig:
         if axis not in AXIS_NAMES:
-            raise MaintenanceRefused("axis", f"unknown axis {axis!r}; axes: {', '.join(AXIS_NAMES)}")
+            known = ", ".join(AXIS_NAMES)
+            raise MaintenanceRefused("axis", f"unknown axis {axis!r}; axes: {known}")
         return self.sup.line.axis(axis)
 
     def speed_limit(self, axis: str) -> float:
@@ -151,7 +152,8 @@ class Maintenance:
             flow = float(args["flow_slpm"])
             full_scale = self.sup.line.mfc(device).full_scale_slpm
             if not 0 <= flow <= full_scale:
-                raise MaintenanceRefused("device_test", f"{flow:g} slpm outside [0, {full_scale:g}]")
+                raise MaintenanceRefused(
+                    "device_test", f"{flow:g} slpm outside [0, {full_scale:g}]")
             valves: dict[str, bool] = {"gas_master_valve": True}
             if device in ("mfc_sicl4", "mfc_dopant"):
                 valves["precursor_valve"] = flow > 0
@@ -217,7 +219,7 @@ class Maintenance:
                     try:
                         await self.sup.act.stop_axis(axis, "jog-lease")
                     except Exception as exc:  # the axis may be the lost device
-                        log.error("maintenance.stop_failed", axis=axis, error=str(exc))
+                        log.error("maintenance.stop_failed", axis=axis, error=str(exc))  # noqa: TRY400 - expected when the link is down
 
 
 def _asdict(sample: Any) -> Any:

@@ -789,8 +789,8 @@ class Supervisor:
         layer = executor.current_layer()
         if layer is None:
             return "trim applies during a deposit step"
-        if power_kw is not None and not layer.power_trim_kw[0] <= power_kw <= layer.power_trim_kw[1]:
-            low, high = layer.power_trim_kw
+        low, high = layer.power_trim_kw
+        if power_kw is not None and not low <= power_kw <= high:
             return f"power trim {power_kw:g} kW outside the recipe's [{low:g}, {high:g}] kW"
         if traverse_pct is not None and not (
             layer.traverse_trim_pct[0] <= traverse_pct <= layer.traverse_trim_pct[1]
