@@ -37,6 +37,10 @@ class Refused(Exception):
         self.reason = reason
 
 
+class RecordedRefusal(Refused):
+    """A refusal the supervisor has already recorded (a start it refused itself)."""
+
+
 class LineService:
     """``ControllerService`` over a live supervisor."""
 
@@ -116,7 +120,7 @@ class LineService:
             data = await handler(user, args)
         except (Refused, MaintenanceRefused, CommandRefused, AlarmError) as exc:
             reason = getattr(exc, "reason", None) or str(exc)
-            if command != "start":  # the supervisor recorded a refused start itself
+            if not isinstance(exc, RecordedRefusal):
                 await self._record(user, command, args, False, reason)
             return self._reply(command, False, reason)
         except (KeyError, TypeError, ValueError) as exc:
@@ -180,7 +184,9 @@ class LineService:
         result = await self.sup.command("start", user, plan=plan_from_recipe(recipe, line),
                                         header=header, cursor=cursor, run_id=run_id)
         if not result.accepted:
-            raise Refused(result.reason or "refused")
+            raise RecordedRefusal(result.reason or "refused")
+        if run_id is not None:  # the supervisor records only a new run's start
+            await self._record(user, "start", {"resume_run_id": run_id}, True, None)
         return {"run_id": self.sup.run_id, "recipe": recipe.name, "passes":
                 recipe.total_passes()}
 

@@ -96,6 +96,7 @@ class Supervisor:
         self.heartbeat_enabled = True
         self.armed = False
         self._stopping = False
+        self._rf_off_wall = 0.0
         self.reaction_latency_s: list[float] = []
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -367,8 +368,10 @@ class Supervisor:
         if self._reaction is not None and not self._reaction.done():
             return
         running = self.sm.state in ACTIVE_STATES and self.sm.state is not State.ABORTING
+        rf_health = self.telemetry.health.get("rf")
+        fresh_rf = rf_health is not None and rf_health.last_ok_wall > self._rf_off_wall
         rf_may_be_on = self.act.commanded.rf_on or (
-            self.telemetry.rf is not None and self.telemetry.rf.rf_on
+            fresh_rf and self.telemetry.rf is not None and self.telemetry.rf.rf_on
         )
         if not running and not rf_may_be_on:
             return  # nothing to make safe: the alarm is raised and start is refused
@@ -397,6 +400,8 @@ class Supervisor:
     async def _safe_posture(self, posture: Posture, source: str,
                             detected_at: float | None = None) -> None:
         result = await apply_posture(self.act, posture, self.line, self.telemetry, source=source)
+        if posture.rf is Rf.OFF and result.rf_off_confirmed_by_write:
+            self._rf_off_wall = time.monotonic()  # older RF readings predate the write
         if detected_at is not None:
             self.reaction_latency_s.append(time.monotonic() - detected_at)
         if not result.rf_off_confirmed_by_write:

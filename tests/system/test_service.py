@@ -83,6 +83,9 @@ async def test_start_from_text_trim_and_refusals_during_the_run(
     assert "steps[3].layers[0].sicl4_g_min" in reply.reason
     assert "full scale" in reply.reason
     assert rig.sup.sm.state is State.IDLE
+    refused_start = command_events(rig)[-1]
+    assert (refused_start["user"], refused_start["command"]) == ("olga", "start")
+    assert refused_start["accepted"] is False and refused_start["reason"] == reply.reason
 
     run_id = await start_long(rig, service)
     await rig.wait_depositing(passes_done=1)
@@ -147,6 +150,8 @@ async def test_an_interrupted_run_must_be_resumed(tmp_path: Path) -> None:
                                       {"recipe_text": LONG, "resume_run_id": interrupted + 7})
         assert not wrong.accepted
         assert wrong.reason == f"run {interrupted + 7} is not an interrupted run of this line"
+        refusals = [e for e in command_events(rig) if e["command"] == "start"]
+        assert [e["reason"] for e in refusals] == [refused.reason, wrong.reason]
 
         resumed = await service.execute("olga", "start",
                                         {"recipe_text": LONG, "resume_run_id": interrupted})
@@ -158,6 +163,11 @@ async def test_an_interrupted_run_must_be_resumed(tmp_path: Path) -> None:
         await rig.wait_state(State.ABORTED)
         kinds = [e.kind for e in RecordsReader(rig.db).events_since(0) if e.run_id == interrupted]
         assert "run_resumed" in kinds
+        detail = RecordsReader(rig.db).get_run(interrupted)
+        assert detail is not None
+        assert ("olga", "start", True) in [(c.user, c.command, c.accepted)
+                                          for c in detail.commands]
+        assert detail.run.outcome is not None and detail.run.outcome.value == "aborted"
 
 
 async def test_ack_and_shelve(served: tuple[Rig, LineService]) -> None:
@@ -168,7 +178,8 @@ async def test_ack_and_shelve(served: tuple[Rig, LineService]) -> None:
                        != "normal", 10, "scrubber alarm")
     acked = await service.execute("olga", "ack", {"alarm_id": "scrubber_not_ready"})
     assert acked.accepted and acked.data["changed"] is True
-    assert rig.sup.alarms.status("scrubber_not_ready").acked
+    status = rig.sup.alarms.status("scrubber_not_ready")
+    assert status.state.value == "ack_active" and status.acked_by == "olga"
     refused = await service.execute("olga", "shelve", {"alarm_id": "scrubber_not_ready",
                                                        "for_s": 60, "reason": "fitter on it"})
     assert not refused.accepted
