@@ -55,7 +55,16 @@ def deviation_alarms(line: LineConfig) -> list[AlarmDefinition]:
         Category.DEVIATION, deviation=DeviationSpec(deadband=2.0, delay_s=10.0, hysteresis=0.5),
         suppressed_in=NOT_RUNNING,
     ))
+    # One-sided early warnings, before the interlock trips (the supervisor debounces them).
+    for alarm_id, message in (
+        ("water_flow_margin", "cooling water flow close to its trip"),
+        ("exhaust_margin", "exhaust draft close to its trip"),
+        ("reflected_power_margin", "reflected RF power close to its trip"),
+    ):
+        alarms.append(AlarmDefinition(alarm_id, alarm_id, message, Priority.LOW,
+                                      Category.PROCESS, suppressed_in=NOT_RUNNING))
     return alarms
+
 
 
 def alarm_definitions(line: LineConfig) -> list[AlarmDefinition]:

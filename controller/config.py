@@ -164,6 +164,11 @@ class SupervisionConfig(Strict):
     telemetry_record_hz: float = Field(default=1.0, gt=0)
     # The controller's prior for the deposition efficiency, until the gauge has measured it.
     nominal_efficiency: float = Field(default=0.5, gt=0, le=1)
+    # Early warnings before a trip: how close, and for how long (wall seconds).
+    water_flow_margin_l_min: float = Field(default=3.0, ge=0)
+    exhaust_margin_pa: float = Field(default=10.0, ge=0)
+    reflected_warning_fraction: float = Field(default=0.5, gt=0, le=1)  # of the trip fraction
+    warning_delay_s: float = Field(default=5.0, ge=0)
 
 
 class LineConfig(Strict):

@@ -97,6 +97,7 @@ class Supervisor:
         self.armed = False
         self._stopping = False
         self._rf_off_wall = 0.0
+        self._margin_since: dict[str, float] = {}
         self.reaction_latency_s: list[float] = []
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -362,6 +363,45 @@ class Supervisor:
         if rf is not None and commanded.rf_on and rf.setpoint_kw == commanded.power_kw:
             self.alarms.evaluate_deviation("rf.power", rf.forward_kw, commanded.power_kw, now,
                                            machine_state=state)
+        self._judge_gap(now, state)
+        self._judge_margins(now, state)
+
+    def _judge_gap(self, now: float, state: str) -> None:
+        executor = self.executor
+        slide = self.telemetry.axes.get("torch_slide")
+        layer = executor.current_layer() if executor is not None else None
+        diameter = executor.cursor.diameter_mm if executor is not None else None
+        if slide is None or layer is None or diameter is None:
+            return
+        gap = self.line.geometry.coil_to_axis_at_slide_zero_mm + slide.position_mm - diameter / 2
+        self.alarms.evaluate_deviation("torch_slide.gap", gap, layer.coil_gap_mm, now,
+                                       machine_state=state)
+
+    def _judge_margins(self, now: float, state: str) -> None:
+        """Early warnings: a value near its trip for a while, before the interlock acts."""
+        io, rf, cfg = self.telemetry.safety, self.telemetry.rf, self.line.safety_io()
+        sup = self.line.supervision
+        conditions: dict[str, bool] = {}
+        if io is not None:
+            conditions["water_flow_margin"] = (
+                io.water_flow_l_min < cfg.water_flow_min_l_min + sup.water_flow_margin_l_min)
+            conditions["exhaust_margin"] = (
+                io.exhaust_draft_pa > cfg.exhaust_trip_pa - sup.exhaust_margin_pa)
+        if rf is not None and rf.forward_kw > 1.0:
+            trip = self.line.rf().reflected_trip_fraction
+            conditions["reflected_power_margin"] = (
+                rf.reflected_kw / rf.forward_kw > trip * sup.reflected_warning_fraction)
+        wall = time.monotonic()
+        for tag, condition in conditions.items():
+            since = self._margin_since.get(tag)
+            if condition and since is None:
+                self._margin_since[tag] = wall
+            elif not condition:
+                self._margin_since.pop(tag, None)
+            active = condition and (
+                wall - self._margin_since.get(tag, wall) >= sup.warning_delay_s)
+            if active != self.alarms.status(tag).condition:
+                self.alarms.evaluate(tag, active, now, machine_state=state)
 
     # -- reactions -------------------------------------------------------------------------
     def _begin_trip(self, interlock: Interlock, detected_at: float) -> None:

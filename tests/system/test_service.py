@@ -11,7 +11,7 @@ import pytest
 from argon2 import PasswordHasher
 
 from controller.records import RecordsReader, RunHeader
-from controller.records_schema import EventRecord
+from controller.records_schema import EventRecord, Outcome, RunDetail
 from controller.service import LineService
 from controller.states import State
 from controller.users import UserStore
@@ -42,6 +42,17 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[Rig, LineService]]:
 def command_events(rig: Rig) -> list[dict[str, Any]]:
     return [e.payload for e in RecordsReader(rig.db).events_since(0, line=rig.line.line)
             if e.kind == "command"]
+
+
+async def ended(rig: Rig, run_id: int) -> RunDetail:
+    """The run's records once its end is durable."""
+    def has_ended() -> bool:
+        detail = RecordsReader(rig.db).get_run(run_id)
+        return detail is not None and detail.run.outcome is not None
+    await rig.wait_for(has_ended, 10, f"run {run_id}'s end recorded")
+    detail = RecordsReader(rig.db).get_run(run_id)
+    assert detail is not None
+    return detail
 
 
 async def start_long(rig: Rig, service: LineService, user: str = "olga") -> int:
@@ -109,10 +120,7 @@ async def test_start_from_text_trim_and_refusals_during_the_run(
     stopped = await service.execute("olga", "stop", {"reason": "test over"})
     assert stopped.accepted, stopped.reason
     await rig.wait_state(State.STOPPED)
-    await rig.wait_for(lambda: (d := RecordsReader(rig.db).get_run(run_id)) is not None
-                       and d.run.outcome is not None, 10, "the run's end recorded")
-    detail = RecordsReader(rig.db).get_run(run_id)
-    assert detail is not None
+    detail = await ended(rig, run_id)
     assert detail.run.preform_serial == "S-1" and detail.run.operator == "olga"
     assert detail.recipe_text == LONG
     commands = [(c.user, c.command, c.accepted, c.reason) for c in detail.commands]
@@ -161,13 +169,12 @@ async def test_an_interrupted_run_must_be_resumed(tmp_path: Path) -> None:
         assert service.status()["interrupted_runs"] == []
         assert (await service.execute("olga", "abort", {})).accepted
         await rig.wait_state(State.ABORTED)
+        detail = await ended(rig, interrupted)
         kinds = [e.kind for e in RecordsReader(rig.db).events_since(0) if e.run_id == interrupted]
         assert "run_resumed" in kinds
-        detail = RecordsReader(rig.db).get_run(interrupted)
-        assert detail is not None
         assert ("olga", "start", True) in [(c.user, c.command, c.accepted)
                                           for c in detail.commands]
-        assert detail.run.outcome is not None and detail.run.outcome.value == "aborted"
+        assert detail.run.outcome is Outcome.ABORTED
 
 
 async def test_ack_and_shelve(served: tuple[Rig, LineService]) -> None:
