@@ -41,6 +41,7 @@ from controller.machine import build_machine, load_endpoints
 from controller.planning import plan_from_recipe
 from controller.process_clock import ProcessClock
 from controller.recipe import Recipe, RecipeError, format_recipe_error, load_recipe
+from controller.reconcile import reconcile
 from controller.records import RecordsReader, RunHeader, RunRecords, records_path, resolve_data_dir
 from controller.sim_child import SimulatorChild
 from controller.states import State
@@ -164,8 +165,8 @@ async def _supervise(  # noqa: PLR0917 - one call site, each argument named ther
     if restarted:
         # After a crash: safe state first, then compare what was commanded with what is.
         await sup.make_safe("restart")
-        await asyncio.sleep(0.3)
-        out(f"machine made safe after restart: {sup.telemetry.to_json()['links']}")
+        await asyncio.sleep(0.3)  # fresh readings after the safe-state writes
+        await _reconcile(sup, args.resume if args.resume is not None else args.abandon)
     header = RunHeader(
         recipe_name=recipe.name, recipe_text=recipe.text, line=line.line,
         machine=line.machine, operator=operator, preform_serial=args.serial,
@@ -185,6 +186,21 @@ async def _supervise(  # noqa: PLR0917 - one call site, each argument named ther
     out(f"run {sup.run_id} ended: {state.value}"
         + (f" (cause: {sup.trip_cause})" if sup.trip_cause else ""))
     return EXIT_OK if state is State.COMPLETE else EXIT_ENDED_OTHERWISE
+
+
+async def _reconcile(sup: Supervisor, run_id: int | None) -> None:
+    if run_id is None:
+        out("machine made safe after a controller restart")
+        return
+    detail = sup.records.reader().get_run(run_id)
+    if detail is None:
+        return
+    differences = reconcile(detail, sup.telemetry)
+    out(f"machine made safe after a controller restart; run {run_id} last commanded vs now:")
+    for difference in differences:
+        out(f"  {difference.describe()}")
+    await sup.records.record_event(run_id, "reconciled",
+                                   {"differences": [d.to_json() for d in differences]})
 
 
 async def _watch(sup: Supervisor, operator: str, forecast_s: float) -> None:

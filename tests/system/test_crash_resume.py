@@ -99,6 +99,7 @@ def test_kill_9_then_resume_from_the_last_pass(tmp_path: Path, simulator: Path) 
                     "--resume", str(run_id), "--operator", "dana")
     out, err = resumed.communicate(timeout=240)
     assert resumed.returncode == 0, out + err
+    assert "last commanded vs now" in out  # reconciled after the safe state
     detail = RecordsReader(db).get_run(run_id)
     assert detail is not None and detail.run.outcome is not None
     assert detail.run.outcome.value == "complete"
