@@ -139,6 +139,10 @@ class Maintenance:
             raise MaintenanceRefused(
                 "move", f"{position_mm:g} mm is outside {axis}'s soft limits "
                 f"[{cfg.min_position_mm:g}, {cfg.max_position_mm:g}] mm")
+        status = self.sup.telemetry.axes.get(axis)
+        if status is None or not status.homed:
+            # The drive itself refuses an absolute move before homing: say so plainly.
+            raise MaintenanceRefused("move", f"{axis} is not homed: home it first")
         chosen = self._speed(axis, speed)
         await self.sup.act.enable_axis(axis, f"maintenance:{user}")
         await self.sup.act.move_axis(axis, position_mm, chosen, f"maintenance:{user}")

@@ -25,6 +25,7 @@ from controller.service_protocol import CommandReply, Event
 from controller.states import CommandRefused, Mode, State
 from controller.supervisor import Supervisor
 from controller.users import UserStore
+from drivers.errors import DeviceError
 
 log = structlog.get_logger(__name__)
 
@@ -125,6 +126,13 @@ class LineService:
             return self._reply(command, False, reason)
         except (KeyError, TypeError, ValueError) as exc:
             reason = f"bad arguments for {command}: {exc}"
+            await self._record(user, command, args, False, reason)
+            return self._reply(command, False, reason)
+        except DeviceError as exc:
+            # A device refused or did not answer (a drive alarm, a lost link): the command
+            # failed, and the operator is told which device and why, not an internal error.
+            reason = f"device error: {exc}"
+            log.warning("service.device_error", command=command, user=user, error=str(exc))
             await self._record(user, command, args, False, reason)
             return self._reply(command, False, reason)
         return self._reply(command, True, None, data)

@@ -43,6 +43,9 @@ class SimulatorChild:
         self.process = await asyncio.create_subprocess_exec(
             *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent,
+            # Its own session: Ctrl-C at the operator's terminal must reach the controller
+            # (which holds the run) and not kill the machine under it.
+            start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         deadline = time.monotonic() + self.startup_timeout_s

@@ -97,6 +97,7 @@ class Supervisor:
         self.armed = False
         self._stopping = False
         self._rf_off_wall = 0.0
+        self._last_idle_posture = 0.0
         self._margin_since: dict[str, float] = {}
         self.reaction_latency_s: list[float] = []
         self._tg: asyncio.TaskGroup | None = None
@@ -415,6 +416,10 @@ class Supervisor:
         )
         if not running and not rf_may_be_on:
             return  # nothing to make safe: the alarm is raised and start is refused
+        if not running and time.monotonic() - self._last_idle_posture < 1.0:
+            return  # outside a run, retry an unconfirmed safe state once a second, not per poll
+        if not running:
+            self._last_idle_posture = time.monotonic()
         self.trip_cause = self.trip_cause or interlock.id
         assert self._tg is not None
         self._reaction = self._tg.create_task(

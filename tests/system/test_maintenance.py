@@ -77,4 +77,203 @@ class Bench:
         return positions
 
 
-@asynccontextmanager_bench := None  # placeholder removed below
+@pytest.fixture
+async def bench(tmp_path: Path) -> AsyncIterator[Bench]:
+    users = UserStore(tmp_path / "users.json", hasher=FAST)
+    users.add(FITTER, "fitter-password", "maintenance")
+    users.add("olga", "olga-password", "operator")
+    async with line_rig(tmp_path, time_scale=TIME_SCALE) as rig:
+        yield Bench(rig, LineService(rig.sup, users, rig.db))
+
+
+async def enter(bench: Bench) -> None:
+    await bench.ok("mode", mode="maintenance")
+    assert bench.rig.sup.sm.mode is Mode.MAINTENANCE
+
+
+async def test_a_jog_lives_on_its_lease(bench: Bench) -> None:
+    await enter(bench)
+    watchdog = bench.rig.sup.maintenance
+    expiries = watchdog.lease_expiries
+    speed = 300.0  # mm/min: 50 mm/s of wall time at TIME_SCALE
+    positions = await bench.renew(1.2, speed)
+    # Renewed every 0.1 s, the jog runs on well past one lease (0.5 s): still moving.
+    assert watchdog.lease_expiries == expiries
+    late = positions[len(positions) // 2:]
+    assert all(b > a for a, b in zip(late, late[1:], strict=False)), late
+    assert positions[-1] - positions[0] > 20
+    # Renewals stop: the watchdog ends the jog once the lease has run out.
+    last_renewal = bench.plant.carriage_mm
+    await bench.carriage_still(within_s=3 * watchdog.lease_s + 1)
+    assert watchdog.lease_expiries == expiries + 1
+    # At most one lease of travel (plus deceleration and a poll) after the last renewal.
+    wall_speed = speed / 60 * TIME_SCALE
+    assert bench.plant.carriage_mm - last_renewal < wall_speed * (watchdog.lease_s + 0.5)
+    # Only the start of the jog is a recorded command, not every renewal.
+    commands = [e.payload["command"] for e in bench.service.events_since(0)
+                if e.kind == "command"]
+    assert commands.count("jog") == 1
+
+
+async def test_a_jog_stop_ends_it_at_once(bench: Bench) -> None:
+    await enter(bench)
+    await bench.ok("jog", axis="carriage", direction="+", speed=300)
+    await bench.rig.wait_for(lambda: bench.plant.carriage_mm > 5, 5, "carriage moving")
+    await bench.ok("jog_stop", axis="carriage")
+    await bench.carriage_still(within_s=1.5)
+    assert "carriage" not in bench.rig.sup.maintenance.leases
+
+
+async def test_setup_speed_with_a_door_open(bench: Bench) -> None:
+    await enter(bench)
+    carriage = bench.rig.line.axis("carriage")
+    setup = carriage.max_speed * carriage.setup_speed_fraction
+    bench.rig.sim.faults.inject("safety_io", "door_open")
+    await bench.rig.wait_for(bench.rig.sup.maintenance.door_open, 5, "door seen open")
+    reason = await bench.refused("jog", axis="carriage", direction="+", speed=setup + 100)
+    assert reason == f"{setup + 100:g} exceeds {setup:g} (setup speed: a door is open)"
+    await bench.ok("jog", axis="carriage", direction="+", speed=setup / 2)
+    await bench.ok("jog_stop", axis="carriage")
+    bench.rig.sim.faults.clear()
+    await bench.rig.wait_for(lambda: not bench.rig.sup.maintenance.door_open(), 5, "door shut")
+
+    # A fast jog (allowed with the doors shut) is stopped as soon as a door opens.
+    fast = setup * 2
+    await bench.ok("jog", axis="carriage", direction="+", speed=fast)
+    await bench.rig.wait_for(lambda: bench.plant.carriage_mm > 5, 5, "carriage moving")
+    expiries = bench.rig.sup.maintenance.lease_expiries
+    bench.rig.sim.faults.inject("safety_io", "door_open")
+    # Keep renewing, as a client would: the door, not the lease, must stop it.
+    for _ in range(3):
+        await bench.do("jog", axis="carriage", direction="+", speed=fast)
+        await asyncio.sleep(RENEW_S)
+    await bench.carriage_still(within_s=1.5)
+    assert bench.rig.sup.maintenance.lease_expiries == expiries + 1
+    refusal = await bench.refused("jog", axis="carriage", direction="+", speed=fast)
+    assert "setup speed: a door is open" in refusal
+
+
+@pytest.mark.parametrize(("fault", "why"), [("estop", "the E-stop chain is open"),
+                                            ("safety_relay_open", "the safety relay is open")])
+async def test_every_action_refused_with_the_safety_chain_open(
+        bench: Bench, fault: str, why: str) -> None:
+    await enter(bench)
+    bench.rig.sim.faults.inject("safety_io", fault)
+    await bench.rig.wait_for(lambda: bench.rig.sup.maintenance.refusal("jog") is not None, 5,
+                             "the safety chain seen open")
+    actions: list[tuple[str, dict[str, object]]] = [
+        ("jog", {"axis": "carriage", "direction": "+", "speed": 100}),
+        ("home", {"axis": "carriage"}),
+        ("move", {"axis": "carriage", "position_mm": 100}),
+        ("device_test", {"device": "mfc_ar", "flow_slpm": 10}),
+        ("device_test", {"device": "rf", "power_kw": 5}),
+        ("device_test", {"device": "rf", "read": True}),
+    ]
+    for command, args in actions:
+        assert await bench.refused(command, **args) == why
+    recorded = [e.payload for e in bench.service.events_since(0) if e.kind == "command"
+                and not e.payload["accepted"]]
+    assert len(recorded) == len(actions)
+    assert all(e["reason"].endswith(why) for e in recorded)
+    # Stopping a jog is always allowed: it only makes things safer.
+    await bench.ok("jog_stop", axis="carriage")
+
+
+async def test_soft_limits_move_and_home(bench: Bench) -> None:
+    await enter(bench)
+    reason = await bench.refused("move", axis="carriage", position_mm=1300)
+    assert reason == "1300 mm is outside carriage's soft limits [0, 1200] mm"
+    reason = await bench.refused("move", axis="carriage", position_mm=-1)
+    assert "outside carriage's soft limits" in reason
+    assert "rotary" in await bench.refused("move", axis="spindle", position_mm=10)
+    assert "unknown axis" in await bench.refused("move", axis="tailstock", position_mm=10)
+    # The drive takes no absolute move before homing: refused with the reason, not an error.
+    assert await bench.refused("move", axis="carriage", position_mm=80) == \
+        "carriage is not homed: home it first"
+    await bench.ok("jog", axis="carriage", direction="+", speed=600)
+    await bench.rig.wait_for(lambda: bench.plant.carriage_mm > 20, 5, "carriage away from 0")
+    await bench.ok("jog_stop", axis="carriage")
+    await bench.carriage_still(within_s=2)
+    await bench.ok("home", axis="carriage")
+    await bench.rig.wait_for(lambda: abs(bench.plant.carriage_mm) < 0.5, 15, "back at 0")
+    await bench.rig.wait_for(lambda: bench.rig.sup.telemetry.axes["carriage"].homed, 5,
+                             "homed flag")
+    await bench.ok("move", axis="carriage", position_mm=80, speed=600)
+    await bench.rig.wait_for(lambda: abs(bench.plant.carriage_mm - 80) < 0.5, 10, "at 80 mm")
+
+
+async def test_device_tests_and_leaving_maintenance(bench: Bench) -> None:
+    await enter(bench)
+    plant = bench.plant
+    await bench.ok("device_test", device="mfc_ar", flow_slpm=30)
+    await bench.rig.wait_for(lambda: abs(plant.gas_flow_slpm["mfc_ar"] - 30) < 1, 10,
+                             "argon at 30 slpm")
+    reading = await bench.ok("device_test", device="mfc_ar", read=True)
+    assert reading.data["status"]["mass_slpm"] == pytest.approx(30, abs=1)
+
+    over = TEST_POWER_MAX_KW + 5
+    reason = await bench.refused("device_test", device="rf", power_kw=over)
+    assert reason == f"test power {over:g} kW outside [0, {TEST_POWER_MAX_KW:g}]"
+    await bench.ok("device_test", device="rf", power_kw=12)
+    await bench.rig.wait_for(lambda: plant.plasma_lit, 10, "plasma lit at test power")
+
+    # A jog running as maintenance ends.
+    await bench.ok("jog", axis="carriage", direction="+", speed=120)
+    await bench.rig.wait_for(lambda: plant.carriage_mm > 2, 5, "carriage moving")
+    await bench.ok("mode", mode="production")
+    assert bench.rig.sup.sm.mode is Mode.PRODUCTION
+    await bench.rig.wait_for(lambda: not plant.rf_on and not plant.plasma_lit, 5, "RF off")
+    await bench.rig.wait_for(lambda: all(f < 0.5 for f in plant.gas_flow_slpm.values()), 10,
+                             "every flow at zero")
+    await bench.carriage_still(within_s=2)
+    assert not bench.rig.sup.maintenance.leases
+    assert not bench.rig.sup.act.commanded.rf_on
+    # Back in production, maintenance actions are refused with the reason.
+    reason = await bench.refused("jog", axis="carriage", direction="+", speed=100)
+    assert reason == "maintenance actions need maintenance mode: switch modes first"
+
+
+async def test_no_rf_test_with_a_door_open_and_a_door_trips_a_lit_test(bench: Bench) -> None:
+    await enter(bench)
+    plant = bench.plant
+    bench.rig.sim.faults.inject("safety_io", "door_open")
+    await bench.rig.wait_for(bench.rig.sup.maintenance.door_open, 5, "door seen open")
+    reason = await bench.refused("device_test", device="rf", power_kw=12)
+    assert reason == "the RF stays off while a door is open"
+    assert not plant.rf_on
+    bench.rig.sim.faults.clear()
+    await bench.rig.wait_for(lambda: not bench.rig.sup.maintenance.door_open(), 5, "door shut")
+
+    await bench.ok("device_test", device="mfc_ar", flow_slpm=30)
+    await bench.ok("device_test", device="rf", power_kw=12)
+    await bench.rig.wait_for(lambda: plant.plasma_lit, 10, "plasma lit at test power")
+    bench.rig.sim.faults.inject("safety_io", "door_open")
+    # The door interlock holds in maintenance too: the RF goes off by itself.
+    await bench.rig.wait_for(lambda: not plant.rf_on, 2, "RF off on the door")
+    bench.rig.sim.faults.clear()
+
+
+async def test_no_maintenance_during_a_run_and_no_run_in_maintenance(tmp_path: Path) -> None:
+    users = UserStore(tmp_path / "users.json", hasher=FAST)
+    users.add(FITTER, "fitter-password", "maintenance")
+    users.add("olga", "olga-password", "operator")
+    async with line_rig(tmp_path) as rig:
+        service = LineService(rig.sup, users, rig.db)
+        recipe = (RECIPES / "long.yaml").read_text()
+        assert (await service.execute(FITTER, "mode", {"mode": "maintenance"})).accepted
+        start = await service.execute("olga", "start", {"recipe_text": recipe})
+        assert not start.accepted and start.reason is not None
+        assert "maintenance" in start.reason
+        assert (await service.execute(FITTER, "mode", {"mode": "production"})).accepted
+
+        assert (await service.execute("olga", "start", {"recipe_text": recipe})).accepted
+        await rig.wait_depositing(passes_done=1)
+        mode = await service.execute(FITTER, "mode", {"mode": "maintenance"})
+        assert not mode.accepted and mode.reason is not None
+        assert "mode change is not allowed in Execute" in mode.reason
+        jog = await service.execute(FITTER, "jog", {"axis": "carriage", "direction": "+"})
+        assert not jog.accepted
+        assert jog.reason == "maintenance actions need maintenance mode: switch modes first"
+        test = await service.execute(FITTER, "device_test", {"device": "rf", "power_kw": 5})
+        assert not test.accepted
+        assert (await service.execute("olga", "abort", {})).accepted
