@@ -153,8 +153,10 @@ async def _wind_down(sup: Supervisor) -> None:
     log.warning("serve.stopping_run", state=sup.sm.state.value)
     if sup.sm.state in (State.EXECUTE, State.SUSPENDED):
         await sup.command("hold", "system", reason="service stopping (SIGTERM)")
+    # An operator's stop or abort already under way is let finish: stopping it again would be
+    # refused, and the abort that followed would cut a controlled stop short.
     while sup.sm.state in (State.HOLDING, State.SUSPENDING, State.UNHOLDING,
-                           State.UNSUSPENDING, State.STARTING):
+                           State.UNSUSPENDING, State.STARTING, State.STOPPING, State.ABORTING):
         await asyncio.sleep(0.05)
     if sup.sm.state not in (State.STOPPED, State.ABORTED, State.COMPLETE):
         result = await sup.command("stop", "system", reason="service stopping (SIGTERM)")

@@ -9,6 +9,7 @@ not to reach its travel end during a test."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -100,7 +101,7 @@ async def test_a_jog_lives_on_its_lease(bench: Bench) -> None:
     # Renewed every 0.1 s, the jog runs on well past one lease (0.5 s): still moving.
     assert watchdog.lease_expiries == expiries
     late = positions[len(positions) // 2:]
-    assert all(b > a for a, b in zip(late, late[1:], strict=False)), late
+    assert all(b > a for a, b in itertools.pairwise(late)), late
     assert positions[-1] - positions[0] > 20
     # Renewals stop: the watchdog ends the jog once the lease has run out.
     last_renewal = bench.plant.carriage_mm
