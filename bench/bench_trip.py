@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from controller.logging_setup import configure_logging  # noqa: E402
-from controller.states import State  # noqa: E402
-from tests.system.rig import line_rig  # noqa: E402
+from controller.logging_setup import configure_logging
+from controller.states import State
+from tests.system.rig import line_rig
 
 
 async def one_trip(fault: str) -> dict[str, float]:

@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,13 +93,15 @@ async def run_recipe(args: argparse.Namespace) -> int:
         err(f"refused: {exc}")
         return EXIT_REFUSED
     try:
-        return await _run_locked(args, line, recipe, data_dir)
+        with _signals_queued() as interrupts:
+            return await _run_locked(args, line, recipe, data_dir, interrupts)
     finally:
         lock.release()
 
 
 async def _run_locked(
-    args: argparse.Namespace, line: LineConfig, recipe: Recipe, data_dir: Path
+    args: argparse.Namespace, line: LineConfig, recipe: Recipe, data_dir: Path,
+    interrupts: asyncio.Queue[str],
 ) -> int:
     interrupted = _interrupted(data_dir, line)
     interrupted_ids = [r.id for r in interrupted]
@@ -139,7 +141,7 @@ async def _run_locked(
                                     link_wait_s=args.link_wait)
             async with supervisor:
                 return await _supervise(args, line, recipe, supervisor, operator, cursor, run_id,
-                                        restarted=bool(interrupted))
+                                        restarted=bool(interrupted), interrupts=interrupts)
 
 
 async def _supervise(  # noqa: PLR0917 - one call site, each argument named there
@@ -152,6 +154,7 @@ async def _supervise(  # noqa: PLR0917 - one call site, each argument named ther
     run_id: int | None,
     *,
     restarted: bool,
+    interrupts: asyncio.Queue[str],
 ) -> int:
     missing = await sup.wait_links()
     if missing:
@@ -173,6 +176,9 @@ async def _supervise(  # noqa: PLR0917 - one call site, each argument named ther
         bait_rod_lot=args.bait_rod_lot, precursor_lot=args.precursor_lot,
     )
     plan = plan_from_recipe(recipe, line)
+    if not interrupts.empty():
+        err(f"{interrupts.get_nowait()} before the run started: nothing was started")
+        return EXIT_ENDED_OTHERWISE
     result = await sup.command("start", operator, plan=plan, header=header, cursor=cursor,
                                run_id=run_id)
     if not result.accepted:
@@ -181,7 +187,7 @@ async def _supervise(  # noqa: PLR0917 - one call site, each argument named ther
     prediction = forecast(recipe, line)
     out(f"run {sup.run_id} started: {recipe.name} v{recipe.version}, {plan.total_passes} passes, "
         f"forecast {prediction.duration_h:.2f} h process time at x{sup.clock.time_scale:g}")
-    await _watch(sup, operator, prediction.duration_s)
+    await _watch(sup, operator, prediction.duration_s, interrupts)
     state = sup.sm.state
     out(f"run {sup.run_id} ended: {state.value}"
         + (f" (cause: {sup.trip_cause})" if sup.trip_cause else ""))
@@ -203,11 +209,22 @@ async def _reconcile(sup: Supervisor, run_id: int | None) -> None:
                                    {"differences": [d.to_json() for d in differences]})
 
 
-async def _watch(sup: Supervisor, operator: str, forecast_s: float) -> None:
+@contextlib.contextmanager
+def _signals_queued() -> Iterator[asyncio.Queue[str]]:
+    """From the first moment: SIGINT and SIGTERM become items to handle, never a kill."""
     interrupts: asyncio.Queue[str] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, interrupts.put_nowait, "SIGINT")
     loop.add_signal_handler(signal.SIGTERM, interrupts.put_nowait, "SIGTERM")
+    try:
+        yield interrupts
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _watch(sup: Supervisor, operator: str, forecast_s: float,
+                 interrupts: asyncio.Queue[str]) -> None:
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     started = time.monotonic()
     try:
@@ -218,8 +235,6 @@ async def _watch(sup: Supervisor, operator: str, forecast_s: float) -> None:
                 continue
             _progress(sup, started, forecast_s, interactive)
     finally:
-        loop.remove_signal_handler(signal.SIGINT)
-        loop.remove_signal_handler(signal.SIGTERM)
         if interactive:
             out("")
 
@@ -234,6 +249,7 @@ async def _on_interrupt(sup: Supervisor, operator: str, which: str, interactive:
         result = await sup.command("stop", operator, reason=f"{which} without a terminal")
         if not result.accepted and sup.sm.state not in (State.STOPPED, State.ABORTED):
             await sup.command("abort", operator, reason=which)
+        await _wait_not_acting(sup)
         return
     await _wait_not_acting(sup)
     answer = await asyncio.get_running_loop().run_in_executor(

@@ -162,3 +162,5 @@ async def _wind_down(sup: Supervisor) -> None:
         result = await sup.command("stop", "system", reason="service stopping (SIGTERM)")
         if not result.accepted:
             await sup.command("abort", "system", reason="service stopping (SIGTERM)")
+    while sup.sm.state in (State.STOPPING, State.ABORTING):  # the stop runs as its own task
+        await asyncio.sleep(0.05)

@@ -101,6 +101,9 @@ class LineService:
 
     # -- commands --------------------------------------------------------------------------
     async def execute(self, user: str, command: str, args: dict[str, Any]) -> CommandReply:
+        if command == "abort":
+            # An abort never queues behind another command: it cuts into whatever is running.
+            return await self._execute(user, command, dict(args))
         async with self._lock:
             return await self._execute(user, command, dict(args))
 

@@ -103,6 +103,7 @@ class Supervisor:
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._exec_task: asyncio.Task[None] | None = None
+        self._acting_task: asyncio.Task[None] | None = None
         self._reaction: asyncio.Task[None] | None = None
         self._record_queue: asyncio.Queue[Callable[[], Awaitable[Any]]] = asyncio.Queue()
         self._tripped: set[str] = set()
@@ -142,6 +143,7 @@ class Supervisor:
         tb: TracebackType | None,
     ) -> None:
         await self._cancel_executor()
+        await self._cancel_acting()
         reaction = self._reaction
         if reaction is not None and not reaction.done():
             # A safety reaction finishes its writes (bounded by the transports' timeouts);
@@ -428,9 +430,9 @@ class Supervisor:
 
     async def _trip(self, interlock: Interlock, detected_at: float, running: bool) -> None:
         posture = POSTURE_FOR_REACTION[interlock.reaction]
-        exec_task = self._exec_task
-        if exec_task is not None:
-            exec_task.cancel()
+        for task in (self._exec_task, self._acting_task):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()  # no await: the RF-off write goes out first
         if self.executor is not None:
             self.executor.stop_requested = True  # no await: the RF-off write must go out first
         # Two reactions may race (the poller's and the executor's view of the same failure):
@@ -439,6 +441,7 @@ class Supervisor:
             self.sm.apply(Command.ABORT, cause=f"interlock {interlock.id}")
         await self._safe_posture(posture, f"trip:{interlock.id}", detected_at)
         await self._cancel_executor()
+        await self._cancel_acting()
         if self.sm.state is State.ABORTING:
             self.sm.complete(cause=f"safe state reached after {interlock.id}")
 
@@ -770,16 +773,41 @@ class Supervisor:
             else:
                 raise StepFailed("start", f"{axis} did not home")
 
+    def _begin_acting(self, work: Awaitable[None], name: str) -> None:
+        """Run an acting state's work (Holding, Stopping) as an owned task, so the command is
+        answered once the transition has begun and an abort can always cut in."""
+        assert self._tg is not None
+        self._acting_task = self._tg.create_task(self._acting(work, name), name=name)
+
+    async def _acting(self, work: Awaitable[None], name: str) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # rule 1: an unhandled error ends in the safe state
+            self._log.exception("acting.failed", name=name)
+            await self._abort_with("internal_error", f"{name} failed: {exc!r}")
+
+    async def _cancel_acting(self) -> None:
+        task = self._acting_task
+        self._acting_task = None
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            await cancel_and_wait([task])
+
     async def _hold(self, cause: str) -> None:
         self.sm.apply(Command.HOLD, cause=cause)
         await self._cancel_executor()
+        self._begin_acting(self._hold_work(), "holding")
+
+    async def _hold_work(self) -> None:
         posture: Posture = HOLD
         executor = self.executor
         if executor is None or not executor.plasma_lit:
             posture = replace(HOLD, rf=Rf.OFF)
         await self._safe_posture(posture, "hold")
         await self._wait_carriage_parked()
-        self.sm.complete(cause="held")
+        if self.sm.state is State.HOLDING:
+            self.sm.complete(cause="held")
 
     async def _wait_carriage_parked(self) -> None:
         """Holding completes when the carriage has reached its turning point (or gave up)."""
@@ -805,6 +833,10 @@ class Supervisor:
     async def _stop(self, cause: str) -> None:
         self.sm.apply(Command.STOP, cause=cause)
         await self._cancel_executor()
+        await self._cancel_acting()  # a hold in progress gives way to the stop
+        self._begin_acting(self._stop_work(), "stopping")
+
+    async def _stop_work(self) -> None:
         try:
             if self.executor is not None:
                 self.executor.stop_requested = False  # the cool-down is the stop's own work
@@ -814,18 +846,21 @@ class Supervisor:
         except (DeviceError, StepFailed) as exc:
             self._log.error("stop.failed", error=str(exc))
             await self._safe_posture(POSTURE_FOR_REACTION[Reaction.TRIP], "stop-fallback")
-        self.sm.complete(cause="stopped")
+        if self.sm.state is State.STOPPING:
+            self.sm.complete(cause="stopped")
 
     async def _operator_abort(self, user: str) -> None:
         self.sm.apply(Command.ABORT, cause=f"operator {user}")
-        exec_task = self._exec_task
-        if exec_task is not None:
-            exec_task.cancel()
+        for task in (self._exec_task, self._acting_task):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()  # no await: the RF-off write goes out first
         if self.executor is not None:
             self.executor.stop_requested = True
         await self._safe_posture(POSTURE_FOR_REACTION[Reaction.TRIP], "abort")
         await self._cancel_executor()
-        self.sm.complete(cause="safe state reached")
+        await self._cancel_acting()
+        if self.sm.state is State.ABORTING:
+            self.sm.complete(cause="safe state reached")
 
     async def make_safe(self, source: str) -> None:
         """Drive the machine to the safe state outside a run (e.g. after a restart)."""

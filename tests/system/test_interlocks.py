@@ -92,7 +92,7 @@ async def test_trip_in_other_active_states(rig: Rig, when: str) -> None:
     if when == "held":
         await rig.wait_depositing(passes_done=1)
         assert (await rig.sup.command("hold", "alice")).accepted
-        assert rig.sup.sm.state is State.HELD
+        await rig.wait_state(State.HELD)
     else:
         await rig.wait_for(lambda: rig.sim.plant.plasma_lit, 30, "ignition")
     rig.sim.faults.inject("safety_io", "water_flow_low")

@@ -46,7 +46,7 @@ async def test_hold_parks_at_a_turning_point_and_unhold_resumes_the_pass(rig: Ri
     await rig.wait_depositing(passes_done=2)
     result = await rig.sup.command("hold", "alice", reason="check the rod")
     assert result.accepted, result.reason
-    assert rig.sup.sm.state is State.HELD
+    await rig.wait_state(State.HELD)
     plant = rig.sim.plant
     geometry = rig.line.geometry
     await rig.wait_for(lambda: not rig.sup.telemetry.axes["carriage"].moving, 10, "carriage stop")
@@ -68,7 +68,7 @@ async def test_operator_stop_ends_in_a_controlled_way(rig: Rig) -> None:
     await rig.wait_depositing(passes_done=1)
     result = await rig.sup.command("stop", "bob", reason="end of shift")
     assert result.accepted, result.reason
-    assert rig.sup.sm.state is State.STOPPED
+    await rig.wait_state(State.STOPPED)
     plant = rig.sim.plant
     assert not plant.rf_on and plant.gas_flow_slpm["mfc_sicl4"] < 0.05
     await rig.sup._record_flush()
