@@ -169,6 +169,8 @@ class SupervisionConfig(Strict):
     exhaust_margin_pa: float = Field(default=10.0, ge=0)
     reflected_warning_fraction: float = Field(default=0.5, gt=0, le=1)  # of the trip fraction
     warning_delay_s: float = Field(default=5.0, ge=0)
+    # A device test (gas flow, torch at low power) ends by itself unless repeated within this.
+    device_test_lease_s: float = Field(default=60.0, gt=0)
 
 
 class LineConfig(Strict):

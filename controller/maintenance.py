@@ -54,6 +54,8 @@ class Maintenance:
         self.lease_s = lease_s
         self.leases: dict[str, Lease] = {}
         self.lease_expiries = 0
+        self.test_leases: dict[str, float] = {}  # device -> wall time its test ends
+        self.test_lease_s = sup.line.supervision.device_test_lease_s
 
     # -- checks ----------------------------------------------------------------------------
     def refusal(self, action: str) -> str | None:
@@ -163,7 +165,8 @@ class Maintenance:
                 valves["precursor_valve"] = flow > 0
             await self.sup.act.set_outputs(source, **valves)
             await self.sup.act.set_flow_slpm(device, flow, source)
-            return {"device": device, "flow_slpm": flow}
+            self._test_lease(device, flow > 0)
+            return {"device": device, "flow_slpm": flow, "lease_s": self.test_lease_s}
         if device == "rf" and "power_kw" in args:
             power = float(args["power_kw"])
             if self.door_open():
@@ -176,10 +179,26 @@ class Maintenance:
             else:
                 await self.sup.act.set_power_kw(power, source)
                 await self.sup.act.rf_on(source)
-            return {"device": device, "power_kw": power}
+            self._test_lease(device, power > 0)
+            return {"device": device, "power_kw": power, "lease_s": self.test_lease_s}
         if device in self.sup.line.devices and args.get("read", True):
             return {"device": device, "status": await self._raw_status(device)}
         raise MaintenanceRefused("device_test", f"nothing to test on {device!r} with {args}")
+
+    def _test_lease(self, device: str, running: bool) -> None:
+        """A running device test lives on a lease too (renewed by repeating the command): a
+        lost maintenance client never leaves gas flowing or the torch burning."""
+        if running:
+            self.test_leases[device] = time.monotonic() + self.test_lease_s
+        else:
+            self.test_leases.pop(device, None)
+
+    async def _end_test(self, device: str) -> None:
+        source = "device-test-lease"
+        if device == "rf":
+            await self.sup.act.rf_off(source)
+        else:
+            await self.sup.act.set_flow_slpm(device, 0.0, source)
 
     async def _raw_status(self, device: str) -> Any:
         machine = self.sup.machine
@@ -203,6 +222,7 @@ class Maintenance:
         source = f"maintenance_exit:{user}"
         for axis in list(self.leases):
             self.leases.pop(axis, None)
+        self.test_leases.clear()
         await asyncio.gather(*(self.sup.act.stop_axis(a, source) for a in AXIS_NAMES),
                              return_exceptions=True)
         await asyncio.gather(*(self.sup.act.set_flow_slpm(m, 0.0, source) for m in MFC_NAMES),
@@ -214,6 +234,15 @@ class Maintenance:
         while True:
             await asyncio.sleep(WATCHDOG_S)
             now = time.monotonic()
+            for device, ends_at in list(self.test_leases.items()):
+                if ends_at <= now or self.refusal("device_test") is not None:
+                    self.test_leases.pop(device, None)
+                    log.warning("maintenance.test_ended", device=device)
+                    try:
+                        await self._end_test(device)
+                    except Exception as exc:  # the device may be the lost one
+                        log.error("maintenance.test_end_failed", device=device,  # noqa: TRY400
+                                  error=str(exc))
             for axis, lease in list(self.leases.items()):
                 too_fast = lease.speed > self.speed_limit(axis) + 1e-9
                 if lease.expires_at <= now or too_fast or self.refusal("jog") is not None:

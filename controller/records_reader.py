@@ -161,6 +161,11 @@ class RecordsReader:
             for r in rows
         ]
 
+    def last_seq(self, line: str) -> int:
+        """The newest event's sequence number for a line (0 when it has none)."""
+        rows = self._query("SELECT MAX(seq) AS seq FROM events WHERE line = ?", line)
+        return int(rows[0]["seq"] or 0) if rows else 0
+
     def telemetry(self, run_id: int | None) -> list[tuple[float, dict[str, Any]]]:
         rows = self._query(
             "SELECT t, sample FROM telemetry WHERE run_id IS ? ORDER BY t, id", run_id

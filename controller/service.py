@@ -89,8 +89,10 @@ class LineService:
         return [Event(seq=r.seq, kind=r.kind, t=r.t, payload=r.payload) for r in records]
 
     def last_event_seq(self) -> int:
-        events = self.events_since(0, limit=1_000_000)
-        return events[-1].seq if events else 0
+        try:
+            return RecordsReader(self.records_db).last_seq(self.line)
+        except RecordsUnavailable:
+            return 0
 
     def _interrupted(self) -> list[Any]:
         try:

@@ -278,3 +278,20 @@ async def test_no_maintenance_during_a_run_and_no_run_in_maintenance(tmp_path: P
         test = await service.execute(FITTER, "device_test", {"device": "rf", "power_kw": 5})
         assert not test.accepted
         assert (await service.execute("olga", "abort", {})).accepted
+
+
+async def test_a_device_test_ends_by_itself_unless_renewed(bench: Bench) -> None:
+    await enter(bench)
+    maintenance = bench.rig.sup.maintenance
+    maintenance.test_lease_s = 0.6
+    reply = await bench.ok("device_test", device="mfc_ar", flow_slpm=20.0)
+    assert reply.data["lease_s"] == pytest.approx(0.6)
+    await bench.rig.wait_for(lambda: bench.plant.gas_flow_slpm["mfc_ar"] > 15, 5, "argon on")
+    # Renewed by repeating the command, the flow goes on past one lease...
+    for _ in range(4):
+        await asyncio.sleep(0.3)
+        await bench.ok("device_test", device="mfc_ar", flow_slpm=20.0)
+    assert bench.plant.gas_flow_slpm["mfc_ar"] > 15
+    # ...and without renewals it stops by itself: a lost client leaves no gas flowing.
+    await bench.rig.wait_for(lambda: bench.plant.gas_flow_slpm["mfc_ar"] < 0.5, 5, "argon off")
+    assert "mfc_ar" not in maintenance.test_leases

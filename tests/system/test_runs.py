@@ -94,3 +94,17 @@ async def test_operator_abort_reaches_the_safe_state_and_needs_a_clear(rig: Rig)
     assert (await rig.sup.command("clear", "carol")).accepted
     assert rig.sup.sm.state is State.STOPPED
     assert (await rig.sup.command("reset", "carol")).accepted
+
+
+async def test_an_abort_cuts_into_a_stop_in_progress(rig: Rig) -> None:
+    assert (await rig.start("long")).accepted
+    await rig.wait_depositing(passes_done=1)
+    stop = await rig.sup.command("stop", "bob", reason="end of shift")
+    assert stop.accepted
+    assert rig.sup.sm.state is State.STOPPING  # answered once the stop has begun
+    abort = await rig.sup.command("abort", "bob", reason="changed my mind")
+    assert abort.accepted, abort.reason
+    assert rig.sup.sm.state is State.ABORTED
+    assert not rig.sim.plant.rf_on
+    states = [t.to_state.value for t in rig.sup.sm.history][-3:]
+    assert states == ["Stopping", "Aborting", "Aborted"]

@@ -342,3 +342,15 @@ def test_resolve_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     assert resolve_data_dir(None).name == "povd"
     assert resolve_data_dir("~/x") == Path.home() / "x"
     assert records_path(tmp_path) == tmp_path / "records.sqlite3"
+
+
+async def test_last_seq_is_the_newest_event_of_the_line(tmp_path: Path) -> None:
+    db = tmp_path / "records.sqlite3"
+    async with RunRecords(db, line="L1") as records:
+        assert RecordsReader(db).last_seq("L1") == 0
+        for kind in ("a", "b", "c"):
+            await records.record_event(None, kind, {})
+    reader = RecordsReader(db)
+    events = reader.events_since(0, line="L1")
+    assert reader.last_seq("L1") == events[-1].seq
+    assert reader.last_seq("other") == 0
