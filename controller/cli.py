@@ -6,6 +6,7 @@
          [--serial S] [--operator NAME] [--resume RUN_ID | --abandon RUN_ID]
     povd [--data-dir DIR] runs list [--json]
     povd [--data-dir DIR] runs show ID [--json]
+    povd [--data-dir DIR] runs report ID [--json]
 
 Exit codes: 0 complete / ok; 1 a run ended otherwise; 2 invalid input; 3 refused."""
 
@@ -92,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     runs_show = runs_sub.add_parser("show")
     runs_show.add_argument("run_id", type=int)
     runs_show.add_argument("--json", action="store_true")
+    runs_report = runs_sub.add_parser("report", help="a run's report: product, passes, events")
+    runs_report.add_argument("run_id", type=int)
+    runs_report.add_argument("--json", action="store_true")
     return parser
 
 

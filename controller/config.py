@@ -171,6 +171,8 @@ class SupervisionConfig(Strict):
     warning_delay_s: float = Field(default=5.0, ge=0)
     # A device test (gas flow, torch at low power) ends by itself unless repeated within this.
     device_test_lease_s: float = Field(default=60.0, gt=0)
+    # A continuous jog stops by itself unless renewed within this (clients renew every 0.1 s).
+    jog_lease_s: float = Field(default=0.5, gt=0, le=5)
 
 
 class LineConfig(Strict):

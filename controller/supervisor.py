@@ -109,7 +109,7 @@ class Supervisor:
         self._tripped: set[str] = set()
         self._reignite_failed = False
         self._log = log.bind(line=self.line.line)
-        self.maintenance = Maintenance(self)
+        self.maintenance = Maintenance(self, lease_s=self.line.supervision.jog_lease_s)
         self.sm.add_listener(self._on_transition)
         self.alarms.subscribe(self._on_alarm)
 

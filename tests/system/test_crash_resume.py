@@ -108,6 +108,15 @@ def test_kill_9_then_resume_from_the_last_pass(tmp_path: Path, simulator: Path) 
     assert recorded_before <= len(indices)
     assert detail.run.preform_serial == "P-42"
     assert RecordsReader(db).interrupted_runs() == []
+    report = subprocess.run(
+        [sys.executable, "-m", "controller.cli", "--data-dir", str(data), "runs", "report",
+         str(run_id), "--json"], capture_output=True, text=True, check=True, timeout=60,
+    )
+    summary = json.loads(report.stdout)
+    assert summary["outcome"] == "complete"
+    assert summary["passes"] == 40
+    assert summary["preform_serial"] == "P-42"
+    assert summary["final_diameter_mm"] > 30
 
 
 def test_a_second_controller_for_the_same_line_is_refused(tmp_path: Path, simulator: Path) -> None:
