@@ -16,6 +16,7 @@ from controller.planning import plan_from_recipe
 from controller.process_clock import ProcessClock
 from controller.recipe import load_recipe
 from controller.records import RecordsReader, RunHeader, RunRecords
+from controller.records_writer import Connect
 from controller.states import State
 from controller.supervisor import CommandResult, Supervisor
 from simulators.line import LineSimulator
@@ -68,12 +69,15 @@ class Rig:
 
 
 @asynccontextmanager
-async def line_rig(tmp_path: Path, *, time_scale: float = TIME_SCALE) -> AsyncIterator[Rig]:
+async def line_rig(
+    tmp_path: Path, *, time_scale: float = TIME_SCALE, records_connect: Connect | None = None
+) -> AsyncIterator[Rig]:
     line = load_line_config()
     db = tmp_path / "records.sqlite3"
     async with LineSimulator(line, time_scale=time_scale, serve_ptys=False) as sim:
         machine = build_machine(line, sim.endpoints())
-        async with RunRecords(db, line=line.line) as records:
+        extra = {} if records_connect is None else {"connect": records_connect}
+        async with RunRecords(db, line=line.line, **extra) as records:
             sup = Supervisor(machine, records, clock=ProcessClock(time_scale))
             async with sup:
                 missing = await sup.wait_links(15)
