@@ -23,7 +23,7 @@ from controller.records import RecordsReader, RecordsUnavailable, RunHeader
 from controller.roles import refusal as role_refusal
 from controller.service_protocol import CommandReply, Event
 from controller.states import CommandRefused, Mode, State
-from controller.supervisor import Supervisor
+from controller.supervisor import SAFE_WARD_COMMANDS, Supervisor
 from controller.users import UserStore
 from drivers.errors import DeviceError
 
@@ -114,6 +114,11 @@ class LineService:
         if reason is not None:
             await self._record(user, command, args, False, reason)
             return self._reply(command, False, reason)
+        if not self.sup.records_ok and command not in SAFE_WARD_COMMANDS:
+            # Rule 9: nothing is done that cannot be recorded; hold, stop, abort still go.
+            log.error("command.refused_no_records", user=user, command=command)
+            return self._reply(command, False, "run records unavailable: only hold, stop, "
+                               "abort and jog_stop are accepted")
         if command in RUN_COMMANDS:
             result = await self.sup.command(command, user, reason=args.get("reason"))
             return self._reply(command, result.accepted, result.reason)
@@ -158,7 +163,11 @@ class LineService:
     async def _record(self, user: str, command: str, args: dict[str, Any], accepted: bool,
                       reason: str | None) -> None:
         clean = {k: v for k, v in args.items() if k != "recipe_text"}
-        await self.sup.record_command(user, command, clean, accepted, reason)
+        try:
+            await self.sup.record_command(user, command, clean, accepted, reason)
+        except RecordsUnavailable as exc:
+            # The supervisor raises the alarm and holds the run; the answer still goes out.
+            log.error("command.not_recorded", user=user, command=command, error=str(exc))  # noqa: TRY400 - the error says it all
 
     # -- handlers --------------------------------------------------------------------------
     async def _start(self, user: str, args: dict[str, Any]) -> dict[str, Any]:

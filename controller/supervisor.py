@@ -43,6 +43,10 @@ from drivers.errors import DeviceError
 
 log = structlog.get_logger(__name__)
 
+# Commands that move the line towards its safe state: never refused for want of a record.
+SAFE_WARD_COMMANDS = frozenset({"hold", "stop", "abort", "jog_stop"})
+RECORD_TIMEOUT_S = 30.0
+
 FINAL_STATES = frozenset({State.COMPLETE, State.STOPPED, State.ABORTED})
 OUTCOME = {State.COMPLETE: "complete", State.STOPPED: "stopped", State.ABORTED: "aborted"}
 
@@ -83,6 +87,7 @@ class Supervisor(SupervisorReactions):
         self.finished = asyncio.Event()
         self.trip_cause: str | None = None
         self.heartbeat_enabled = True
+        self.records_ok = True  # the last record write succeeded
         self.armed = False
         self._rf_off_wall = 0.0
         self._last_idle_posture = 0.0
@@ -315,9 +320,17 @@ class Supervisor(SupervisorReactions):
         accepted = refusal is None
         current_run = self.run_id
         if not (accepted and command == "start"):  # an accepted start is recorded in its run
-            await self._record_now(lambda: self.records.record_command(
-                current_run, user, command, {"reason": reason}, accepted=accepted,
-                reason=refusal))
+            try:
+                await self._record_now(lambda: self.records.record_command(
+                    current_run, user, command, {"reason": reason}, accepted=accepted,
+                    reason=refusal))
+            except RecordsUnavailable as exc:
+                # Rule 9: no glass made that cannot be accounted for; moving towards the safe
+                # state (hold, stop, abort) never waits on a disk.
+                self._log.error("command.not_recorded", command=command, error=str(exc))
+                if accepted and command not in SAFE_WARD_COMMANDS:
+                    refusal = f"run records unavailable, not carried out: {exc.detail}"
+                    accepted = False
         if refusal is not None:
             self._log.warning("command.refused", command=command, user=user, reason=refusal)
             return CommandResult(command, False, refusal, self.sm.state.value)
@@ -371,6 +384,8 @@ class Supervisor(SupervisorReactions):
     def _refusal(self, command: str, plan: Plan | None) -> str | None:
         if command not in ("start", "hold", "unhold", "stop", "abort", "reset", "clear"):
             return f"{command!r} is not an operator command"
+        if not self.records_ok and command not in SAFE_WARD_COMMANDS:
+            return "run records unavailable: only hold, stop and abort are accepted"
         if self._reaction is not None and not self._reaction.done() and command != "abort":
             return "a safety reaction is in progress; wait for it to finish"
         refused = self.sm.can(command)
@@ -444,8 +459,24 @@ class Supervisor(SupervisorReactions):
         self._record_queue.put_nowait(write)
 
     async def _record_now(self, write: Callable[[], Awaitable[Any]]) -> None:
-        self._record(write)
-        await self._record_flush()
+        """Queue a record in order and wait until it is durable; RecordsUnavailable if not."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def tracked() -> None:
+            try:
+                await write()
+            except Exception as exc:
+                if not done.done():
+                    done.set_exception(exc)
+                raise
+            if not done.done():
+                done.set_result(None)
+
+        self._record(tracked)
+        finished, _ = await asyncio.wait({done}, timeout=RECORD_TIMEOUT_S)
+        if not finished:
+            raise RecordsUnavailable(f"no answer from the records in {RECORD_TIMEOUT_S:g} s")
+        done.result()
 
     async def _record_flush(self) -> None:
         await self._record_queue.join()
@@ -455,7 +486,9 @@ class Supervisor(SupervisorReactions):
             write = await self._record_queue.get()
             try:
                 await write()
+                self.records_ok = True
             except RecordsUnavailable as exc:
+                self.records_ok = False
                 self._log.error("records.unavailable", error=str(exc))
                 if self.sm.state is State.EXECUTE and self._exec_task is not None:
                     self._exec_task.cancel()

@@ -37,4 +37,12 @@ async def test_a_failing_disk_holds_the_run_with_an_alarm(tmp_path: Path) -> Non
         assert rig.sup.alarms.status("records_unavailable").condition
         assert not rig.sim.plant.precursor_valve_open
         assert rig.sim.plant.spindle_rpm > 5
+        await rig.wait_state(State.HELD, timeout_s=20)
+        # Nothing that makes glass goes ahead unrecorded; what makes the line safer does.
+        unhold = await rig.sup.command("unhold", "alice")
+        assert not unhold.accepted
+        assert "records unavailable" in (unhold.reason or "")
+        stop = await rig.sup.command("stop", "alice")
+        assert stop.accepted, stop.reason
+        await rig.wait_state(State.STOPPED, timeout_s=30)
         failing.clear()  # let the teardown write what it can
