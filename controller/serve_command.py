@@ -21,11 +21,11 @@ from controller.api import create_app
 from controller.audit import AuditTrail
 from controller.cli import EXIT_INVALID, EXIT_OK, EXIT_REFUSED, err, load_config_or_exit, out
 from controller.cli_client import audit_path, users_path
-from controller.config import ConfigError
+from controller.config import ConfigError, LineConfig
 from controller.line_lock import LineLock, LineLocked
 from controller.machine import build_machine
 from controller.mqtt import MqttBridge
-from controller.mqtt_settings import load_mqtt_settings
+from controller.mqtt_settings import MqttSettings, load_mqtt_settings
 from controller.process_clock import ProcessClock
 from controller.records import RunRecords, records_path, resolve_data_dir
 from controller.run_command import machine_endpoints
@@ -97,7 +97,13 @@ async def serve(args: argparse.Namespace) -> int:
         lock.release()
 
 
-async def _serve(args, line, data_dir, sock, mqtt_settings) -> int:  # type: ignore[no-untyped-def]
+async def _serve(
+    args: argparse.Namespace,
+    line: LineConfig,
+    data_dir: Path,
+    sock: socket.socket,
+    mqtt_settings: MqttSettings | None,
+) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -29,6 +29,10 @@ class AsciiDevice(Protocol):
         """The reply line without its terminator, or None to stay silent."""
         ...
 
+    def step(self, dt_s: float, wall_now: float) -> None:
+        """Advance the device by dt_s of process time (wall_now for safety timing)."""
+        ...
+
 
 class AsciiBusServer:
     def __init__(

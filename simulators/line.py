@@ -151,7 +151,7 @@ class LineSimulator:
     def step(self, dt_s: float, wall_now: float) -> None:
         """Advance every device, then the plant, by dt_s of process time."""
         for device in self.devices.values():
-            device.step(dt_s, wall_now)  # type: ignore[union-attr]
+            device.step(dt_s, wall_now)
         self.plant.step(dt_s)
         self.ticks += 1
 

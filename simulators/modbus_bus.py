@@ -58,6 +58,9 @@ class RegisterDevice:
         self.holding = [0] * self.holding_size
         self.inputs = [0] * self.input_size
 
+    def step(self, dt_s: float, wall_now: float) -> None:
+        """Advance the device by dt_s of process time (wall_now for safety timing)."""
+
     def refresh(self) -> None:
         """Bring the register images up to date with the device state."""
 
