@@ -117,6 +117,7 @@ class SupervisorReactions:
     async def _hold(self, cause: str) -> None:
         self.sm.apply(Command.HOLD, cause=cause)
         await self._cancel_executor()
+        await self._cancel_acting()  # a suspension waiting to re-ignite gives way to the hold
         self._begin_acting(self._hold_work(), "holding")
 
     async def _hold_work(self) -> None:
@@ -269,7 +270,14 @@ class SupervisorReactions:
         posture = POSTURE_FOR_REACTION[Reaction.SUSPEND]
         await self._safe_posture(posture, f"suspend:{interlock.id}")
         await self._cancel_executor()
+        # The purge and the wait for recovery are the acting state's work, not the safety
+        # reaction's: an operator may hold or stop the run meanwhile, and it gives way.
+        self._begin_acting(self._suspended_work(interlock), "suspending")
+
+    async def _suspended_work(self, interlock: Interlock) -> None:
         await self.clock.sleep(self.line.supervision.purge_before_reignite_s)
+        if self.sm.state is not State.SUSPENDING:
+            return
         self.sm.complete(cause=f"purged after {interlock.id}")
         await self._auto_unsuspend(interlock)
 

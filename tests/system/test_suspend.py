@@ -78,3 +78,15 @@ async def test_lost_gauge_is_an_alarm_and_deposition_goes_on_open_loop(rig: Rig)
     assert (executor.cursor.diameter_mm or 0.0) > before
     rig.sim.faults.clear()
     assert (await rig.sup.command("stop", "alice")).accepted
+
+
+async def test_the_operator_can_stop_a_run_waiting_in_suspended(rig: Rig) -> None:
+    assert (await rig.start("long")).accepted
+    await rig.wait_depositing(passes_done=1)
+    rig.sim.faults.inject("mfc_sicl4", "silent")  # stays lost: the run waits in Suspended
+    await rig.wait_state(State.SUSPENDED, timeout_s=20)
+    stop = await rig.sup.command("stop", "alice", reason="precursor controller is dead")
+    assert stop.accepted, stop.reason
+    await rig.wait_state(State.STOPPED, timeout_s=30)
+    assert not rig.sim.plant.rf_on
+    rig.sim.faults.clear()
