@@ -17,7 +17,8 @@ Admin commands, on the line PC's files (no service needed):
 Each user change is appended to the audit trail as done by ``local:<os user>``.
 
 The arguments each command sends to the service (`ControllerService.execute`):
-    start   {recipe_text, recipe_path, preform_serial, operator, bait_rod_lot, precursor_lot}
+    start   {recipe_text, recipe_path, preform_serial, operator, bait_rod_lot, precursor_lot,
+             resume_run_id?, abandon_run_id?}
     ack     {alarm_id}            shelve {alarm_id, for_s}            mode {mode}
     trim    {power_kw?, traverse_pct?}
     jog     {axis, direction: "+" | "-", speed?}   (renewed every 100 ms while held)
@@ -101,6 +102,11 @@ def add_client_commands(subparsers: argparse._SubParsersAction[argparse.Argument
     start.add_argument("--operator", default=None, help="operator name (default: the login)")
     start.add_argument("--bait-rod-lot", default=None)
     start.add_argument("--precursor-lot", default=None)
+    interrupted = start.add_mutually_exclusive_group()
+    interrupted.add_argument("--resume", type=int, default=None, metavar="RUN_ID",
+                             help="continue a run a dead controller left interrupted")
+    interrupted.add_argument("--abandon", type=int, default=None, metavar="RUN_ID",
+                             help="record an interrupted run as abandoned, then start anew")
 
     for name in SIMPLE_COMMANDS:
         _client_parser(subparsers, name, f"{name} the run")
@@ -218,7 +224,8 @@ def _start_args(args: argparse.Namespace) -> dict[str, Any]:
         raise _BadInputError(f"cannot read the recipe {path}: {exc}") from exc
     return {"recipe_text": text, "recipe_path": str(path), "preform_serial": args.serial,
             "operator": args.operator, "bait_rod_lot": args.bait_rod_lot,
-            "precursor_lot": args.precursor_lot}
+            "precursor_lot": args.precursor_lot, "resume_run_id": args.resume,
+            "abandon_run_id": args.abandon}
 
 
 class _BadInputError(Exception):

@@ -65,12 +65,15 @@ class LineService:
             "move": self._move,
             "device_test": self._device_test,
         }
+        # Runs left interrupted by a dead controller: known at start-up, and changed only by a
+        # resume or an abandon here, so status() never goes to the disk for them.
+        self._interrupted_runs = self._read_interrupted()
 
     # -- reads -----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         status = self.sup.status()
         status.update(line=self.line, machine=self.machine,
-                      interrupted_runs=[r.id for r in self._interrupted()],
+                      interrupted_runs=[r.id for r in self._interrupted_runs],
                       links={d: self.sup.link_alive(d) for d in self.sup.line.devices})
         return status
 
@@ -94,7 +97,7 @@ class LineService:
         except RecordsUnavailable:
             return 0
 
-    def _interrupted(self) -> list[Any]:
+    def _read_interrupted(self) -> list[Any]:
         try:
             runs = RecordsReader(self.records_db).interrupted_runs()
         except RecordsUnavailable:
@@ -184,19 +187,31 @@ class LineService:
             raise Refused(f"invalid recipe: {issues}") from None
         cursor: Cursor | None = None
         run_id: int | None = None
-        interrupted = self._interrupted()
-        resume = args.get("resume_run_id")
-        if resume is not None:
-            match = [r for r in interrupted if r.id == int(resume)]
+        resume, abandon = args.get("resume_run_id"), args.get("abandon_run_id")
+        if resume is not None and abandon is not None:
+            raise Refused("resume_run_id and abandon_run_id exclude each other")
+        chosen = resume if resume is not None else abandon
+        if chosen is not None:
+            match = [r for r in self._interrupted_runs if r.id == int(chosen)]
             if not match:
-                raise Refused(f"run {resume} is not an interrupted run of this line")
+                raise Refused(f"run {chosen} is not an interrupted run of this line")
+            if resume is not None and match[0].recipe_name != recipe.name:
+                raise Refused(f"run {resume} ran recipe {match[0].recipe_name!r}, "
+                              f"not {recipe.name!r}: start it with its own recipe")
+        if abandon is not None:
+            await self.sup.records.end_run(int(abandon), "abandoned")
+            await self._record(user, "abandon", {"run_id": int(abandon)}, True, None)
+            self._interrupted_runs = self._read_interrupted()
+        elif resume is not None:
             checkpoint = RecordsReader(self.records_db).last_checkpoint(int(resume))
             cursor = Cursor.from_json(checkpoint.state) if checkpoint else Cursor()
             run_id = int(resume)
-        elif interrupted:
-            r = interrupted[0]
-            raise Refused(f"run {r.id} ({r.recipe_name}) was interrupted: start with "
-                          f"resume_run_id={r.id}, or abandon it first")
+        elif self._interrupted_runs:
+            r = self._interrupted_runs[0]
+            raise Refused(f"run {r.id} ({r.recipe_name}) was interrupted: continue it with "
+                          f"`povd start RECIPE --resume {r.id}` (resume_run_id={r.id}) or "
+                          f"record it as abandoned with `--abandon {r.id}` "
+                          f"(abandon_run_id={r.id})")
         header = RunHeader(
             recipe_name=recipe.name, recipe_text=recipe.text, line=line.line,
             machine=line.machine, operator=str(args.get("operator") or user or getpass.getuser()),
@@ -209,6 +224,7 @@ class LineService:
             raise RecordedRefusal(result.reason or "refused")
         if run_id is not None:  # the supervisor records only a new run's start
             await self._record(user, "start", {"resume_run_id": run_id}, True, None)
+            self._interrupted_runs = [r for r in self._interrupted_runs if r.id != run_id]
         return {"run_id": self.sup.run_id, "recipe": recipe.name, "passes":
                 recipe.total_passes()}
 

@@ -154,6 +154,7 @@ async def test_an_interrupted_run_must_be_resumed(tmp_path: Path) -> None:
         assert not refused.accepted and refused.reason is not None
         assert f"run {interrupted} (long) was interrupted" in refused.reason
         assert f"resume_run_id={interrupted}" in refused.reason
+        assert f"--abandon {interrupted}" in refused.reason
         wrong = await service.execute("olga", "start",
                                       {"recipe_text": LONG, "resume_run_id": interrupted + 7})
         assert not wrong.accepted
@@ -175,6 +176,23 @@ async def test_an_interrupted_run_must_be_resumed(tmp_path: Path) -> None:
         assert ("olga", "start", True) in [(c.user, c.command, c.accepted)
                                           for c in detail.commands]
         assert detail.run.outcome is Outcome.ABORTED
+
+
+async def test_an_interrupted_run_can_be_abandoned(tmp_path: Path) -> None:
+    async with line_rig(tmp_path) as rig:
+        header = RunHeader(recipe_name="long", recipe_text=LONG, line=rig.line.line,
+                           machine=rig.line.machine, operator="olga")
+        interrupted = await rig.records.start_run(header)
+        service = LineService(rig.sup, user_store(tmp_path), rig.db)
+        started = await service.execute("olga", "start",
+                                        {"recipe_text": LONG, "abandon_run_id": interrupted})
+        assert started.accepted, started.reason
+        assert started.data["run_id"] != interrupted
+        assert service.status()["interrupted_runs"] == []
+        old = RecordsReader(rig.db).get_run(interrupted)
+        assert old is not None
+        assert old.run.outcome is Outcome.ABANDONED
+        assert (await service.execute("olga", "abort", {})).accepted
 
 
 async def test_ack_and_shelve(served: tuple[Rig, LineService]) -> None:
