@@ -119,3 +119,30 @@ async def test_first_out_is_the_first_cause_of_a_burst(rig: Rig) -> None:
     await rig.wait_for(lambda: rig.sup.alarms.status("water_flow_low").condition, 5, "second")
     assert _first_out(rig) == "exhaust_lost"
     assert not rig.sup.alarms.status("water_flow_low").first_out
+
+
+async def test_an_unhandled_error_in_the_recipe_ends_in_the_safe_state(rig: Rig) -> None:
+    assert (await rig.start("long")).accepted
+    await rig.wait_depositing(passes_done=1)
+    executor = rig.sup.executor
+    assert executor is not None
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the executor")
+
+    executor._one_pass = broken  # type: ignore[method-assign]
+    await rig.wait_state(State.ABORTED, timeout_s=20)
+    assert rig.sup.trip_cause == "internal_error"
+    assert rig.sup.alarms.status("internal_error").state in ANNUNCIATED
+    await assert_safe_state(rig, estop=False, gas_off=False)
+
+
+async def test_an_rf_generator_that_cannot_be_told_stops_the_heartbeat(rig: Rig) -> None:
+    assert (await rig.start("long")).accepted
+    await rig.wait_depositing(passes_done=1)
+    rig.sim.faults.inject("rf", "silent")
+    await rig.wait_state(State.ABORTED, timeout_s=20)
+    # The RF-off write could not go out: the safety PLC must drop the RF enable by itself.
+    assert not rig.sup.heartbeat_enabled
+    await rig.wait_for(lambda: not rig.sim.plant.rf_enable, 10, "the PLC to drop RF enable")
+    assert not rig.sim.plant.rf_on
