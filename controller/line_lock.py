@@ -19,6 +19,14 @@ class LineLocked(Exception):
         self.holder = holder
 
 
+def take_line_lock(data_dir: Path, line: str) -> LineLock:
+    """Create the data dir and take the line's lock (raises LineLocked if it is held)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = LineLock(data_dir, line)
+    lock.acquire()
+    return lock
+
+
 class LineLock:
     def __init__(self, data_dir: Path, line: str) -> None:
         self.line = line

@@ -36,7 +36,7 @@ from controller.cli import (
 from controller.config import LineConfig
 from controller.executor import Cursor
 from controller.forecast import forecast
-from controller.line_lock import LineLock, LineLocked
+from controller.line_lock import LineLocked, take_line_lock
 from controller.machine import build_machine, load_endpoints
 from controller.planning import plan_from_recipe
 from controller.process_clock import ProcessClock
@@ -85,12 +85,10 @@ async def run_recipe(args: argparse.Namespace) -> int:
         err(format_recipe_error(exc))
         return EXIT_INVALID
     data_dir = resolve_data_dir(args.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    lock = LineLock(data_dir, line.line)
     try:
-        lock.acquire()
+        lock = take_line_lock(data_dir, line.line)
     except LineLocked as exc:
-        err(f"refused: {exc}")
+        err(f"refused: {exc}; stop it first (its pid is in {exc.path})")
         return EXIT_REFUSED
     try:
         with _signals_queued() as interrupts:
@@ -158,7 +156,8 @@ async def _supervise(  # noqa: PLR0917 - one call site, each argument named ther
 ) -> int:
     missing = await sup.wait_links()
     if missing:
-        err(f"refused: no answer from {', '.join(missing)}")
+        err(f"refused: no answer from {', '.join(missing)}: check that the machine (or "
+            f"povd-sim) is running and that the endpoints / line configuration point at it")
         return EXIT_REFUSED
     await sup.make_idle("connect")
     blockers = await sup.wait_healthy()

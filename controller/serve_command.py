@@ -22,7 +22,7 @@ from controller.audit import AuditTrail
 from controller.cli import EXIT_INVALID, EXIT_OK, EXIT_REFUSED, err, load_config_or_exit, out
 from controller.cli_client import audit_path, users_path
 from controller.config import ConfigError, LineConfig
-from controller.line_lock import LineLock, LineLocked
+from controller.line_lock import LineLocked, take_line_lock
 from controller.machine import build_machine
 from controller.mqtt import MqttBridge
 from controller.mqtt_settings import MqttSettings, load_mqtt_settings
@@ -77,12 +77,10 @@ async def serve(args: argparse.Namespace) -> int:
                 err(f"{exc.path}: {problem}")
             return EXIT_INVALID
     data_dir = resolve_data_dir(args.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    lock = LineLock(data_dir, line.line)
     try:
-        lock.acquire()
+        lock = take_line_lock(data_dir, line.line)
     except LineLocked as exc:
-        err(f"refused: {exc}")
+        err(f"refused: {exc}; stop it first (its pid is in {exc.path})")
         return EXIT_REFUSED
     try:
         sock = _bind(args.http)
