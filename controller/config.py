@@ -101,6 +101,9 @@ class ServoAxisConfig(DeviceBase):
     cooling_speed_rpm: float | None = None
     setup_speed_fraction: float = Field(default=0.10, gt=0, le=1)
     maintenance_speed_cap: float | None = Field(default=None, gt=0)
+    # The drive's communication watchdog (set at connect): with no request for this long, a
+    # linear axis stops with an alarm and a rotary one goes to its cooling speed (rule 11).
+    comm_watchdog_s: float = Field(default=1.0, gt=0, le=30)
 
     @model_validator(mode="after")
     def _travel(self) -> ServoAxisConfig:
@@ -121,8 +124,14 @@ class SafetyIoConfig(DeviceBase):
     water_temp_max_c: float = 35.0
     exhaust_trip_pa: float = -20.0
     gas_supply_min_bar: float = 2.0
-    gas_detector_trip_ppm: float = 1.0
+    gas_detector_trip_ppm: float = 1.0  # acid gas: Cl2 / HCl / HF
+    # Room O2 monitor: enrichment above this trips like the gas detector (rule 1).
+    room_o2_trip_pct: float = Field(default=23.5, gt=20.9, le=100)
+    # Below this the rod may stop turning (rule 1); above it the spindle keeps the cooling speed.
     rod_rotation_stop_c: float = 300.0
+    # After a heartbeat loss the PLC closes the master valve once this purge (process seconds)
+    # has run, at once while the exhaust, scrubber, gas detector or O2 monitor is in trip.
+    heartbeat_loss_purge_s: float = Field(default=60.0, ge=0)
 
 
 class DiameterGaugeConfig(DeviceBase):
@@ -154,7 +163,6 @@ class SupervisionConfig(Strict):
     idle_power_kw: float = Field(default=15.0, gt=0)  # plasma kept at this power on hold
     reignite_attempts: int = Field(default=3, ge=0, le=10)
     purge_before_reignite_s: float = Field(default=20.0, ge=0)  # process seconds
-    cooldown_rod_temp_c: float = Field(default=300.0, gt=0)
     cooldown_max_s: float = Field(default=1800.0, gt=0)  # process seconds
     stop_ramp_down_kw_s: float = Field(default=5.0, gt=0)
     position_tolerance_mm: float = Field(default=0.5, gt=0)
@@ -173,6 +181,16 @@ class SupervisionConfig(Strict):
     device_test_lease_s: float = Field(default=60.0, gt=0)
     # A continuous jog stops by itself unless renewed within this (clients renew every 0.1 s).
     jog_lease_s: float = Field(default=0.5, gt=0, le=5)
+    # A device test of the torch runs at this power at most ("the torch at low power").
+    device_test_max_power_kw: float = Field(default=15.0, gt=0)
+    # An output outside the envelope that has not followed its correction in this long (wall
+    # seconds) raises an alarm and escalates (precursor valve, master valve, RF permit...).
+    follow_timeout_s: float = Field(default=2.0, gt=0, le=30)
+    # After a trip that allows purging, the process gases purge this long (process seconds)
+    # before every gas goes off and the valves close (rule 11).
+    post_trip_purge_s: float = Field(default=60.0, ge=0)
+    # A flow below this (slpm) counts as no gas flowing, for "at rest".
+    rest_flow_slpm: float = Field(default=0.2, ge=0)
 
 
 class LineConfig(Strict):

@@ -539,7 +539,7 @@ class Executor:
         )
         await self.clock.sleep(op.duration_s)
         # The rod keeps turning until it has cooled, however long the recipe said.
-        limit = self.line.supervision.cooldown_rod_temp_c
+        limit = self.line.safety_io().rod_rotation_stop_c
 
         def cooled() -> bool:
             io = self.telemetry.safety

@@ -304,7 +304,7 @@ class Supervisor(SupervisorReactions):
         if executor is None:
             return
         io = self.telemetry.safety
-        hot = io is None or io.rod_temperature_c > self.line.supervision.cooldown_rod_temp_c
+        hot = io is None or io.rod_temperature_c > self.line.safety_io().rod_rotation_stop_c
         if self.act.commanded.rf_on or hot:
             await executor.cool_down(self._cooldown_op())
         self._log.info("supervisor.cooled", source=source)
