@@ -30,6 +30,23 @@ SUPERVISOR_ALARMS = (
     AlarmDefinition("interrupted_run", "interrupted_run",
                     "a run was interrupted by a controller restart", Priority.HIGH,
                     Category.SYSTEM),
+    # The envelope's own (controller/safety): an output that does not follow its correction,
+    # and a hot rod that is not turning (restarting it is an operator's recorded command).
+    AlarmDefinition("follow_rf", "follow_rf",
+                    "RF stays on outside the safety envelope: permit dropped, then heartbeat",
+                    Priority.CRITICAL, Category.TRIP),
+    AlarmDefinition("follow_gas", "follow_gas",
+                    "a gas flows above what the safety envelope allows: valve closed",
+                    Priority.CRITICAL, Category.TRIP),
+    AlarmDefinition("follow_axis", "follow_axis",
+                    "an axis moves faster than the safety envelope allows: drive disabled",
+                    Priority.HIGH, Category.TRIP),
+    AlarmDefinition("cooling_rotation_needed", "cooling_rotation_needed",
+                    "the rod is hot and not turning: restart cooling rotation (spin command)",
+                    Priority.HIGH, Category.PROCESS),
+    AlarmDefinition("making_safe", "making_safe",
+                    "the machine is away from rest after the run: the controller is making it "
+                    "safe", Priority.LOW, Category.SYSTEM),
 )
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
@@ -242,6 +243,14 @@ async def _current_user(ctx: Ctx, creds: Credentials) -> User:
 CurrentUser = Annotated[User, Depends(_current_user)]
 
 
+def session_of(creds: HTTPAuthorizationCredentials | None) -> str | None:
+    """A stable, non-secret name for the client session behind a token (rule 6: a lease
+    belongs to the session that took it)."""
+    if creds is None:
+        return None
+    return "http:" + hashlib.sha256(creds.credentials.encode()).hexdigest()[:16]
+
+
 def _may(action: str) -> Callable[[User], Awaitable[User]]:
     async def check(user: CurrentUser) -> User:
         why = refusal(user.role, action)
@@ -383,7 +392,7 @@ commands = APIRouter(prefix="/api", tags=["commands"])
     description="Commands: " + ", ".join(sorted(SERVICE_COMMANDS)) + ".",
 )
 async def run_command(
-    command: str, user: CurrentUser, ctx: Ctx, response: Response,
+    command: str, user: CurrentUser, ctx: Ctx, response: Response, *, creds: Credentials,
     body: Annotated[CommandRequest | None, Body()] = None,
 ) -> CommandReplyModel:
     body = body or CommandRequest()  # no body: no arguments (`curl -X POST .../hold`)
@@ -405,7 +414,8 @@ async def run_command(
         response.status_code = status.HTTP_403_FORBIDDEN
         return CommandReplyModel(command=command, accepted=False, reason=why)
     try:
-        reply = await ctx.service.execute(user.name, command, args)
+        reply = await ctx.service.execute(user.name, command, args,
+                                          session=session_of(creds))
     except Exception as exc:
         ctx.command_audit.is_renewal(user.name, command, args, accepted=False)
         await ctx.audit.append_async(user.name, command, detail, "failed",

@@ -17,7 +17,6 @@ from typing import Any
 
 import structlog
 
-from controller.actuators import Actuators
 from controller.config import LineConfig
 from controller.plan import (
     CooldownOp,
@@ -33,6 +32,7 @@ from controller.plan import (
 )
 from controller.process_clock import ProcessClock
 from controller.process_model import SIO2_PER_SICL4, grown_diameter_mm, mass_for_diameter_g
+from controller.safety.writer import Actuators
 from controller.telemetry import Telemetry
 
 log = structlog.get_logger(__name__)

@@ -38,6 +38,7 @@ class Signals:
     water_temp_c: float = 0.0
     exhaust_draft_pa: float = 0.0
     gas_detector_ppm: float = 0.0
+    room_o2_pct: float = 20.9
     rf_fault: bool = False
     reflected_ratio: float = 0.0
     drive_alarm: bool = False
@@ -95,12 +96,16 @@ INTERLOCKS: tuple[Interlock, ...] = (
               "water_flow_min_l_min"),
     Interlock("water_temp_high", "cooling water too warm", "water_temp_c", "above",
               "water_temp_max_c"),
+    # Rule 1: purging with the exhaust or the scrubber down would push gas into the room.
     Interlock("exhaust_lost", "exhaust draft lost", "exhaust_draft_pa", "above",
-              "exhaust_trip_pa"),
-    Interlock("scrubber_not_ready", "scrubber not ready", "scrubber_ready", "false"),
+              "exhaust_trip_pa", reaction=Reaction.TRIP_GAS),
+    Interlock("scrubber_not_ready", "scrubber not ready", "scrubber_ready", "false",
+              reaction=Reaction.TRIP_GAS),
     Interlock("gas_supply_low", "gas supply pressure low", "gas_supply_ok", "false"),
-    Interlock("gas_detected", "Cl2 / HCl detected", "gas_detector_ppm", "above",
-              "gas_detector_trip_ppm", reaction=Reaction.TRIP_GAS),
+    Interlock("gas_detected", "acid gas (Cl2 / HCl / HF) detected", "gas_detector_ppm",
+              "above", "gas_detector_trip_ppm", reaction=Reaction.TRIP_GAS),
+    Interlock("o2_enrichment", "room O2 enrichment", "room_o2_pct", "above",
+              "room_o2_trip_pct", reaction=Reaction.TRIP_GAS),
     Interlock("rf_fault", "RF generator fault", "rf_fault", "true"),
     Interlock("reflected_power_high", "reflected RF power high", "reflected_ratio", "above",
               "reflected_trip_fraction", only_with_plasma=True),

@@ -9,13 +9,13 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from controller.actuators import Actuators
 from controller.alarms import AlarmManager
 from controller.config import LineConfig
 from controller.executor import Executor
 from controller.interlocks import Interlock, Signals, evaluate
 from controller.machine import AXIS_NAMES, MFC_NAMES
 from controller.polling import link_lost
+from controller.safety.writer import Actuators
 from controller.states import State
 from controller.telemetry import Telemetry
 
@@ -40,7 +40,8 @@ def build_signals(telemetry: Telemetry, line: LineConfig, *, plasma_expected: bo
     base = Signals(
         plasma_lit=lit,
         plasma_expected=plasma_expected,
-        flame_out=plasma_expected and not lit and state is State.EXECUTE,
+        # Wherever the plasma is meant to burn: Execute, and held at idle power (rule 2).
+        flame_out=plasma_expected and not lit and state in PLASMA_HELD_STATES,
         rf_fault=bool(rf is not None and rf.fault),
         reflected_ratio=reflected,
         drive_alarm=any(a.alarm for a in t.axes.values()),
@@ -68,7 +69,11 @@ def build_signals(telemetry: Telemetry, line: LineConfig, *, plasma_expected: bo
         water_temp_c=io.water_temp_c,
         exhaust_draft_pa=io.exhaust_draft_pa,
         gas_detector_ppm=io.gas_detector_ppm,
+        room_o2_pct=io.room_o2_pct,
     )
+
+
+PLASMA_HELD_STATES = frozenset({State.EXECUTE, State.HOLDING, State.HELD, State.UNHOLDING})
 
 
 class Judge:

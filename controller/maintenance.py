@@ -4,7 +4,14 @@ with every interlock still in force.
 - Refused while a run is active, outside maintenance mode, and while the E-stop chain or the
   safety relay is open: the reason says which.
 - A continuous jog lives on a lease (500 ms by default, renewed every 100 ms by the client):
-  the watchdog stops any axis whose lease ran out, so a lost client never means a runaway.
+  the watchdog stops any axis whose lease ran out, so a lost client never means a runaway. A
+  lease belongs to the session that took it: only that session renews it (rule 6). A stop that
+  fails is retried until it goes through.
+- Every write goes through the single writer: the safety envelope refuses a device test the
+  present conditions forbid (the exhaust lost, a door open for the RF...), and the reconciler
+  ends one that a new condition forbids within a safety cycle.
+- The hot-rod rule holds here too: a spindle jog that ends, or leaving maintenance, leaves a
+  hot rod turning at its cooling speed.
 - Speeds are capped by the axis's maintenance cap, and by setup speed (a fraction of maximum,
   10 % by default) while a door is open; the RF stays off with a door open.
 - Leaving maintenance mode returns every device to idle."""
@@ -21,6 +28,7 @@ import structlog
 
 from controller.config import ServoAxisConfig
 from controller.machine import AXIS_NAMES, MFC_NAMES
+from controller.safety.writer import EnvelopeRefused
 
 if TYPE_CHECKING:
     from controller.supervisor import Supervisor
@@ -29,7 +37,6 @@ log = structlog.get_logger(__name__)
 
 LEASE_S = 0.5
 WATCHDOG_S = 0.02
-TEST_POWER_MAX_KW = 15.0  # "the torch at low power": ignition power at most
 
 
 class MaintenanceRefused(Exception):
@@ -46,6 +53,7 @@ class Lease:
     speed: float
     expires_at: float
     user: str
+    session: str
 
 
 class Maintenance:
@@ -56,6 +64,7 @@ class Maintenance:
         self.lease_expiries = 0
         self.test_leases: dict[str, float] = {}  # device -> wall time its test ends
         self.test_lease_s = sup.line.supervision.device_test_lease_s
+        self.pending_stops: set[str] = set()  # axes whose stop has not gone through yet
 
     # -- checks ----------------------------------------------------------------------------
     def refusal(self, action: str) -> str | None:
@@ -104,33 +113,63 @@ class Maintenance:
         return speed
 
     # -- motion ----------------------------------------------------------------------------
-    async def jog(self, axis: str, direction: int, speed: float | None, user: str) -> str:
+    async def jog(self, axis: str, direction: int, speed: float | None, user: str,
+                  session: str | None = None) -> str:
         """Start or renew a jog lease; returns 'started' or 'renewed'."""
         self._check("jog")
         if direction not in (-1, 1):
             raise MaintenanceRefused("jog", "direction must be + or -")
+        session = session or user
         chosen = self._speed(axis, speed)
         now = time.monotonic()
         lease = self.leases.get(axis)
+        if lease is not None and lease.session != session:
+            raise MaintenanceRefused(
+                "jog", f"{axis} is jogged by another session ({lease.user}): only it renews "
+                "its lease")
         if lease is not None and lease.direction == direction and lease.speed == chosen:
             lease.expires_at = now + self.lease_s
             return "renewed"
-        await self.sup.act.enable_axis(axis, f"maintenance:{user}")
-        await self.sup.machine.axes[axis].jog(direction, chosen)
-        self.sup.record_setpoint(axis, "jog", direction * chosen, f"maintenance:{user}")
-        self.leases[axis] = Lease(axis, direction, chosen, now + self.lease_s, user)
+        source = f"maintenance:{user}"
+        await self._write("jog", self.sup.act.enable_axis(axis, source))
+        self.leases[axis] = Lease(axis, direction, chosen, now + self.lease_s, user, session)
+        try:
+            await self._write("jog", self.sup.act.jog_axis(axis, direction, chosen, source))
+        except MaintenanceRefused:
+            self.leases.pop(axis, None)
+            raise
         return "started"
+
+    async def _write(self, action: str, write: Any) -> None:
+        try:
+            await write
+        except EnvelopeRefused as exc:
+            raise MaintenanceRefused(action, exc.reason) from exc
 
     async def jog_stop(self, axis: str, user: str) -> None:
         self._axis(axis)
         self.leases.pop(axis, None)
-        await self.sup.act.stop_axis(axis, f"maintenance:{user}")
+        await self._end_motion(axis, f"maintenance:{user}")
+
+    async def _end_motion(self, axis: str, source: str) -> None:
+        """Stop an axis, or bring a hot rod's spindle to its cooling speed; a failure is
+        retried by the watchdog until it goes through."""
+        try:
+            env = self.sup.act.envelope()
+            if axis == "spindle" and env.spindle_min_rpm > 0:
+                await self.sup.act.spindle_rpm(env.spindle_min_rpm, source, urgent=True)
+            else:
+                await self.sup.act.stop_axis(axis, source, urgent=True)
+        except Exception:
+            self.pending_stops.add(axis)
+            raise
+        self.pending_stops.discard(axis)
 
     async def home(self, axis: str, user: str) -> None:
         self._check("home")
         self._axis(axis)
-        await self.sup.act.enable_axis(axis, f"maintenance:{user}")
-        await self.sup.act.home_axis(axis, f"maintenance:{user}")
+        await self._write("home", self.sup.act.enable_axis(axis, f"maintenance:{user}"))
+        await self._write("home", self.sup.act.home_axis(axis, f"maintenance:{user}"))
 
     async def move(self, axis: str, position_mm: float, speed: float | None, user: str) -> None:
         self._check("move")
@@ -146,8 +185,9 @@ class Maintenance:
             # The drive itself refuses an absolute move before homing: say so plainly.
             raise MaintenanceRefused("move", f"{axis} is not homed: home it first")
         chosen = self._speed(axis, speed)
-        await self.sup.act.enable_axis(axis, f"maintenance:{user}")
-        await self.sup.act.move_axis(axis, position_mm, chosen, f"maintenance:{user}")
+        await self._write("move", self.sup.act.enable_axis(axis, f"maintenance:{user}"))
+        await self._write("move", self.sup.act.move_axis(axis, position_mm, chosen,
+                                                         f"maintenance:{user}"))
 
     # -- device tests ----------------------------------------------------------------------
     async def device_test(self, args: dict[str, Any], user: str) -> dict[str, Any]:
@@ -160,26 +200,40 @@ class Maintenance:
             if not 0 <= flow <= full_scale:
                 raise MaintenanceRefused(
                     "device_test", f"{flow:g} slpm outside [0, {full_scale:g}]")
-            valves: dict[str, bool] = {"gas_master_valve": True}
+            valves: dict[str, bool] = {"exhaust_fan": True, "gas_master_valve": True}
             if device in ("mfc_sicl4", "mfc_dopant"):
                 valves["precursor_valve"] = flow > 0
-            await self.sup.act.set_outputs(source, **valves)
-            await self.sup.act.set_flow_slpm(device, flow, source)
+            # The test is under way (the envelope lifts its device) before the first write;
+            # a refusal ends it again.
             self._test_lease(device, flow > 0)
+            try:
+                if flow > 0:
+                    await self._write("device_test", self.sup.act.set_outputs(source, **valves))
+                await self._write("device_test",
+                                  self.sup.act.set_flow_slpm(device, flow, source))
+            except MaintenanceRefused:
+                self._test_lease(device, running=False)
+                raise
             return {"device": device, "flow_slpm": flow, "lease_s": self.test_lease_s}
         if device == "rf" and "power_kw" in args:
             power = float(args["power_kw"])
+            test_max = self.sup.line.supervision.device_test_max_power_kw
             if self.door_open():
                 raise MaintenanceRefused("device_test", "the RF stays off while a door is open")
-            if not 0 <= power <= TEST_POWER_MAX_KW:
+            if not 0 <= power <= test_max:
                 raise MaintenanceRefused(
-                    "device_test", f"test power {power:g} kW outside [0, {TEST_POWER_MAX_KW:g}]")
-            if power == 0:
-                await self.sup.act.rf_off(source)
-            else:
-                await self.sup.act.set_power_kw(power, source)
-                await self.sup.act.rf_on(source)
+                    "device_test", f"test power {power:g} kW outside [0, {test_max:g}]")
             self._test_lease(device, power > 0)
+            try:
+                if power == 0:
+                    await self.sup.act.rf_off(source)
+                else:
+                    await self._write("device_test",
+                                      self.sup.act.set_power_kw(power, source))
+                    await self._write("device_test", self.sup.act.rf_on(source))
+            except MaintenanceRefused:
+                self._test_lease(device, running=False)
+                raise
             return {"device": device, "power_kw": power, "lease_s": self.test_lease_s}
         if device in self.sup.line.devices and args.get("read", True):
             return {"device": device, "status": await self._raw_status(device)}
@@ -196,9 +250,9 @@ class Maintenance:
     async def _end_test(self, device: str) -> None:
         source = "device-test-lease"
         if device == "rf":
-            await self.sup.act.rf_off(source)
+            await self.sup.act.rf_off(source, urgent=True)
         else:
-            await self.sup.act.set_flow_slpm(device, 0.0, source)
+            await self.sup.act.set_flow_slpm(device, 0.0, source, urgent=True)
 
     async def _raw_status(self, device: str) -> Any:
         machine = self.sup.machine
@@ -223,7 +277,7 @@ class Maintenance:
         for axis in list(self.leases):
             self.leases.pop(axis, None)
         self.test_leases.clear()
-        await asyncio.gather(*(self.sup.act.stop_axis(a, source) for a in AXIS_NAMES),
+        await asyncio.gather(*(self._end_motion(a, source) for a in AXIS_NAMES),
                              return_exceptions=True)
         await asyncio.gather(*(self.sup.act.set_flow_slpm(m, 0.0, source) for m in MFC_NAMES),
                              return_exceptions=True)
@@ -249,10 +303,12 @@ class Maintenance:
                     self.leases.pop(axis, None)
                     self.lease_expiries += 1
                     log.warning("maintenance.jog_stopped", axis=axis, lease_expired=not too_fast)
-                    try:
-                        await self.sup.act.stop_axis(axis, "jog-lease")
-                    except Exception as exc:  # the axis may be the lost device
-                        log.error("maintenance.stop_failed", axis=axis, error=str(exc))  # noqa: TRY400 - expected when the link is down
+                    self.pending_stops.add(axis)
+            for axis in sorted(self.pending_stops):
+                try:
+                    await self._end_motion(axis, "jog-lease")
+                except Exception as exc:  # the axis may be the lost device: retried next tick
+                    log.error("maintenance.stop_failed", axis=axis, error=str(exc))  # noqa: TRY400 - expected when the link is down
 
 
 def _asdict(sample: Any) -> Any:

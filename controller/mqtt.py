@@ -306,7 +306,8 @@ class MqttBridge:
             log.warning("mqtt.command_malformed", reason=request.reason)
             return refusal(request.command, request.reason, self._state())
         try:
-            reply = await self.service.execute(request.user, request.command, request.args)
+            reply = await self.service.execute(request.user, request.command, request.args,
+                                               session=f"mqtt:{request.user}")
         except Exception as exc:
             # The service records its own refusals; this is a failure it did not expect.
             log.exception("mqtt.command_failed")

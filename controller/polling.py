@@ -11,12 +11,16 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+import structlog
+
 from controller.config import LineConfig
 from controller.machine import AXIS_NAMES, MFC_NAMES, Machine
 from controller.telemetry import LinkHealth, Telemetry
 from drivers.errors import DeviceError
 
 DEVICE_NAMES = ("rf", "safety_io", *MFC_NAMES, *AXIS_NAMES, "diameter_gauge")
+
+log = structlog.get_logger(__name__)
 
 Spawn = Callable[..., asyncio.Task[None]]
 
@@ -70,6 +74,7 @@ class Pollers:
         *,
         heartbeat_enabled: Callable[[], bool],
         judge: Callable[[], None],
+        configure_axis: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.machine = machine
         self.line = machine.line
@@ -77,6 +82,9 @@ class Pollers:
         self.stopping = False
         self._heartbeat_enabled = heartbeat_enabled
         self._judge = judge
+        self._configure_axis = configure_axis
+        self.late_cycles = 0
+        self.beats = 0
 
     def spawn(self, spawn: Spawn) -> list[asyncio.Task[None]]:
         """Start every poller, safety I/O first (the order the tasks are first scheduled in)."""
@@ -87,7 +95,8 @@ class Pollers:
             tasks.append(spawn(self.poll(name, mfc.read, self._store_mfc(name)),
                                name=f"poll-{name}"))
         for name, axis in machine.axes.items():
-            tasks.append(spawn(self.poll(name, axis.read, self._store_axis(name)),
+            tasks.append(spawn(self.poll(name, axis.read, self._store_axis(name),
+                                         on_link_up=self._axis_link_up(name)),
                                name=f"poll-{name}"))
         tasks.append(spawn(self.poll("diameter_gauge", machine.gauge.read, self._store_gauge),
                            name="poll-gauge"))
@@ -98,35 +107,69 @@ class Pollers:
         device: str,
         read: Callable[[], Awaitable[Any]],
         store: Callable[[Any], None],
+        on_link_up: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         health = self.telemetry.link(device)
+        configured = False
 
         async def cycle() -> None:
+            nonlocal configured
             health.polls += 1
             try:
                 store(await read())
+                if on_link_up is not None and not configured:
+                    await on_link_up()
+                    configured = True
             except DeviceError as exc:
                 _failed(health, exc)
+                configured = configured and health.ok
             else:
                 _answered(health)
 
         await self._every(device, cycle)
 
+    def _axis_link_up(self, axis: str) -> Callable[[], Awaitable[None]] | None:
+        configure = self._configure_axis
+        if configure is None:
+            return None
+
+        async def up() -> None:
+            await configure(axis)
+        return up
+
     async def poll_safety(self) -> None:
-        """Safety I/O: read, heartbeat, then judge every interlock, every cycle."""
+        """The safety cycle: read the safety I/O, judge, compute the envelope and reconcile
+        (``judge`` does all three without awaiting a device), then beat the heartbeat, but
+        only when the whole cycle completed within its period: the beat proves that the
+        controller watches, not merely that a poller runs (rule 4)."""
         device = "safety_io"
         health = self.telemetry.link(device)
+        period = 1.0 / poll_hz(self.line, device)
 
         async def cycle() -> None:
+            started = time.monotonic()
             health.polls += 1
             try:
                 self.telemetry.safety = await self.machine.safety_io.read()
                 _answered(health)
-                if self._heartbeat_enabled():
-                    await self.machine.safety_io.heartbeat()
             except DeviceError as exc:
                 _failed(health, exc)
-            self._judge()
+            try:
+                self._judge()
+            except Exception:
+                # A cycle that did not complete proves nothing: no beat (the PLC acts alone).
+                log.exception("safety_cycle.failed")
+                return
+            if time.monotonic() - started > period:
+                self.late_cycles += 1
+                return
+            if not self._heartbeat_enabled():
+                return
+            try:
+                await self.machine.safety_io.heartbeat()
+                self.beats += 1
+            except DeviceError as exc:
+                _failed(health, exc)
 
         await self._every(device, cycle)
 

@@ -21,6 +21,7 @@ from controller.planning import plan_from_recipe
 from controller.recipe import RecipeError, parse_recipe
 from controller.records import RecordsReader, RecordsUnavailable, RunHeader
 from controller.roles import refusal as role_refusal
+from controller.safety.writer import EnvelopeRefused
 from controller.service_protocol import CommandReply, Event
 from controller.states import CommandRefused, Mode, State
 from controller.supervisor import SAFE_WARD_COMMANDS, Supervisor
@@ -105,12 +106,18 @@ class LineService:
         return [r for r in runs if r.line == self.line and r.id != self.sup.run_id]
 
     # -- commands --------------------------------------------------------------------------
-    async def execute(self, user: str, command: str, args: dict[str, Any]) -> CommandReply:
+    async def execute(self, user: str, command: str, args: dict[str, Any],
+                      session: str | None = None) -> CommandReply:
+        """``session`` names the client session (an HTTP token, an MQTT requester): a jog
+        lease belongs to the session that took it (rule 6)."""
+        args = dict(args)
+        if command == "jog":
+            args["session"] = session or f"user:{user}"
         if command == "abort":
             # An abort never queues behind another command: it cuts into whatever is running.
-            return await self._execute(user, command, dict(args))
+            return await self._execute(user, command, args)
         async with self._lock:
-            return await self._execute(user, command, dict(args))
+            return await self._execute(user, command, args)
 
     async def _execute(self, user: str, command: str, args: dict[str, Any]) -> CommandReply:
         reason = self._role_refusal(user, command)
@@ -132,7 +139,7 @@ class LineService:
             return self._reply(command, False, reason)
         try:
             data = await handler(user, args)
-        except (Refused, MaintenanceRefused, CommandRefused, AlarmError) as exc:
+        except (Refused, MaintenanceRefused, CommandRefused, AlarmError, EnvelopeRefused) as exc:
             reason = getattr(exc, "reason", None) or str(exc)
             if not isinstance(exc, RecordedRefusal):
                 await self._record(user, command, args, False, reason)
@@ -258,9 +265,13 @@ class LineService:
     async def _mode(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
         target = Mode(str(args["mode"]))
         leaving = self.sup.sm.mode is Mode.MAINTENANCE and target is Mode.PRODUCTION
-        self.sup.sm.set_mode(target, user)
+        refused = self.sup.sm.can_change_mode(target)
+        if refused is not None:
+            raise Refused(refused.reason)
         if leaving:
+            # Every device back to idle first: if that fails, the mode has not changed.
             await self.sup.maintenance.leave(user)
+        self.sup.sm.set_mode(target, user)
         await self._record(user, "mode", args, True, None)
         return {"mode": target.value}
 
@@ -279,7 +290,8 @@ class LineService:
         if direction is None:
             raise Refused("direction must be + or -")
         speed = None if args.get("speed") is None else float(args["speed"])
-        what = await self.sup.maintenance.jog(str(args["axis"]), direction, speed, user)
+        what = await self.sup.maintenance.jog(str(args["axis"]), direction, speed, user,
+                                              session=str(args.get("session") or user))
         if what == "started":
             await self._record(user, "jog", args, True, None)
         return {"lease": what, "lease_s": self.sup.maintenance.lease_s}

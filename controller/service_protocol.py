@@ -53,7 +53,9 @@ class ControllerService(Protocol):
         """Durable events after seq, in order (for republishing what a client missed)."""
         ...
 
-    async def execute(self, user: str, command: str, args: dict[str, Any]) -> CommandReply:
+    async def execute(self, user: str, command: str, args: dict[str, Any],
+                      session: str | None = None) -> CommandReply:
         """Any operator or maintenance command by name (start, hold, unhold, stop, abort,
-        reset, clear, ack, shelve, mode, trim, jog, home, move, device_test...)."""
+        reset, clear, ack, shelve, mode, trim, jog, home, move, device_test...); ``session``
+        names the client session (a jog lease belongs to it)."""
         ...

@@ -14,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
 import structlog
 
-from controller.actuators import Actuators
 from controller.alarm_catalog import alarm_definitions
 from controller.alarms import AlarmEvent, AlarmManager
 from controller.executor import Cursor, Executor, IgnitionFailed, PassSummary, StepFailed
@@ -36,6 +35,9 @@ from controller.polling import link_lost as _link_lost
 from controller.polling import wait_links as _wait_links
 from controller.process_clock import ProcessClock
 from controller.records import PassRecord, RecordsUnavailable, RunHeader, RunRecords
+from controller.safety.envelope import Envelope, EnvelopeInputs, compute, cooling_speed_rpm
+from controller.safety.reconciler import Reconciler
+from controller.safety.writer import Actuators, EnvelopeRefused
 from controller.states import ACTIVE_STATES, Command, State, StateMachine
 from controller.supervisor_reactions import SupervisorReactions, cancel_and_wait
 from controller.telemetry import Fanout, Telemetry
@@ -79,7 +81,8 @@ class Supervisor(SupervisorReactions):
         self.telemetry = Telemetry()
         self.fanout = Fanout()
         self.alarms = AlarmManager(alarm_definitions(self.line))
-        self.act = Actuators(machine, self._on_setpoint)
+        self.act = Actuators(machine, self.envelope_now, self._on_setpoint)
+        self.act.add_refusal_listener(self._on_refusal)
         self.run_id: int | None = None
         self.plan: Plan | None = None
         self.executor: Executor | None = None
@@ -101,9 +104,13 @@ class Supervisor(SupervisorReactions):
         self._reignite_failed = False
         self._log = log.bind(line=self.line.line)
         self._judge = Judge(self.line, self.telemetry, self.alarms, self.act)
+        self.reconciler = Reconciler(self.act, self.telemetry, self.line,
+                                     spawn=self._spawn_owned, alarm=self._alarm_level)
+        self._owned: set[asyncio.Task[None]] = set()
         self._pollers = Pollers(machine, self.telemetry,
-                                heartbeat_enabled=lambda: self.heartbeat_enabled,
-                                judge=self._judge_interlocks)
+                                heartbeat_enabled=self._may_beat,
+                                judge=self._safety_cycle,
+                                configure_axis=self._configure_axis_watchdog)
         self.maintenance = Maintenance(self, lease_s=self.line.supervision.jog_lease_s)
         self.sm.add_listener(self._on_transition)
         self.alarms.subscribe(self._on_alarm)
@@ -139,7 +146,7 @@ class Supervisor(SupervisorReactions):
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._record_queue.join(), timeout=10)
         self._pollers.stopping = True
-        await cancel_and_wait(self._tasks)
+        await cancel_and_wait([*self._tasks, *self._owned])
         assert self._tg is not None
         await self._tg.__aexit__(None, None, None)
         await self.machine.close()
@@ -163,6 +170,54 @@ class Supervisor(SupervisorReactions):
         return build_signals(self.telemetry, self.line, plasma_expected=expected,
                              state=self.sm.state)
 
+    # -- the envelope ----------------------------------------------------------------------
+    def envelope_inputs(self) -> EnvelopeInputs:
+        """Everything the envelope looks at, from the latest telemetry (rule 10)."""
+        signals = self.signals()
+        conditions = {i.id for i in evaluate(signals, self.line)}
+        io = self.telemetry.safety if self.link_alive("safety_io") else None
+        if io is not None and io.heartbeat_latched:
+            conditions.add("heartbeat_latched")
+        outputs = self.act.commanded.outputs
+        effective = io.outputs_effective if io is not None else None
+        return EnvelopeInputs(
+            state=self.sm.state, mode=self.sm.mode, conditions=frozenset(conditions),
+            plasma_lit=signals.plasma_lit,
+            doors_closed=io.doors_closed if io is not None else signals.doors_closed,
+            rod_temperature_c=io.rod_temperature_c if io is not None else None,
+            devices_under_test=frozenset(self.maintenance.test_leases),
+            master_valve_open=outputs.gas_master_valve
+            or bool(effective is not None and effective.gas_master_valve),
+        )
+
+    def envelope_now(self) -> Envelope:
+        return compute(self.envelope_inputs(), self.line)
+
+    def _may_beat(self) -> bool:
+        return self.heartbeat_enabled and not self.reconciler.stop_heartbeat
+
+    def _spawn_owned(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._owned.add(task)
+        task.add_done_callback(self._owned.discard)
+
+    def _alarm_level(self, alarm_id: str, active: bool) -> None:
+        if active != self.alarms.status(alarm_id).condition:
+            self.alarms.evaluate(alarm_id, active, time.time(), machine_state=self.sm.state.value)
+
+    def _on_refusal(self, refusal: EnvelopeRefused, source: str) -> None:
+        run_id = self.run_id
+        self._record(lambda: self.records.record_event(run_id, "envelope_refused", {
+            "device": refusal.device, "quantity": refusal.quantity,
+            "value": refusal.value, "reason": refusal.reason, "source": source}))
+
+    async def _configure_axis_watchdog(self, axis: str) -> None:
+        """The drive's own communication watchdog (rule 11), set at connect: a named exception
+        to the single writer, like the heartbeat."""
+        cfg = self.line.axis(axis)
+        fallback = cooling_speed_rpm(self.line) if cfg.motion == "rotary" else 0.0
+        await self.machine.axes[axis].configure_comm_watchdog(cfg.comm_watchdog_s, fallback)
+
     def start_blockers(self) -> list[str]:
         """Why a run cannot start now (empty when it can)."""
         reasons = [f"{d}: no link" for d in DEVICE_NAMES if not self.link_alive(d)]
@@ -176,7 +231,7 @@ class Supervisor(SupervisorReactions):
         await self.act.rf_off(source)
         await self.act.set_outputs(source, exhaust_fan=True, gas_master_valve=False,
                                    precursor_valve=False, heater_a=False, heater_b=False,
-                                   beacon_green=False, beacon_amber=True)
+                                   rf_permit=False, beacon_green=False, beacon_amber=True)
 
     async def wait_healthy(self, timeout_s: float = 5.0) -> list[str]:
         """Wait for the start blockers to go (e.g. the exhaust draft coming up)."""
@@ -191,9 +246,14 @@ class Supervisor(SupervisorReactions):
         conditions of a machine still coming up (exhaust fan spinning up) are not alarms."""
         self.armed = True
 
+    def _safety_cycle(self) -> None:
+        """After every safety I/O read: judge (and start a trip's reaction), then compute the
+        envelope and reconcile every output into it. Never awaits a device."""
+        self._judge_interlocks()
+        self.reconciler.cycle(self.envelope_now())
+
     def _judge_interlocks(self) -> None:
-        """After every safety I/O read: annunciate, then start the worst tripped interlock's
-        reaction."""
+        """Annunciate, then start the worst tripped interlock's reaction."""
         if not self.armed:
             return
         started = time.monotonic()
@@ -314,9 +374,11 @@ class Supervisor(SupervisorReactions):
                       plan: Plan | None = None, header: RunHeader | None = None,
                       cursor: Cursor | None = None, run_id: int | None = None) -> CommandResult:
         """An operator command: checked, recorded durably, then carried out."""
-        if command == "clear" and self.sm.state is State.ABORTED:
-            await self._reset_device_latches(user)
         refusal = self._refusal(command, plan)
+        if refusal is None and command == "clear":
+            # Clearing resets the devices' own latches (RF fault, drive alarms) first, so the
+            # check of the trip conditions sees the truth; the reset itself is recorded first.
+            refusal = await self._clear_latches_then_check(user)
         accepted = refusal is None
         current_run = self.run_id
         if not (accepted and command == "start"):  # an accepted start is recorded in its run
@@ -367,19 +429,26 @@ class Supervisor(SupervisorReactions):
             self.sm.apply(Command.RESET, cause=f"operator {user}")
             self.sm.complete(cause="reset")
 
-    async def _reset_device_latches(self, user: str) -> None:
-        """Clearing an abort also resets the devices' own latches (RF fault, drive alarms),
-        then waits for fresh readings, so the check that follows sees the truth."""
+    async def _clear_latches_then_check(self, user: str) -> str | None:
+        """Reset the devices' latches (recorded before they are touched), wait for fresh
+        readings, then refuse the clear while a trip condition persists."""
+        current_run = self.run_id
+        await self._record_now(lambda: self.records.record_command(
+            current_run, user, "reset_latches", {"for": "clear"}, accepted=True, reason=None))
         source = f"clear:{user}"
         resets = [self.act.reset_rf_fault(source)]
-        resets += [self._reset_axis(name, source) for name, status in self.telemetry.axes.items()
-                   if status.alarm]
+        resets += [self.act.reset_axis_alarm(name, source)
+                   for name, status in self.telemetry.axes.items() if status.alarm]
+        io = self.telemetry.safety
+        if io is not None and io.heartbeat_latched:
+            resets.append(self.act.reset_heartbeat_latch(source))
         await asyncio.gather(*resets, return_exceptions=True)
         await asyncio.sleep(3 / min(poll_hz(self.line, "rf"), poll_hz(self.line, "carriage")))
-
-    async def _reset_axis(self, axis: str, source: str) -> None:
-        await self.machine.axes[axis].reset_alarm()
-        self._on_setpoint(axis, "alarm_reset", True, source)
+        active = [i.id for i in evaluate(self.signals(), self.line)
+                  if i.reaction is not Reaction.ALARM]
+        if active:
+            return "cannot clear while trip conditions persist: " + ", ".join(active)
+        return None
 
     def _refusal(self, command: str, plan: Plan | None) -> str | None:
         if command not in ("start", "hold", "unhold", "stop", "abort", "reset", "clear"):
@@ -397,11 +466,6 @@ class Supervisor(SupervisorReactions):
             blockers = self.start_blockers()
             if blockers:
                 return "interlocks not healthy: " + "; ".join(blockers)
-        if command == "clear":
-            active = [i.id for i in evaluate(self.signals(), self.line)
-                      if i.reaction is not Reaction.ALARM]
-            if active:
-                return "cannot clear while trip conditions persist: " + ", ".join(active)
         if command == "unhold":
             blockers = [b for b in self.start_blockers() if not b.startswith("alarm")]
             if blockers:

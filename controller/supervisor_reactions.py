@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from controller.actuators import Actuators
 from controller.alarms import AlarmManager
 from controller.config import LineConfig
 from controller.executor import Executor, StepFailed
@@ -34,7 +33,9 @@ from controller.process_clock import ProcessClock
 from controller.reactions import apply_posture
 from controller.records import RunRecords
 from controller.safe_state import HOLD, POSTURE_FOR_REACTION, Posture, Rf
-from controller.states import ACTIVE_STATES, Command, State, StateMachine
+from controller.safety.envelope import cooling_speed_rpm
+from controller.safety.writer import Actuators
+from controller.states import ACTIVE_STATES, Command, Mode, State, StateMachine
 from controller.telemetry import Telemetry
 from drivers.errors import DeviceError, DeviceExceptionResponse
 
@@ -178,7 +179,7 @@ class SupervisorReactions:
         return CooldownOp(
             power_ramp_down_s=30.0, duration_s=60.0, ar_slpm=0.0, o2_slpm=0.0,
             n2_slpm=self.line.mfc("mfc_n2").purge_slpm,
-            spindle_rpm=self.line.axis("spindle").cooling_speed_rpm or 10.0,
+            spindle_rpm=cooling_speed_rpm(self.line),
         )
 
     async def _operator_abort(self, user: str) -> None:
@@ -239,7 +240,8 @@ class SupervisorReactions:
 
     async def _safe_posture(self, posture: Posture, source: str,
                             detected_at: float | None = None) -> None:
-        result = await apply_posture(self.act, posture, self.line, self.telemetry, source=source)
+        result = await apply_posture(self.act, posture, self.line, self.telemetry, source=source,
+                                     move_torch_slide=self.sm.mode is Mode.PRODUCTION)
         if posture.rf is Rf.OFF and result.rf_off_confirmed_by_write:
             self._rf_off_wall = time.monotonic()  # older RF readings predate the write
         if detected_at is not None:

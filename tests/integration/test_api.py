@@ -56,7 +56,8 @@ class FakeService:
         return [Event(s, "state", float(s), {"to": f"S{s}"})
                 for s in range(seq + 1, 6)][:limit]
 
-    async def execute(self, user: str, command: str, args: dict[str, Any]) -> CommandReply:
+    async def execute(self, user: str, command: str, args: dict[str, Any],
+                      session: str | None = None) -> CommandReply:
         self.calls.append((user, command, args))
         if command in self.fail:
             raise RuntimeError("device gone")

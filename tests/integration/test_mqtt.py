@@ -66,7 +66,8 @@ class FakeService:
     def events_since(self, seq: int, limit: int = 1000) -> list[Event]:
         return [e for e in self.log if e.seq > seq][:limit]
 
-    async def execute(self, user: str, command: str, args: dict[str, Any]) -> CommandReply:
+    async def execute(self, user: str, command: str, args: dict[str, Any],
+                      session: str | None = None) -> CommandReply:
         self.executed.append((user, command, args))
         role = ROLES.get(user)
         if role is None:

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from argon2 import PasswordHasher
 
-from controller.maintenance import TEST_POWER_MAX_KW
+from controller.config import load_line_config
+
+TEST_POWER_MAX_KW = load_line_config().supervision.device_test_max_power_kw
 from controller.service import LineService
 from controller.service_protocol import CommandReply
 from controller.states import Mode

@@ -7,15 +7,24 @@ from typing import Any
 
 import pytest
 
-from controller.actuators import Actuators
 from controller.config import load_line_config
 from controller.interlocks import INTERLOCKS, Interlock, Reaction, Signals, blocking_start, evaluate
 from controller.reactions import apply_posture, nearest_turning_point
 from controller.safe_state import ESTOP, HOLD, POSTURE_FOR_REACTION, TRIP, TRIP_GAS
+from controller.safety.envelope import EnvelopeInputs, compute
+from controller.safety.writer import Actuators
+from controller.states import State
 from controller.telemetry import Telemetry
 
 LINE = load_line_config()
 IO = LINE.safety_io()
+# Aborting a deposition with a hot rod: what a trip's posture writes into.
+ABORTING = compute(EnvelopeInputs(state=State.ABORTING, plasma_lit=True,
+                                  rod_temperature_c=1500.0), LINE)
+
+
+def writer(machine: Any) -> Actuators:
+    return Actuators(machine, lambda: ABORTING)
 
 
 def healthy() -> Signals:
@@ -119,7 +128,7 @@ def _machine(log: list[str]) -> Any:
 @pytest.mark.parametrize("posture", [TRIP, TRIP_GAS, ESTOP], ids=lambda p: p.name)
 async def test_rf_off_is_the_first_write_of_every_trip(posture: Any) -> None:
     log: list[str] = []
-    act = Actuators(_machine(log))
+    act = writer(_machine(log))
     result = await apply_posture(act, posture, LINE, Telemetry(), source="test")
     assert log[0] == "rf.rf_off"
     assert result.complete
@@ -134,7 +143,9 @@ async def test_rf_off_is_the_first_write_of_every_trip(posture: Any) -> None:
 
 async def test_hold_keeps_the_plasma_and_parks_at_a_turning_point() -> None:
     log: list[str] = []
-    act = Actuators(_machine(log))
+    holding = compute(EnvelopeInputs(state=State.HOLDING, plasma_lit=True,
+                                     rod_temperature_c=1500.0), LINE)
+    act = Actuators(_machine(log), lambda: holding)
     await apply_posture(act, HOLD, LINE, Telemetry(), source="test")
     assert log[0] == "rf.set_power_kw"
     assert "rf.rf_off" not in log
@@ -151,7 +162,7 @@ async def test_a_failing_device_does_not_stop_the_other_writes() -> None:
             return call
 
     machine.mfcs["mfc_o2"] = Broken("mfc_o2", log)
-    result = await apply_posture(Actuators(machine), TRIP, LINE, Telemetry(), source="test")
+    result = await apply_posture(writer(machine), TRIP, LINE, Telemetry(), source="test")
     assert "mfc_o2" in result.failures
     assert "mfc_sicl4.set_flow_slpm" in log and "spindle.set_velocity" in log
 
