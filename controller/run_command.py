@@ -190,7 +190,46 @@ async def _supervise(  # noqa: PLR0917 - one call site, each argument named ther
     state = sup.sm.state
     out(f"run {sup.run_id} ended: {state.value}"
         + (f" (cause: {sup.trip_cause})" if sup.trip_cause else ""))
+    await _until_at_rest(sup, operator, interrupts)
     return EXIT_OK if state is State.COMPLETE else EXIT_ENDED_OTHERWISE
+
+
+async def _until_at_rest(sup: Supervisor, operator: str, interrupts: asyncio.Queue[str]) -> None:
+    """Rule 11: the controller does not let go while anything is away from rest. It shows
+    which step of the sequence it is on; a second Ctrl-C, confirmed, leaves (recorded)."""
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    shown: str | None = None
+    while not sup.rest.at_rest():
+        with contextlib.suppress(TimeoutError):
+            which = await asyncio.wait_for(interrupts.get(), timeout=0.5)
+            if await _leave_unsupervised(sup, operator, which, interactive):
+                return
+            continue
+        text = sup.rest.describe() or "making safe: " + ", ".join(sup.rest.away_from_rest())
+        if interactive:
+            sys.stdout.write("\r" + text[: os.get_terminal_size().columns - 1].ljust(80))
+            sys.stdout.flush()
+        elif text != shown:
+            out(text)
+        shown = text
+    if shown is not None:
+        out(("\n" if interactive else "") + "machine at rest")
+
+
+async def _leave_unsupervised(sup: Supervisor, operator: str, which: str,
+                              interactive: bool) -> bool:
+    away = sup.rest.away_from_rest()
+    if interactive:
+        answer = await asyncio.get_running_loop().run_in_executor(
+            None, _ask, f"\n{which}: the machine is not at rest ({', '.join(away)}). Leave it "
+            "to the hardware's own watchdogs, unsupervised? [y/N] ")
+        if not answer.lower().startswith("y"):
+            return False
+    await sup.record_command(operator, "leave_unsupervised", {"signal": which, "away": away},
+                             accepted=True, reason=None)
+    err(f"left unsupervised ({', '.join(away)}): recorded; the safety PLC and the drives' "
+        "watchdogs take over")
+    return True
 
 
 async def _reconcile(sup: Supervisor, run_id: int | None) -> None:
@@ -264,7 +303,7 @@ def _ask(prompt: str) -> str:
     try:
         return input(prompt)
     except EOFError:
-        return "s"
+        return ""
 
 
 async def _wait_not_acting(sup: Supervisor) -> None:

@@ -35,6 +35,7 @@ from controller.polling import link_lost as _link_lost
 from controller.polling import wait_links as _wait_links
 from controller.process_clock import ProcessClock
 from controller.records import PassRecord, RecordsUnavailable, RunHeader, RunRecords
+from controller.rest_keeper import RestKeeper
 from controller.safety.envelope import Envelope, EnvelopeInputs, compute, cooling_speed_rpm
 from controller.safety.reconciler import Reconciler
 from controller.safety.writer import Actuators, EnvelopeRefused
@@ -112,6 +113,7 @@ class Supervisor(SupervisorReactions):
                                 judge=self._safety_cycle,
                                 configure_axis=self._configure_axis_watchdog)
         self.maintenance = Maintenance(self, lease_s=self.line.supervision.jog_lease_s)
+        self.rest = RestKeeper(self)
         self.sm.add_listener(self._on_transition)
         self.alarms.subscribe(self._on_alarm)
 
@@ -126,6 +128,7 @@ class Supervisor(SupervisorReactions):
         self._tasks.extend(self._pollers.spawn(spawn))
         self._tasks.append(spawn(self._telemetry_loop(), name="telemetry"))
         self._tasks.append(spawn(self.maintenance.watchdog(), name="jog-leases"))
+        self._tasks.append(spawn(self.rest.watch(), name="rest-keeper"))
         return self
 
     async def __aexit__(
@@ -200,6 +203,10 @@ class Supervisor(SupervisorReactions):
         task = asyncio.get_running_loop().create_task(work, name=name)
         self._owned.add(task)
         task.add_done_callback(self._owned.discard)
+
+    def alarms_level(self, alarm_id: str, active: bool) -> None:
+        """Raise or clear an alarm whose condition is a level (only changes are events)."""
+        self._alarm_level(alarm_id, active)
 
     def _alarm_level(self, alarm_id: str, active: bool) -> None:
         if active != self.alarms.status(alarm_id).condition:
@@ -631,4 +638,5 @@ class Supervisor(SupervisorReactions):
             ],
             "telemetry": self.telemetry.to_json(),
             "commanded": self.act.snapshot(),
+            "making_safe": self.rest.describe(),
         }
