@@ -37,8 +37,13 @@ class SafetyIo:
 
     # -- inputs ----------------------------------------------------------------------------
     async def read(self) -> SafetyInputs:
+        """The whole input block (IR 0-12) in one request, including the outputs the PLC
+        actually drives (``outputs_effective``) and its heartbeat-loss latch."""
         words = await self._transport.read_input(self.unit, io_map.IR_DIGITAL, io_map.INPUT_COUNT)
-        return io_map.decode_inputs(words)
+        try:
+            return io_map.decode_inputs(words)
+        except ValueError as exc:
+            raise DeviceProtocolError(self.name, f"read inputs @{self.unit}", str(exc)) from exc
 
     async def read_outputs(self) -> SafetyOutputs:
         """What the PLC's outputs register holds now (for display and checks, never to
@@ -51,12 +56,14 @@ class SafetyIo:
             raise DeviceProtocolError(self.name, request, str(exc)) from exc
 
     # -- outputs ---------------------------------------------------------------------------
-    async def write_outputs(self, outputs: SafetyOutputs) -> None:
+    async def write_outputs(self, outputs: SafetyOutputs, *, urgent: bool = False) -> None:
+        """Write the whole outputs word. ``urgent`` puts the write ahead of every request
+        queued on the bus (the one in flight finishes first): for the safety reaction."""
         # The image is the controller's intent: recorded before the write, so that after a
         # failed write the next one re-asserts it rather than an older state.
         self._outputs = outputs
         await self._transport.write_register(
-            self.unit, io_map.HR_OUTPUTS, io_map.encode_outputs(outputs)
+            self.unit, io_map.HR_OUTPUTS, io_map.encode_outputs(outputs), urgent=urgent
         )
         self._log.debug("safety_io.outputs", **dataclasses.asdict(outputs))
 
@@ -70,3 +77,12 @@ class SafetyIo:
         """Write the next heartbeat count: the PLC counts any change of value as a beat."""
         self._heartbeat = io_map.next_heartbeat(self._heartbeat)
         await self._transport.write_register(self.unit, io_map.HR_HEARTBEAT, self._heartbeat)
+
+    async def reset_heartbeat_latch(self) -> None:
+        """Ask the PLC to clear its latched heartbeat loss (HR 2 = 1). The PLC accepts it only
+        while beats are arriving again; ``read().heartbeat_latched`` tells whether it did.
+        Write the outputs word wanted after the reset first: the latch stops overriding it."""
+        await self._transport.write_register(
+            self.unit, io_map.HR_COMMAND, io_map.COMMAND_RESET_HEARTBEAT_LATCH
+        )
+        self._log.info("safety_io.heartbeat_latch_reset")

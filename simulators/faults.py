@@ -25,6 +25,7 @@ PROCESS_FAULTS: frozenset[str] = frozenset(
         "door_open",
         "estop",
         "gas_alarm",
+        "o2_enrichment",
         "exhaust_lost",
         "scrubber_not_ready",
         "supply_pressure_low",

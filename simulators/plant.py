@@ -40,7 +40,8 @@ class PlantConfig(BaseModel):
     ambient_c: float = 25.0
     water_flow_l_min: float = 25.0
     water_temp_c: float = 22.0
-    exhaust_draft_pa: float = -50.0
+    exhaust_draft_pa: float = -50.0  # with the exhaust fan running (0 Pa without it)
+    room_o2_pct: float = 20.9  # the room O2 monitor's reading in fresh air
     gas_supply_bar: float = 5.0
     seed: int = 1
 
@@ -70,6 +71,7 @@ class Plant:
     carriage_mm: float = 0.0
     torch_slide_mm: float = 150.0
     heaters_on: list[bool] = field(default_factory=lambda: [False, False])
+    exhaust_fan_on: bool = False  # driven by the safety PLC (forced on after a heartbeat loss)
     master_valve_open: bool = True
     precursor_valve_open: bool = True
     # Plant state.
@@ -226,6 +228,7 @@ class Plant:
             "efficiency": round(self.efficiency(), 4),
             "flame_outs": self.flame_outs,
             "heaters_on": list(self.heaters_on),
+            "exhaust_fan_on": self.exhaust_fan_on,
             "master_valve_open": self.master_valve_open,
             "precursor_valve_open": self.precursor_valve_open,
             "drives_powered": self.drives_powered,

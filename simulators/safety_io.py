@@ -1,17 +1,27 @@
 """Simulated safety PLC and I/O on Modbus TCP (map in docs/devices.md, "Safety PLC / I/O").
 
 The PLC reads the plant (and the injected process faults) into its inputs, drives the plant
-from its outputs word, and owns the RF enable: the safety relay must be closed and the
-controller's heartbeat alive. The heartbeat watchdog runs in WALL time (domain.md rule 7):
-``step`` stamps each change of the heartbeat register with its ``wall_now``, and the beat is
-lost once no change has been seen for ``heartbeat_timeout_s``. Until a first beat arrives the
-heartbeat counts as lost: a controller must be alive before RF can be enabled.
+from its outputs word, and owns the RF enable: the safety relay closed, the controller's
+heartbeat alive and not latched lost, and the controller's RF permit (outputs bit 8) set.
+The heartbeat watchdog runs in WALL time (domain.md rule 7): ``step`` stamps each change of
+the heartbeat register with its ``wall_now``, and the beat is lost once no change has been
+seen for ``heartbeat_timeout_s``. Until a first beat arrives the heartbeat counts as lost (no
+RF enable) but nothing is latched: a controller must be alive before RF can be enabled.
+
+Heartbeat loss (a beat was seen, then none for the timeout) is LATCHED (domain.md rule 11): RF
+enable dropped, precursor valve closed, heaters off, exhaust fan forced on at once; the master
+valve closes once ``heartbeat_loss_purge_s`` of PROCESS time has run (``step``'s dt_s), or at
+once while the exhaust, scrubber, gas detector or room O2 monitor is in trip, and stays closed.
+Beats resuming do not clear the latch; only the reset command (HR 2 = 1) does, and only while
+beats are arriving again. While latched the outputs word is stored but overridden.
 
 Hard-wired behaviour (as the safety relay does it, whatever the outputs word says): with the
 relay open (E-stop, or the relay itself open) the normally-closed gas valves close and the
-heaters lose power; on E-stop the drives lose power too."""
+heaters lose power; on E-stop the drives lose power too. IR 12 shows what the PLC drives."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import structlog
 
@@ -31,6 +41,7 @@ SUPPLY_GASES = ("ar", "o2", "n2", "sicl4", "dopant")
 _LOW_FACTOR = 0.5
 _HIGH_FACTOR = 2.0
 _WATER_TEMP_HIGH_MARGIN_C = 10.0
+_O2_ENRICHMENT_MARGIN_PCT = 1.5  # the o2_enrichment fault's default: trip + 1.5 points
 
 
 class SafetyIoSim(RegisterDevice):
@@ -48,6 +59,10 @@ class SafetyIoSim(RegisterDevice):
         self.faults = faults
         self.value_faults = ValueFaults(name, faults)
         self.heartbeat_ok = False
+        self.heartbeat_latched = False
+        self.latched_purge_s = 0.0  # process seconds of purge since the latch
+        self.latched_master_closed = False  # the latch has closed the master valve
+        self._beat_seen = False
         self._last_beat_value: int | None = None
         self._beat_pending = False
         self._last_beat_wall: float | None = None
@@ -65,30 +80,71 @@ class SafetyIoSim(RegisterDevice):
 
     @property
     def outputs(self) -> SafetyOutputs:
+        """The outputs word as the controller last wrote it."""
         return io_map.decode_outputs(self.holding[io_map.HR_OUTPUTS])
 
-    def _apply_to_plant(self) -> None:
+    @property
+    def outputs_effective(self) -> SafetyOutputs:
+        """What the PLC drives: the outputs word after the relay and the heartbeat-loss logic;
+        ``rf_permit`` is the RF enable actually given."""
+        commanded = self.outputs
         relay_ok = self.relay_ok
-        outputs = self.outputs
-        self.plant.rf_enable = relay_ok and self.heartbeat_ok
+        latched = self.heartbeat_latched
+        return dataclasses.replace(
+            commanded,
+            gas_master_valve=commanded.gas_master_valve
+            and relay_ok
+            and not (latched and self.latched_master_closed),
+            precursor_valve=commanded.precursor_valve and relay_ok and not latched,
+            exhaust_fan=commanded.exhaust_fan or latched,
+            heater_a=commanded.heater_a and relay_ok and not latched,
+            heater_b=commanded.heater_b and relay_ok and not latched,
+            rf_permit=commanded.rf_permit and relay_ok and self.heartbeat_ok and not latched,
+        )
+
+    def _apply_to_plant(self) -> None:
+        effective = self.outputs_effective
+        self.plant.rf_enable = effective.rf_permit
         self.plant.drives_powered = not self.estop
-        self.plant.master_valve_open = outputs.gas_master_valve and relay_ok
-        self.plant.precursor_valve_open = outputs.precursor_valve and relay_ok
-        self.plant.heaters_on = [outputs.heater_a and relay_ok, outputs.heater_b and relay_ok]
+        self.plant.master_valve_open = effective.gas_master_valve
+        self.plant.precursor_valve_open = effective.precursor_valve
+        self.plant.heaters_on = [effective.heater_a, effective.heater_b]
+        self.plant.exhaust_fan_on = effective.exhaust_fan
 
     # -- Modbus ----------------------------------------------------------------------------
     def on_write(self, address: int, values: list[int]) -> int | None:
         writes = list(enumerate(values, start=address))
         if any(r == io_map.HR_OUTPUTS and v & ~io_map.OUTPUTS_MASK for r, v in writes):
             return ILLEGAL_VALUE
+        if any(
+            r == io_map.HR_COMMAND and v != io_map.COMMAND_RESET_HEARTBEAT_LATCH
+            for r, v in writes
+        ):
+            return ILLEGAL_VALUE
         for register, value in writes:
+            if register == io_map.HR_COMMAND:
+                continue  # a command, not a setting: the register always reads 0
             self.holding[register] = value
             if register == io_map.HR_HEARTBEAT and value != self._last_beat_value:
                 # Stamped with wall time at the next step, which owns the clock.
                 self._last_beat_value = value
                 self._beat_pending = True
+        if any(r == io_map.HR_COMMAND for r, _ in writes):
+            self._reset_latch()
         self._apply_to_plant()
         return None
+
+    def _reset_latch(self) -> None:
+        if not self.heartbeat_latched:
+            return
+        if not (self.heartbeat_ok or self._beat_pending):
+            # Beats must be arriving again: a reset with the controller still silent is void.
+            self._log.warning("safety_io_sim.latch_reset_refused", reason="no heartbeat")
+            return
+        self.heartbeat_latched = False
+        self.latched_master_closed = False
+        self.latched_purge_s = 0.0
+        self._log.info("safety_io_sim.latch_reset")
 
     def refresh(self) -> None:
         self.inputs[:] = io_map.encode_inputs(self.read_inputs())
@@ -105,20 +161,29 @@ class SafetyIoSim(RegisterDevice):
             plasma_optical=self.plant.plasma_lit,
             heartbeat_ok=self.heartbeat_ok,
             gas_supply_ok=self._gas_supply_ok(),
+            heartbeat_latched=self.heartbeat_latched,
+            outputs_effective=self.outputs_effective,
             **analog,
         )
 
     # -- process ---------------------------------------------------------------------------
     def step(self, dt_s: float, wall_now: float) -> None:
+        was_latched = self.heartbeat_latched
         self._watch_heartbeat(wall_now)
         self._apply_to_plant()
         self.value_faults.step(dt_s)
         self.refresh()  # a `stuck` fault freezes the readings of the step it began in
+        if self.heartbeat_latched:
+            # The purge counts from the latch: the step that latched it does not count.
+            self._purge_after_heartbeat_loss(dt_s if was_latched else 0.0)
+            self._apply_to_plant()
+            self.refresh()
 
     def _watch_heartbeat(self, wall_now: float) -> None:
         if self._beat_pending:
             self._beat_pending = False
             self._last_beat_wall = wall_now
+            self._beat_seen = True
         alive = (
             self._last_beat_wall is not None
             and wall_now - self._last_beat_wall < self.config.heartbeat_timeout_s
@@ -126,6 +191,33 @@ class SafetyIoSim(RegisterDevice):
         if alive != self.heartbeat_ok:
             self._log.warning("safety_io_sim.heartbeat", ok=alive)
         self.heartbeat_ok = alive
+        if self._beat_seen and not alive and not self.heartbeat_latched:
+            self.heartbeat_latched = True
+            self.latched_purge_s = 0.0
+            self.latched_master_closed = False
+            self._log.warning("safety_io_sim.heartbeat_loss_latched")
+
+    def _purge_after_heartbeat_loss(self, dt_s: float) -> None:
+        """Count the purge in process time; close the master valve once it has run, or at
+        once while purging could push gas into the room (the inputs the PLC reads now)."""
+        if self.latched_master_closed:
+            return
+        self.latched_purge_s += max(0.0, dt_s)
+        inputs = io_map.decode_inputs(self.inputs)
+        cfg = self.config
+        no_purge = (
+            inputs.exhaust_draft_pa > cfg.exhaust_trip_pa
+            or not inputs.scrubber_ready
+            or inputs.gas_detector_ppm > cfg.gas_detector_trip_ppm
+            or inputs.room_o2_pct > cfg.room_o2_trip_pct
+        )
+        if no_purge or self.latched_purge_s >= cfg.heartbeat_loss_purge_s:
+            self.latched_master_closed = True
+            self._log.warning(
+                "safety_io_sim.master_valve_closed",
+                purge_s=round(self.latched_purge_s, 3),
+                cause="trip" if no_purge else "purge done",
+            )
 
     # -- inputs ----------------------------------------------------------------------------
     def _faulted(self, kind: str, normal: float, default: float) -> float:
@@ -150,7 +242,7 @@ class SafetyIoSim(RegisterDevice):
     def _true_analog(self) -> dict[str, float]:
         cfg, plant_cfg = self.config, self.plant.config
         # No fan, no draft: the duct sits at ambient pressure.
-        draft = plant_cfg.exhaust_draft_pa if self.outputs.exhaust_fan else 0.0
+        draft = plant_cfg.exhaust_draft_pa if self.outputs_effective.exhaust_fan else 0.0
         values = {
             "water_flow_l_min": self._faulted(
                 "water_flow_low", plant_cfg.water_flow_l_min, cfg.water_flow_min_l_min * _LOW_FACTOR
@@ -165,6 +257,11 @@ class SafetyIoSim(RegisterDevice):
                 "gas_alarm", 0.0, cfg.gas_detector_trip_ppm * _HIGH_FACTOR
             ),
             "rod_temperature_c": self.plant.rod_temperature_c,
+            "room_o2_pct": self._faulted(
+                "o2_enrichment",
+                plant_cfg.room_o2_pct,
+                cfg.room_o2_trip_pct + _O2_ENRICHMENT_MARGIN_PCT,
+            ),
         }
         values.update({f"supply_{g}_bar": p for g, p in self._supplies_bar().items()})
         return values

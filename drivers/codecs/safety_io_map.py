@@ -3,11 +3,13 @@
 Inputs are input registers: one bit-packed digital word, then one register per analog value
 with a fixed scale (signed where the value can be negative: water temperature, exhaust draft).
 Outputs are one bit-packed holding register, written whole; a second holding register is the
-heartbeat the controller keeps changing."""
+heartbeat the controller keeps changing, a third a command register (reset the PLC's latched
+heartbeat loss). The input block ends with the outputs word the PLC actually drives (after its
+hard-wired logic), in the same bit layout as the outputs register."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from drivers.codecs.registers import (
@@ -28,14 +30,19 @@ IR_SUPPLY_O2 = 5
 IR_SUPPLY_N2 = 6
 IR_SUPPLY_SICL4 = 7  # SiCl4 vapour delivery (precursor) line
 IR_SUPPLY_DOPANT = 8
-IR_GAS_DETECTOR = 9  # Cl2 / HCl detector, ppm x 100, unsigned
+IR_GAS_DETECTOR = 9  # acid-gas detector (Cl2 / HCl / HF), ppm x 100, unsigned
 IR_ROD_TEMPERATURE = 10  # rod pyrometer, C x 10, unsigned
-INPUT_COUNT = 11
+IR_ROOM_O2 = 11  # room O2 monitor, % x 100, unsigned
+IR_OUTPUTS_EFFECTIVE = 12  # the outputs the PLC drives after its own logic, OUTPUT_BITS layout
+INPUT_COUNT = 13
 
 # -- holding registers (function 3 to read, 6 / 16 to write) ---------------------------------
 HR_OUTPUTS = 0
 HR_HEARTBEAT = 1
-HOLDING_COUNT = 2
+HR_COMMAND = 2  # write-only command; always reads 0
+HOLDING_COUNT = 3
+
+COMMAND_RESET_HEARTBEAT_LATCH = 1  # the only command; any other value: exception 3
 
 FLOW_SCALE = 10.0
 TEMP_SCALE = 10.0
@@ -43,8 +50,10 @@ DRAFT_SCALE = 10.0
 PRESSURE_SCALE = 100.0
 PPM_SCALE = 100.0
 PYROMETER_SCALE = 10.0
+O2_SCALE = 100.0
+NOMINAL_ROOM_O2_PCT = 20.9  # fresh air
 
-# Digital-input word bits, in SafetyInputs field order.
+# Digital-input word bits (bit n = entry n); bits 9-15 read 0.
 DIGITAL_BITS: tuple[str, ...] = (
     "estop_ok",
     "doors_closed",
@@ -54,8 +63,9 @@ DIGITAL_BITS: tuple[str, ...] = (
     "plasma_optical",
     "heartbeat_ok",
     "gas_supply_ok",
+    "heartbeat_latched",  # the PLC latched a heartbeat loss and waits for a reset
 )
-# Outputs word bits, in SafetyOutputs field order; bits 8-15 are reserved (must be 0).
+# Outputs word bits, in SafetyOutputs field order; bits 9-15 are reserved (must be 0).
 OUTPUT_BITS: tuple[str, ...] = (
     "gas_master_valve",
     "precursor_valve",
@@ -65,14 +75,34 @@ OUTPUT_BITS: tuple[str, ...] = (
     "beacon_red",
     "beacon_amber",
     "beacon_green",
+    "rf_permit",  # software RF permit, in series with the safety relay's RF enable
 )
 OUTPUTS_MASK = (1 << len(OUTPUT_BITS)) - 1
 HEARTBEAT_MODULUS = 0x10000  # the counter wraps 65535 -> 0
 
 
 @dataclass(frozen=True)
+class SafetyOutputs:
+    """The PLC's outputs. All off is the safe state (valves closed, heaters off)."""
+
+    gas_master_valve: bool = False
+    precursor_valve: bool = False
+    exhaust_fan: bool = False
+    heater_a: bool = False
+    heater_b: bool = False
+    beacon_red: bool = False
+    beacon_amber: bool = False
+    beacon_green: bool = False
+    rf_permit: bool = False
+
+
+@dataclass(frozen=True)
 class SafetyInputs:
-    """Every input of the safety PLC, in engineering units."""
+    """Every input of the safety PLC, in engineering units.
+
+    The fields added after the first map revision (room O2, the latch bit, the effective
+    outputs) have defaults (fresh air, nothing latched, all off) so that code building
+    inputs by hand keeps working; ``decode_inputs`` always sets every field."""
 
     estop_ok: bool
     doors_closed: bool
@@ -90,22 +120,12 @@ class SafetyInputs:
     supply_n2_bar: float
     supply_sicl4_bar: float
     supply_dopant_bar: float
-    gas_detector_ppm: float
+    gas_detector_ppm: float  # acid gas: Cl2 / HCl / HF
     rod_temperature_c: float
-
-
-@dataclass(frozen=True)
-class SafetyOutputs:
-    """The PLC's outputs. All off is the safe state (valves closed, heaters off)."""
-
-    gas_master_valve: bool = False
-    precursor_valve: bool = False
-    exhaust_fan: bool = False
-    heater_a: bool = False
-    heater_b: bool = False
-    beacon_red: bool = False
-    beacon_amber: bool = False
-    beacon_green: bool = False
+    room_o2_pct: float = NOMINAL_ROOM_O2_PCT
+    heartbeat_latched: bool = False
+    # What the PLC drives after its hard-wired logic; rf_permit = the RF enable it gives.
+    outputs_effective: SafetyOutputs = field(default_factory=SafetyOutputs)
 
 
 OUTPUT_NAMES: frozenset[str] = frozenset(f.name for f in fields(SafetyOutputs))
@@ -123,6 +143,7 @@ ANALOG_CHANNELS: dict[str, tuple[int, float, bool]] = {
     "supply_dopant_bar": (IR_SUPPLY_DOPANT, PRESSURE_SCALE, False),
     "gas_detector_ppm": (IR_GAS_DETECTOR, PPM_SCALE, False),
     "rod_temperature_c": (IR_ROD_TEMPERATURE, PYROMETER_SCALE, False),
+    "room_o2_pct": (IR_ROOM_O2, O2_SCALE, False),
 }
 ANALOG_NAMES: tuple[str, ...] = tuple(ANALOG_CHANNELS)
 
@@ -149,10 +170,13 @@ def encode_inputs(inputs: SafetyInputs) -> list[int]:
     )
     for name, (register, scale, signed) in ANALOG_CHANNELS.items():
         words[register] = encode_analog(getattr(inputs, name), scale, signed=signed)
+    words[IR_OUTPUTS_EFFECTIVE] = encode_outputs(inputs.outputs_effective)
     return words
 
 
 def decode_inputs(words: list[int]) -> SafetyInputs:
+    """Decode the whole input block; a wrong length or reserved bits set in the effective
+    outputs word raise ValueError."""
     if len(words) != INPUT_COUNT:
         raise ValueError(f"the safety input block is {INPUT_COUNT} registers, got {len(words)}")
     values: dict[str, Any] = {
@@ -160,6 +184,7 @@ def decode_inputs(words: list[int]) -> SafetyInputs:
     }
     for name, (register, scale, signed) in ANALOG_CHANNELS.items():
         values[name] = decode_analog(words[register], scale, signed=signed)
+    values["outputs_effective"] = decode_outputs(words[IR_OUTPUTS_EFFECTIVE])
     return SafetyInputs(**values)
 
 

@@ -263,6 +263,7 @@ async def test_rf_enable_follows_the_heartbeat(sim: LineSimulator, machine: Mach
         return bool(snapshot["rf_enable"])
 
     assert not await rf_enable()  # no controller has beaten yet: RF is not enabled
+    await machine.safety_io.set_output("rf_permit", True)
 
     async def beating() -> bool:
         await machine.safety_io.heartbeat()
@@ -282,6 +283,30 @@ async def test_rf_enable_follows_the_heartbeat(sim: LineSimulator, machine: Mach
     inputs = await machine.safety_io.read()
     assert not inputs.heartbeat_ok
     assert not inputs.rf_enable
+    assert inputs.heartbeat_latched
     status = await machine.rf.read()
     assert status.interlock_open
     assert not status.ready
+
+    # Beats resuming do not clear the latch; a reset with beats arriving does.
+    await _until(beating_without_enable(machine, rf_enable), "beats seen, still latched")
+    assert (await machine.safety_io.read()).heartbeat_latched
+
+    async def reset() -> bool:
+        await machine.safety_io.heartbeat()
+        await machine.safety_io.reset_heartbeat_latch()
+        return await rf_enable()
+
+    await _until(reset, "the latch reset to restore the RF enable")
+    assert not (await machine.safety_io.read()).heartbeat_latched
+
+
+def beating_without_enable(
+    machine: Machine, rf_enable: Callable[[], Awaitable[bool]]
+) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        await machine.safety_io.heartbeat()
+        inputs = await machine.safety_io.read()
+        return inputs.heartbeat_ok and not inputs.rf_enable and not await rf_enable()
+
+    return check

@@ -243,6 +243,7 @@ async def test_rf_enable_lost_switches_rf_off_for_good(rig: Rig) -> None:
 async def test_safety_plc_heartbeat_loss_drops_rf(rig: Rig) -> None:
     line = load_line_config()
     plc = SafetyIoSim("safety_io", line.safety_io(), rig.plant, rig.faults)
+    plc.on_write(0, [0x0100])  # the controller's RF permit (outputs bit 8)
     plc.on_write(1, [1])  # a first heartbeat
     plc.step(0.05, 100.0)
     await rig.rf.set_power_kw(20.0)

@@ -6,6 +6,7 @@ argument of `step`, so no test sleeps to make time pass."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ async def _first_error(rig: Rig, *, deadline_s: float = 10.0) -> DeviceError:
 
 # -- inputs --------------------------------------------------------------------------------
 async def test_healthy_inputs(rig: Rig) -> None:
-    await rig.io.set_output("exhaust_fan", True)
+    await rig.io.write_outputs(SafetyOutputs(exhaust_fan=True, rf_permit=True))
     inputs = await rig.alive()
     plant_cfg = rig.plant.config
     assert inputs == SafetyInputs(
@@ -110,8 +111,12 @@ async def test_healthy_inputs(rig: Rig) -> None:
         supply_dopant_bar=pytest.approx(plant_cfg.gas_supply_bar),  # type: ignore[arg-type]
         gas_detector_ppm=0.0,
         rod_temperature_c=pytest.approx(plant_cfg.ambient_c),  # type: ignore[arg-type]
+        room_o2_pct=pytest.approx(20.9),  # type: ignore[arg-type]
+        heartbeat_latched=False,
+        outputs_effective=SafetyOutputs(exhaust_fan=True, rf_permit=True),
     )
     assert rig.plant.rf_enable
+    assert rig.plant.exhaust_fan_on
 
 
 async def test_no_draft_without_the_exhaust_fan(rig: Rig) -> None:
@@ -139,6 +144,8 @@ FAULT_SIGNATURES: dict[str, Callable[[SafetyInputs, SafetyIoConfig], bool]] = {
     "water_temp_high": lambda i, c: i.water_temp_c > c.water_temp_max_c,
     "exhaust_lost": lambda i, c: i.exhaust_draft_pa > c.exhaust_trip_pa,
     "gas_alarm": lambda i, c: i.gas_detector_ppm >= c.gas_detector_trip_ppm,
+    "o2_enrichment": lambda i, c: i.room_o2_pct > c.room_o2_trip_pct
+    and i.room_o2_pct == pytest.approx(25.0),
     "supply_pressure_low": lambda i, c: not i.gas_supply_ok
     and all(
         p < c.gas_supply_min_bar
@@ -152,7 +159,7 @@ FAULT_SIGNATURES: dict[str, Callable[[SafetyInputs, SafetyIoConfig], bool]] = {
 
 @pytest.mark.parametrize("kind", sorted(FAULT_SIGNATURES))
 async def test_process_fault_shows_in_the_inputs(rig: Rig, kind: str) -> None:
-    await rig.io.set_output("exhaust_fan", True)
+    await rig.io.write_outputs(SafetyOutputs(exhaust_fan=True, rf_permit=True))
     healthy = await rig.alive()
     assert not FAULT_SIGNATURES[kind](healthy, rig.config)
     rig.faults.inject("safety_io", kind)
@@ -165,7 +172,9 @@ async def test_process_fault_shows_in_the_inputs(rig: Rig, kind: str) -> None:
 async def test_fault_value_from_params(rig: Rig) -> None:
     rig.faults.inject("safety_io", "water_temp_high", params={"value": 41.5})
     rig.faults.inject("safety_io", "supply_pressure_low", params={"gas": "o2", "value": 1.2})
+    rig.faults.inject("safety_io", "o2_enrichment", params={"value": 23.6})
     inputs = await rig.alive()
+    assert inputs.room_o2_pct == pytest.approx(23.6)
     assert inputs.water_temp_c == pytest.approx(41.5)
     assert inputs.supply_o2_bar == pytest.approx(1.2)
     assert inputs.supply_ar_bar == pytest.approx(rig.plant.config.gas_supply_bar)
@@ -173,15 +182,18 @@ async def test_fault_value_from_params(rig: Rig) -> None:
 
 
 async def test_estop_cuts_drives_valves_and_heaters(rig: Rig) -> None:
-    await rig.io.write_outputs(
-        SafetyOutputs(gas_master_valve=True, precursor_valve=True, heater_a=True, heater_b=True)
+    commanded = SafetyOutputs(
+        gas_master_valve=True, precursor_valve=True, heater_a=True, heater_b=True, rf_permit=True
     )
-    await rig.alive()
+    await rig.io.write_outputs(commanded)
+    assert (await rig.alive()).outputs_effective == commanded
     assert rig.plant.master_valve_open
     assert rig.plant.drives_powered
 
     rig.faults.inject("safety_io", "estop")
-    await rig.alive()
+    inputs = await rig.alive()
+    # IR 12 shows what the relay leaves of the word: valves closed, heaters and RF off.
+    assert inputs.outputs_effective == SafetyOutputs()
     assert not rig.plant.drives_powered
     assert not rig.plant.rf_enable
     assert not rig.plant.master_valve_open
@@ -221,29 +233,71 @@ async def test_stuck_and_drift_apply_to_analog_values(rig: Rig) -> None:
 
 # -- heartbeat watchdog --------------------------------------------------------------------
 async def test_no_rf_enable_before_the_first_heartbeat(rig: Rig) -> None:
+    await rig.io.set_output("rf_permit", True)
     rig.step()
     inputs = await rig.io.read()
     assert not inputs.heartbeat_ok
     assert not inputs.rf_enable
     assert inputs.safety_relay_ok
     assert not rig.plant.rf_enable
-    assert (await rig.alive()).rf_enable
+    rig.step(rig.config.heartbeat_timeout_s * 5)  # no beat yet is not a heartbeat LOSS
+    assert not (await rig.io.read()).heartbeat_latched
+    inputs = await rig.alive()
+    assert inputs.rf_enable
+    assert inputs.outputs_effective.rf_permit
+    assert not inputs.heartbeat_latched
 
 
-async def test_heartbeat_watchdog_drops_and_restores_rf_enable(rig: Rig) -> None:
+async def test_rf_enable_needs_the_rf_permit(rig: Rig) -> None:
+    inputs = await rig.alive()
+    assert inputs.heartbeat_ok
+    assert inputs.safety_relay_ok
+    assert not inputs.rf_enable  # the controller has not given its permit
+    assert not inputs.outputs_effective.rf_permit
+    assert not rig.plant.rf_enable
+    await rig.io.set_output("rf_permit", True)
+    inputs = await rig.alive()
+    assert inputs.rf_enable
+    assert inputs.outputs_effective.rf_permit
+    assert rig.plant.rf_enable
+    await rig.io.set_output("rf_permit", False)  # dropping the permit drops the enable at once
+    assert not rig.plant.rf_enable
+    assert not (await rig.io.read()).rf_enable
+
+
+async def test_relay_open_drops_rf_whatever_the_permit(rig: Rig) -> None:
+    await rig.io.set_output("rf_permit", True)
+    await rig.alive()
+    rig.faults.inject("safety_io", "safety_relay_open")
+    inputs = await rig.alive()
+    assert not inputs.rf_enable
+    assert not inputs.outputs_effective.rf_permit
+    assert (await rig.io.read_outputs()).rf_permit  # the word itself is the controller's
+
+
+async def test_heartbeat_loss_drops_rf_and_latches(rig: Rig) -> None:
     timeout = rig.config.heartbeat_timeout_s
+    await rig.io.set_output("rf_permit", True)
     await rig.alive()
     rig.step(timeout * 0.9)
     assert (await rig.io.read()).rf_enable
     rig.step(timeout * 0.2)  # past the timeout since the last beat, in wall time
     inputs = await rig.io.read()
     assert not inputs.heartbeat_ok
+    assert inputs.heartbeat_latched
     assert not inputs.rf_enable
     assert inputs.safety_relay_ok
     assert not rig.plant.rf_enable
 
-    inputs = await rig.alive()  # beats resume: the enable returns
+    inputs = await rig.alive()  # beats resume: the loss stays latched, RF stays off
     assert inputs.heartbeat_ok
+    assert inputs.heartbeat_latched
+    assert not inputs.rf_enable
+    assert not rig.plant.rf_enable
+
+    await rig.io.reset_heartbeat_latch()  # beats arriving: the reset is accepted
+    inputs = await rig.alive()
+    assert not inputs.heartbeat_latched
     assert inputs.rf_enable
     assert rig.plant.rf_enable
 
@@ -323,8 +377,10 @@ async def test_unknown_output_name_is_refused(rig: Rig) -> None:
 
 async def test_reserved_output_bits_are_an_exception_response(rig: Rig) -> None:
     with pytest.raises(DeviceExceptionResponse) as refused:
-        await rig.transport.write_register(rig.config.unit, io_map.HR_OUTPUTS, 0x0100)
+        await rig.transport.write_register(rig.config.unit, io_map.HR_OUTPUTS, 0x0200)
     assert refused.value.exception_code == 3
+    await rig.transport.write_register(rig.config.unit, io_map.HR_OUTPUTS, 0x0100)  # rf_permit
+    assert (await rig.io.read_outputs()).rf_permit
 
 
 # -- link faults ---------------------------------------------------------------------------
@@ -379,19 +435,21 @@ async def _exchange(rig: Rig, request: bytes, reply_length: int) -> bytes:
 
 
 async def test_wire_read_inputs(rig: Rig) -> None:
-    await rig.io.write_outputs(SafetyOutputs(exhaust_fan=True))
+    await rig.io.write_outputs(SafetyOutputs(exhaust_fan=True, rf_permit=True))
     await rig.alive()
-    request = bytes.fromhex("0011 0000 0006 01 04 0000 000B")
+    request = bytes.fromhex("0011 0000 0006 01 04 0000 000D")
     reply = await _exchange(rig, request, 9 + 2 * io_map.INPUT_COUNT)
     assert reply == bytes.fromhex(
-        "0011 0000 0019 01 04 16"
-        "00DF"  # digital: all true but plasma_optical
+        "0011 0000 001D 01 04 1A"
+        "00DF"  # digital: all true but plasma_optical (and heartbeat_latched, bit 8)
         "00FA"  # water flow 25.0 L/min
         "00DC"  # water temperature 22.0 C
         "FE0C"  # exhaust draft -50.0 Pa (signed)
         "01F4 01F4 01F4 01F4 01F4"  # supplies 5.00 bar
-        "0000"  # gas detector 0 ppm
+        "0000"  # acid-gas detector 0 ppm
         "00FA"  # rod 25.0 C
+        "082A"  # room O2 20.90 %
+        "0104"  # effective outputs: exhaust fan, RF permit (the enable given)
     )
 
 
@@ -403,5 +461,167 @@ async def test_wire_heartbeat_write_echoes(rig: Rig) -> None:
 
 
 async def test_wire_outputs_with_reserved_bits_is_exception_3(rig: Rig) -> None:
-    request = bytes.fromhex("0013 0000 0006 01 06 0000 0100")
+    request = bytes.fromhex("0013 0000 0006 01 06 0000 0200")
     assert await _exchange(rig, request, 9) == bytes.fromhex("0013 0000 0003 01 86 03")
+
+
+async def test_wire_reset_command_echoes_and_other_values_are_exception_3(rig: Rig) -> None:
+    reset = bytes.fromhex("0014 0000 0006 01 06 0002 0001")
+    assert await _exchange(rig, reset, 12) == reset
+    bad = bytes.fromhex("0015 0000 0006 01 06 0002 0002")
+    assert await _exchange(rig, bad, 9) == bytes.fromhex("0015 0000 0003 01 86 03")
+    # A command register: it reads back 0.
+    read = bytes.fromhex("0016 0000 0006 01 03 0002 0001")
+    assert await _exchange(rig, read, 11) == bytes.fromhex("0016 0000 0005 01 03 02 0000")
+
+
+# -- heartbeat loss: the PLC's latched reaction (docs/devices.md) ----------------------------
+RUNNING = SafetyOutputs(
+    gas_master_valve=True,
+    precursor_valve=True,
+    exhaust_fan=False,
+    heater_a=True,
+    heater_b=True,
+    beacon_green=True,
+    rf_permit=True,
+)
+
+
+async def _lose_the_heartbeat(rig: Rig) -> SafetyInputs:
+    await rig.io.write_outputs(RUNNING)
+    before = await rig.alive()
+    assert before.outputs_effective == RUNNING
+    assert rig.plant.master_valve_open
+    rig.step(rig.config.heartbeat_timeout_s * 1.1)
+    inputs = await rig.io.read()
+    assert inputs.heartbeat_latched
+    return inputs
+
+
+def _process_step(rig: Rig, process_s: float) -> None:
+    """A big process-time step in little wall time (a fast --time-scale)."""
+    rig.wall += 0.01
+    rig.sim.step(process_s, rig.wall)
+
+
+async def test_heartbeat_loss_posture_then_master_valve_after_the_purge(rig: Rig) -> None:
+    inputs = await _lose_the_heartbeat(rig)
+    # At once: RF enable dropped, precursor valve closed, heaters off, exhaust fan forced on;
+    # the master valve stays open for the purge.
+    assert inputs.outputs_effective == SafetyOutputs(
+        gas_master_valve=True, exhaust_fan=True, beacon_green=True
+    )
+    assert not inputs.rf_enable
+    assert not rig.plant.rf_enable
+    assert not rig.plant.precursor_valve_open
+    assert rig.plant.heaters_on == [False, False]
+    assert rig.plant.exhaust_fan_on
+    assert rig.plant.master_valve_open
+    assert inputs.exhaust_draft_pa == pytest.approx(rig.plant.config.exhaust_draft_pa)
+    # The word stays the controller's: the PLC overrides it, it does not rewrite it.
+    assert await rig.io.read_outputs() == RUNNING
+
+    purge = rig.config.heartbeat_loss_purge_s
+    _process_step(rig, purge - 1.0)
+    assert rig.plant.master_valve_open  # the purge counts PROCESS seconds
+    _process_step(rig, 1.5)
+    assert not rig.plant.master_valve_open
+    inputs = await rig.io.read()
+    assert not inputs.outputs_effective.gas_master_valve
+    assert inputs.outputs_effective.exhaust_fan
+    assert inputs.heartbeat_latched
+
+
+async def test_purge_runs_in_process_time_not_wall_time(rig: Rig) -> None:
+    await _lose_the_heartbeat(rig)
+    # Long in wall time, short in process time: the purge is not over.
+    rig.wall += rig.config.heartbeat_loss_purge_s * 2
+    rig.sim.step(0.1, rig.wall)
+    assert rig.plant.master_valve_open
+
+
+@pytest.mark.parametrize(
+    ("kind", "params"),
+    [
+        ("exhaust_lost", {}),
+        ("scrubber_not_ready", {}),
+        ("gas_alarm", {}),
+        ("o2_enrichment", {}),
+    ],
+)
+async def test_no_purge_while_purging_would_push_gas_into_the_room(
+    rig: Rig, kind: str, params: dict[str, float]
+) -> None:
+    await _lose_the_heartbeat(rig)
+    rig.step()
+    assert rig.plant.master_valve_open  # purging
+    rig.faults.inject("safety_io", kind, params=params)
+    rig.step()  # at once: the master valve closes
+    assert not rig.plant.master_valve_open
+    rig.faults.clear("safety_io", kind)
+    rig.step()
+    assert not rig.plant.master_valve_open  # and stays closed until a reset
+
+
+async def test_a_loss_during_a_trip_closes_the_master_valve_at_once(rig: Rig) -> None:
+    await rig.io.write_outputs(RUNNING)
+    await rig.alive()
+    rig.faults.inject("safety_io", "gas_alarm")
+    rig.step(rig.config.heartbeat_timeout_s * 1.1)
+    inputs = await rig.io.read()
+    assert inputs.heartbeat_latched
+    assert not inputs.outputs_effective.gas_master_valve
+    assert not rig.plant.master_valve_open
+
+
+async def test_reset_without_beats_stays_latched(rig: Rig) -> None:
+    await _lose_the_heartbeat(rig)
+    await rig.io.reset_heartbeat_latch()
+    rig.step()
+    inputs = await rig.io.read()
+    assert inputs.heartbeat_latched
+    assert not inputs.heartbeat_ok
+    assert not rig.plant.rf_enable
+
+
+async def test_outputs_written_while_latched_are_stored_and_overridden(rig: Rig) -> None:
+    await _lose_the_heartbeat(rig)
+    _process_step(rig, rig.config.heartbeat_loss_purge_s + 1)
+    safe = SafetyOutputs(exhaust_fan=True, beacon_red=True)
+    await rig.io.write_outputs(dataclasses.replace(safe, precursor_valve=True, rf_permit=True))
+    inputs = await rig.alive()
+    assert inputs.outputs_effective == dataclasses.replace(safe)  # nothing but fan and beacon
+    assert not rig.plant.precursor_valve_open
+    assert not rig.plant.rf_enable
+
+    # The controller writes what it wants after the reset, then resets: the word rules again.
+    await rig.io.write_outputs(safe)
+    await rig.io.reset_heartbeat_latch()
+    inputs = await rig.alive()
+    assert not inputs.heartbeat_latched
+    assert inputs.outputs_effective == safe
+    assert not rig.plant.master_valve_open
+    # A reset does not re-open the master valve by itself: the word says closed.
+    await rig.io.write_outputs(dataclasses.replace(safe, gas_master_valve=True))
+    rig.step()
+    assert rig.plant.master_valve_open
+
+
+async def test_a_second_loss_after_a_reset_latches_again(rig: Rig) -> None:
+    await _lose_the_heartbeat(rig)
+    await rig.io.heartbeat()
+    await rig.io.reset_heartbeat_latch()
+    inputs = await rig.alive()
+    assert not inputs.heartbeat_latched
+    _process_step(rig, 0.0)
+    rig.step(rig.config.heartbeat_timeout_s * 1.1)
+    inputs = await rig.io.read()
+    assert inputs.heartbeat_latched
+    assert rig.plant.master_valve_open  # a fresh purge
+
+
+async def test_reset_command_other_values_are_refused(rig: Rig) -> None:
+    with pytest.raises(DeviceExceptionResponse) as refused:
+        await rig.transport.write_register(rig.config.unit, io_map.HR_COMMAND, 2)
+    assert refused.value.exception_code == 3
+    assert await rig.transport.read_holding(rig.config.unit, io_map.HR_COMMAND, 1) == [0]

@@ -4,7 +4,8 @@ the exact command the docs print, and a bare pymodbus client with no project cod
 
 The address and the command are taken from the docs themselves, so the docs cannot drift
 from what the simulator serves. The RF is switched on through the real drivers (the safety
-PLC needs a heartbeat before it enables RF) and the simulator is stepped explicitly."""
+PLC needs a heartbeat and the RF permit before it enables RF) and the simulator is stepped
+explicitly."""
 
 from __future__ import annotations
 
@@ -109,6 +110,7 @@ async def rig() -> AsyncIterator[Rig]:
 
 
 async def _rf_on_at_power(rig: Rig) -> None:
+    await rig.io.set_output("rf_permit", True)  # the controller's RF permit at the PLC
     await rig.io.heartbeat()
     rig.run(STEP_S)  # the PLC sees the beat and closes the RF enable
     assert rig.plant.rf_enable

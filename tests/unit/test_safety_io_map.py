@@ -28,6 +28,11 @@ NOMINAL = SafetyInputs(
     supply_dopant_bar=3.0,
     gas_detector_ppm=0.12,
     rod_temperature_c=1500.0,
+    room_o2_pct=20.9,
+    heartbeat_latched=False,
+    outputs_effective=SafetyOutputs(
+        gas_master_valve=True, exhaust_fan=True, beacon_green=True, rf_permit=True
+    ),
 )
 
 
@@ -44,7 +49,49 @@ def test_nominal_inputs_encode_to_the_documented_words() -> None:
         300,
         12,  # 0.12 ppm x 100
         15000,  # 1500 C x 10
+        2090,  # room O2 20.9 % x 100
+        0x0185,  # effective outputs: master valve, exhaust fan, beacon green, RF permit
     ]
+
+
+def test_input_and_holding_addresses_are_pinned() -> None:
+    assert (io_map.IR_GAS_DETECTOR, io_map.IR_ROD_TEMPERATURE) == (9, 10)
+    assert (io_map.IR_ROOM_O2, io_map.IR_OUTPUTS_EFFECTIVE, io_map.INPUT_COUNT) == (11, 12, 13)
+    assert (io_map.HR_OUTPUTS, io_map.HR_HEARTBEAT, io_map.HR_COMMAND) == (0, 1, 2)
+    assert io_map.HOLDING_COUNT == 3
+    assert io_map.COMMAND_RESET_HEARTBEAT_LATCH == 1
+    assert io_map.OUTPUTS_MASK == 0x01FF
+
+
+def test_heartbeat_latched_is_digital_bit_8() -> None:
+    latched = dataclasses.replace(NOMINAL, heartbeat_latched=True, heartbeat_ok=False)
+    words = io_map.encode_inputs(latched)
+    assert words[io_map.IR_DIGITAL] == 0b1_1001_1111
+    assert io_map.decode_inputs(words) == latched
+
+
+def test_room_o2_is_unsigned_hundredths() -> None:
+    words = io_map.encode_inputs(dataclasses.replace(NOMINAL, room_o2_pct=25.0))
+    assert words[io_map.IR_ROOM_O2] == 2500
+    assert io_map.decode_inputs(words).room_o2_pct == pytest.approx(25.0)
+
+
+def test_effective_outputs_with_reserved_bits_are_malformed() -> None:
+    words = io_map.encode_inputs(NOMINAL)
+    words[io_map.IR_OUTPUTS_EFFECTIVE] = 0x0200
+    with pytest.raises(ValueError, match="reserved"):
+        io_map.decode_inputs(words)
+
+
+def test_new_input_fields_default_to_fresh_air_and_nothing_latched() -> None:
+    legacy = dataclasses.replace(NOMINAL)
+    fields = {f.name: getattr(legacy, f.name) for f in dataclasses.fields(SafetyInputs)}
+    for name in ("room_o2_pct", "heartbeat_latched", "outputs_effective"):
+        del fields[name]
+    built = SafetyInputs(**fields)
+    assert built.room_o2_pct == io_map.NOMINAL_ROOM_O2_PCT == 20.9
+    assert not built.heartbeat_latched
+    assert built.outputs_effective == SafetyOutputs()
 
 
 def test_inputs_round_trip() -> None:
@@ -92,9 +139,15 @@ def test_outputs_default_to_all_off() -> None:
     assert io_map.encode_outputs(SafetyOutputs()) == 0
 
 
-def test_reserved_output_bits_are_malformed() -> None:
+def test_rf_permit_is_output_bit_8() -> None:
+    assert io_map.encode_outputs(SafetyOutputs(rf_permit=True)) == 0x0100
+    assert io_map.OUTPUT_BITS[-1] == "rf_permit"
+
+
+@pytest.mark.parametrize("word", [0x0200, 0x8000, 0xFFFF])
+def test_reserved_output_bits_are_malformed(word: int) -> None:
     with pytest.raises(ValueError, match="reserved"):
-        io_map.decode_outputs(0x0100)
+        io_map.decode_outputs(word)
 
 
 def test_heartbeat_counter_wraps_at_65535() -> None:
