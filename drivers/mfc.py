@@ -61,8 +61,9 @@ class MassFlowController(ABC):
             raise DeviceRangeError(self.name, "gas_number", number, 0, maximum)
 
     @abstractmethod
-    async def set_flow_slpm(self, value_slpm: float) -> None:
-        """Command a mass-flow setpoint; DeviceRangeError (nothing sent) outside 0..FS."""
+    async def set_flow_slpm(self, value_slpm: float, *, urgent: bool = False) -> None:
+        """Command a mass-flow setpoint; DeviceRangeError (nothing sent) outside 0..FS.
+        ``urgent``: ahead of every request queued on the bus (the one in flight first)."""
 
     @abstractmethod
     async def read(self) -> MfcReading: ...
@@ -97,8 +98,8 @@ class AlicatAsciiMfc(MassFlowController):
         self.unit = unit
         self._log = self._log.bind(unit=unit)
 
-    async def _request(self, line: str) -> str:
-        reply = await self.transport.request(line)
+    async def _request(self, line: str, *, urgent: bool = False) -> str:
+        reply = await self.transport.request(line, urgent=urgent)
         if ascii_codec.is_rejection(reply):
             raise DeviceProtocolError(self.name, repr(line), "device rejected the command (?)")
         return reply
@@ -119,8 +120,8 @@ class AlicatAsciiMfc(MassFlowController):
                 self.name, repr(request), f"reply from unit {unit}, expected {self.unit}"
             )
 
-    async def _frame_request(self, line: str) -> ascii_codec.DataFrame:
-        return self._frame(line, await self._request(line))
+    async def _frame_request(self, line: str, *, urgent: bool = False) -> ascii_codec.DataFrame:
+        return self._frame(line, await self._request(line, urgent=urgent))
 
     async def read(self) -> MfcReading:
         frame = await self._frame_request(ascii_codec.poll(self.unit))
@@ -134,10 +135,10 @@ class AlicatAsciiMfc(MassFlowController):
             status=frame.status,
         )
 
-    async def set_flow_slpm(self, value_slpm: float) -> None:
+    async def set_flow_slpm(self, value_slpm: float, *, urgent: bool = False) -> None:
         self._check_flow(value_slpm)
         line = ascii_codec.set_setpoint(self.unit, value_slpm)
-        frame = await self._frame_request(line)
+        frame = await self._frame_request(line, urgent=urgent)
         if abs(frame.setpoint_slpm - value_slpm) > _ASCII_SETPOINT_TOLERANCE_SLPM:
             raise DeviceProtocolError(
                 self.name, repr(line), f"setpoint echoed as {frame.setpoint_slpm:g}"
@@ -215,9 +216,11 @@ class AlicatModbusMfc(MassFlowController):
             status=readings.status,
         )
 
-    async def set_flow_slpm(self, value_slpm: float) -> None:
+    async def set_flow_slpm(self, value_slpm: float, *, urgent: bool = False) -> None:
         self._check_flow(value_slpm)
-        await self.transport.write_registers(self.unit, mb.SETPOINT, mb.encode_float(value_slpm))
+        await self.transport.write_registers(
+            self.unit, mb.SETPOINT, mb.encode_float(value_slpm), urgent=urgent
+        )
         self._log.info("mfc.setpoint", flow_slpm=value_slpm)
 
     async def _command(self, command: mb.SpecialCommand, argument: int) -> None:

@@ -40,9 +40,10 @@ class RfGenerator:
         self._log = log.bind(device=name, unit=unit)
 
     # -- commands --------------------------------------------------------------------------
-    async def set_power_kw(self, kw: float) -> None:
+    async def set_power_kw(self, kw: float, *, urgent: bool = False) -> None:
+        """``urgent``: ahead of every request queued on the bus (the one in flight first)."""
         self._check_range("power_kw", kw, 0.0, self.max_power_kw)
-        await self._write(rf_map.HR_POWER_SETPOINT, rf_map.encode_power_kw(kw))
+        await self._write(rf_map.HR_POWER_SETPOINT, rf_map.encode_power_kw(kw), urgent=urgent)
         self._log.debug("rf.setpoint", power_kw=kw)
 
     async def set_ramp_kw_s(self, rate: float) -> None:
@@ -56,8 +57,9 @@ class RfGenerator:
         await self._write(rf_map.HR_RF_COMMAND, rf_map.RF_COMMAND_ON)
         self._log.info("rf.on")
 
-    async def rf_off(self) -> None:
-        await self._write(rf_map.HR_RF_COMMAND, rf_map.RF_COMMAND_OFF)
+    async def rf_off(self, *, urgent: bool = False) -> None:
+        """``urgent``: ahead of every request queued on the bus (the one in flight first)."""
+        await self._write(rf_map.HR_RF_COMMAND, rf_map.RF_COMMAND_OFF, urgent=urgent)
         self._log.info("rf.off")
 
     async def reset_fault(self) -> None:
@@ -81,5 +83,5 @@ class RfGenerator:
         if not (math.isfinite(value) and low <= value <= high):
             raise DeviceRangeError(self.name, quantity, value, low, high)
 
-    async def _write(self, address: int, value: int) -> None:
-        await self._transport.write_register(self.unit, address, value)
+    async def _write(self, address: int, value: int, *, urgent: bool = False) -> None:
+        await self._transport.write_register(self.unit, address, value, urgent=urgent)

@@ -68,21 +68,30 @@ class ServoAxis:
         await self._control(Control(0))
 
     # -- motion ------------------------------------------------------------------------------
-    async def set_velocity(self, speed: float, acceleration: float | None = None) -> None:
-        """Velocity mode: run at ``speed`` (signed, rpm or mm/min) until told otherwise."""
+    async def set_velocity(
+        self, speed: float, acceleration: float | None = None, *, urgent: bool = False
+    ) -> None:
+        """Velocity mode: run at ``speed`` (signed, rpm or mm/min) until told otherwise.
+        ``urgent``: both writes go ahead of every request queued on the bus."""
         self._check("speed", speed, -self.max_speed, self.max_speed)
         accel = self._acceleration(acceleration)
-        await self._start(AxisMode.VELOCITY, 0.0, speed, accel)
+        await self._start(AxisMode.VELOCITY, 0.0, speed, accel, urgent=urgent)
 
     async def move_absolute(
-        self, position_mm: float, speed: float, acceleration: float | None = None
+        self,
+        position_mm: float,
+        speed: float,
+        acceleration: float | None = None,
+        *,
+        urgent: bool = False,
     ) -> None:
-        """Move to ``position_mm`` (linear axes, homed) at up to ``speed``."""
+        """Move to ``position_mm`` (linear axes, homed) at up to ``speed``. ``urgent``: both
+        writes go ahead of every request queued on the bus."""
         self._check("position_mm", position_mm, self.min_position_mm, self.max_position_mm)
         self._check_position_move(position_mm)
         self._check("speed", speed, 0.0, self.max_speed, low_open=True)
         accel = self._acceleration(acceleration)
-        await self._start(AxisMode.POSITION_ABSOLUTE, position_mm, speed, accel)
+        await self._start(AxisMode.POSITION_ABSOLUTE, position_mm, speed, accel, urgent=urgent)
 
     async def move_relative(
         self, distance_mm: float, speed: float, acceleration: float | None = None
@@ -110,13 +119,48 @@ class ServoAxis:
         """Reference the axis: a linear axis runs to its negative end, a rotary one zeroes."""
         await self._control(Control.ENABLE | Control.HOME)
 
-    async def stop(self) -> None:
-        """Decelerate to a stop at the commanded acceleration; the drive stays enabled."""
-        await self._control(Control.ENABLE | Control.STOP)
+    async def stop(self, *, urgent: bool = False) -> None:
+        """Decelerate to a stop at the commanded acceleration; the drive stays enabled.
+        ``urgent``: ahead of every request queued on the bus (the one in flight first)."""
+        await self._control(Control.ENABLE | Control.STOP, urgent=urgent)
 
     async def reset_alarm(self) -> None:
         """Clear a latched alarm (only once its cause is gone); the drive stays disabled."""
         await self._control(Control.ENABLE | Control.RESET_ALARM)
+
+    # -- communication watchdog ---------------------------------------------------------------
+    async def configure_comm_watchdog(self, timeout_s: float, fallback_speed: float = 0.0) -> None:
+        """Arm the drive's communication watchdog (HR 10-12, one request): once no request
+        has reached this drive for ``timeout_s`` (wall time; 0 switches it off), a linear
+        axis decelerates to a stop and a rotary one runs at ``fallback_speed`` (rpm, signed;
+        never a stop while the rod may be hot); both raise alarm code 7 (COMM_WATCHDOG).
+        A linear axis has no fallback speed (it must be 0)."""
+        if math.isnan(timeout_s) or not 0.0 <= timeout_s <= servo_map.MAX_COMM_WATCHDOG_S:
+            raise DeviceRangeError(
+                self.name, "comm_watchdog_s", timeout_s, 0.0, servo_map.MAX_COMM_WATCHDOG_S
+            )
+        if 0.0 < timeout_s < 1 / servo_map.COMM_WATCHDOG_SCALE:
+            # It would round to 0 ms, which is "off": never switch a watchdog off by accident.
+            raise DeviceRangeError(
+                self.name, "comm_watchdog_s", timeout_s, 0.001, servo_map.MAX_COMM_WATCHDOG_S
+            )
+        limit = self.max_speed if self.motion == "rotary" else 0.0
+        self._check("fallback_speed", fallback_speed, -limit, limit)
+        await self.transport.write_registers(
+            self.unit,
+            servo_map.HR_COMM_WATCHDOG,
+            servo_map.encode_watchdog_block(timeout_s, fallback_speed),
+        )
+        self._log.info(
+            "servo.comm_watchdog", timeout_s=timeout_s, fallback_speed=fallback_speed
+        )
+
+    async def read_comm_watchdog(self) -> tuple[float, float]:
+        """(timeout_s, fallback_speed) as the drive holds them."""
+        words = await self.transport.read_holding(
+            self.unit, servo_map.HR_COMM_WATCHDOG, servo_map.WATCHDOG_BLOCK_COUNT
+        )
+        return servo_map.decode_watchdog_block(words)
 
     # -- status ------------------------------------------------------------------------------
     async def read(self) -> AxisStatus:
@@ -130,15 +174,31 @@ class ServoAxis:
 
     # -- helpers -----------------------------------------------------------------------------
     async def _start(
-        self, mode: AxisMode, position_mm: float, velocity: float, acceleration: float
+        self,
+        mode: AxisMode,
+        position_mm: float,
+        velocity: float,
+        acceleration: float,
+        *,
+        urgent: bool = False,
     ) -> None:
         block = servo_map.encode_motion_block(mode, position_mm, velocity, acceleration)
-        await self.transport.write_registers(self.unit, servo_map.HR_MODE, block)
-        await self._control(Control.ENABLE | Control.START)
+        # Setpoints (FC 16) then the start (FC 6), holding the bus between them: a queued
+        # poll does not delay the start.
+        await self.transport.write_sequence(
+            self.unit,
+            [
+                (servo_map.HR_MODE, block),
+                (servo_map.HR_CONTROL, int(Control.ENABLE | Control.START)),
+            ],
+            urgent=urgent,
+        )
         self._log.debug("servo.start", mode=mode.name, target=position_mm, velocity=velocity)
 
-    async def _control(self, word: Control) -> None:
-        await self.transport.write_register(self.unit, servo_map.HR_CONTROL, int(word))
+    async def _control(self, word: Control, *, urgent: bool = False) -> None:
+        await self.transport.write_register(
+            self.unit, servo_map.HR_CONTROL, int(word), urgent=urgent
+        )
 
     def _acceleration(self, acceleration: float | None) -> float:
         if acceleration is None:

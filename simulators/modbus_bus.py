@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
@@ -64,6 +66,10 @@ class RegisterDevice:
     def refresh(self) -> None:
         """Bring the register images up to date with the device state."""
 
+    def on_request(self) -> None:
+        """A request addressed to this unit has arrived (read or write; before it is
+        handled). A drive's communication watchdog feeds on it."""
+
     def on_write(self, address: int, values: list[int]) -> int | None:
         """Validate and apply a write to holding registers; return an exception code to refuse."""
         self.holding[address : address + len(values)] = values
@@ -87,8 +93,12 @@ class RegisterDevice:
         return self.on_write(address, list(values))
 
 
+RequestHook = Callable[[RegisterDevice, int, int, list[int] | list[bool] | None], None]
+
+
 async def _action(  # noqa: PLR0917 - the signature is pymodbus's SimAction, plus the device
     device: RegisterDevice,
+    on_request: RequestHook,
     function_code: int,
     start_address: int,
     address: int,
@@ -98,6 +108,7 @@ async def _action(  # noqa: PLR0917 - the signature is pymodbus's SimAction, plu
 ) -> ExcCodes | None:
     """pymodbus hook: route one request to the device and mirror its answer into pymodbus's
     register block, which pymodbus then frames."""
+    on_request(device, function_code, address, set_values)
     offset = address - start_address
     result: list[int] | int | None
     if function_code == READ_HOLDING:
@@ -120,7 +131,7 @@ async def _action(  # noqa: PLR0917 - the signature is pymodbus's SimAction, plu
     return None
 
 
-def _sim_device(device: RegisterDevice) -> SimDevice:
+def _sim_device(device: RegisterDevice, on_request: RequestHook) -> SimDevice:
     # Coils and discrete inputs are not used by any of our maps (every device is
     # register-only); pymodbus needs a block per table all the same.
     bits = [SimData(0, count=1, values=False, datatype=DataType.BITS)]
@@ -132,7 +143,7 @@ def _sim_device(device: RegisterDevice) -> SimDevice:
             [SimData(0, count=max(1, device.holding_size), datatype=DataType.REGISTERS)],
             [SimData(0, count=max(1, device.input_size), datatype=DataType.REGISTERS)],
         ),
-        action=partial(_action, device),
+        action=partial(_action, device, on_request),
     )
 
 
@@ -166,6 +177,8 @@ class ModbusBusServer:
         self._watch: asyncio.Task[None] | None = None
         self.frames_in = 0
         self.frames_out = 0
+        # The last requests the devices saw, in arrival order: (unit, function code, address).
+        self.requests_seen: deque[tuple[int, int, int]] = deque(maxlen=256)
         self._log = log.bind(bus=name)
 
     @property
@@ -186,7 +199,7 @@ class ModbusBusServer:
 
     async def _listen(self) -> None:
         server = ModbusTcpServer(
-            [_sim_device(d) for d in self.devices.values()],
+            [_sim_device(d, self._on_request) for d in self.devices.values()],
             address=(self.host, self.port),
             framer=FramerType.SOCKET if self.framing == "tcp" else FramerType.RTU,
             trace_packet=self._trace_packet,
@@ -215,6 +228,20 @@ class ModbusBusServer:
                 await self._close()
             elif not self._disconnect_active() and self._server is None:
                 await self._listen()
+
+    def _on_request(
+        self,
+        device: RegisterDevice,
+        function_code: int,
+        address: int,
+        set_values: list[int] | list[bool] | None,
+    ) -> None:
+        if function_code == WRITE_SINGLE and set_values is None:
+            return  # pymodbus reading its own block back to build a write's echo
+        self.requests_seen.append((device.unit, function_code, address))
+        if self.faults.link_fault(device.name) in ("silent", "disconnect"):
+            return  # a cut line: the request never reached the device
+        device.on_request()
 
     def _unit_of(self, frame: bytes) -> int | None:
         index = 6 if self.framing == "tcp" else 0

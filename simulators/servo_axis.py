@@ -4,7 +4,13 @@ Speaks the register map of docs/devices.md ("Servo drives") through
 ``drivers.codecs.servo_map``. Motion is a trapezoidal profile with the configured velocity
 and acceleration limits, integrated analytically phase by phase in process time, so a step of
 several seconds neither overshoots a target nor crosses a travel end. The drive writes what
-its motor does to the plant (spindle rpm, carriage or torch-slide position) by its name."""
+its motor does to the plant (spindle rpm, carriage or torch-slide position) by its name.
+
+Communication watchdog (HR 10-12): once armed, a drive that has heard no request for
+``comm_watchdog_ms`` of WALL time (domain.md rule 7; ``step``'s ``wall_now``) raises alarm
+COMM_WATCHDOG: a linear axis decelerates to a stop and disables, a rotary axis (enabled) runs
+at the watchdog velocity and keeps turning (a hot rod must not stop). Every request to the
+unit, read or write, feeds it (``on_request``, stamped at the next step)."""
 
 from __future__ import annotations
 
@@ -165,12 +171,16 @@ class ServoAxisSim(RegisterDevice):
         self._drift = 0.0
         self._stuck_at: float | None = None
         self._load_percent = LOAD_BASE_PERCENT
+        self._request_pending = False
+        self._last_request_wall: float | None = None
+        self.watchdog_fired = False  # fired since the last request
         self._log = log.bind(device=name, unit=config.unit)
         self._write_plant()
         self.refresh()
 
     # -- stepping ------------------------------------------------------------------------------
     def step(self, dt_s: float, wall_now: float) -> None:
+        self._watch_comm(wall_now)
         self._supervise()
         if dt_s <= 0:
             return
@@ -248,6 +258,44 @@ class ServoAxisSim(RegisterDevice):
             self.plant.carriage_mm = self.position
         elif self.name == "torch_slide":
             self.plant.torch_slide_mm = self.position
+
+    # -- communication watchdog ----------------------------------------------------------------
+    def on_request(self) -> None:
+        self._request_pending = True
+
+    @property
+    def comm_watchdog_s(self) -> float:
+        return servo_map.decode_comm_watchdog_s(self.holding[servo_map.HR_COMM_WATCHDOG])
+
+    @property
+    def watchdog_velocity(self) -> float:
+        at = servo_map.HR_WATCHDOG_VELOCITY
+        return servo_map.decode_velocity(self.holding[at : at + 2])
+
+    def _watch_comm(self, wall_now: float) -> None:
+        if self._request_pending:
+            self._request_pending = False
+            self._last_request_wall = wall_now
+            self.watchdog_fired = False
+        timeout = self.comm_watchdog_s
+        if timeout <= 0 or self._last_request_wall is None or self.watchdog_fired:
+            return
+        if wall_now - self._last_request_wall >= timeout:
+            self._comm_watchdog_fire()
+
+    def _comm_watchdog_fire(self) -> None:
+        self.watchdog_fired = True
+        if self.alarm_code == AlarmCode.NONE:
+            self.alarm_code = AlarmCode.COMM_WATCHDOG  # a latched earlier alarm keeps its code
+        self._log.warning("servo_sim.comm_watchdog", rotary=self.rotary)
+        if not self.rotary:
+            self._disable("comm watchdog")
+            return
+        if self.enabled:
+            accel = self.config.acceleration * self._accel_k
+            self._commanded_accel = accel
+            self.jog_direction = 0
+            self._run_velocity(AxisMode.VELOCITY, self.watchdog_velocity * self._speed_k, accel)
 
     # -- supervision: power, alarms ------------------------------------------------------------
     def _supervise(self) -> None:
@@ -344,10 +392,13 @@ class ServoAxisSim(RegisterDevice):
         velocity = abs(self._read_velocity(image)) * servo_map.VELOCITY_SCALE
         accel = self._read_accel(image) * servo_map.ACCELERATION_SCALE
         jog = servo_map.decode_speed(image[servo_map.HR_JOG_SPEED : servo_map.HR_JOG_SPEED + 2])
+        at = servo_map.HR_WATCHDOG_VELOCITY
+        fallback = abs(servo_map.decode_velocity(image[at : at + 2])) * servo_map.VELOCITY_SCALE
         return (
             round(velocity) <= max_counts
             and round(accel) <= max_accel_counts
             and round(jog * servo_map.VELOCITY_SCALE) <= max_counts
+            and round(fallback) <= max_counts
         )
 
     @staticmethod

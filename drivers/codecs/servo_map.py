@@ -30,7 +30,12 @@ HR_TARGET_POSITION = 2  # int32, 2 registers: absolute position or relative dist
 HR_TARGET_VELOCITY = 4  # int32, 2 registers: signed in velocity mode, magnitude otherwise
 HR_ACCELERATION = 6  # uint32, 2 registers: 0 = the drive's configured maximum
 HR_JOG_SPEED = 8  # uint32, 2 registers
-HOLDING_COUNT = 10
+HR_COMM_WATCHDOG = 10  # uint16, ms without a request before the watchdog acts; 0 = off
+HR_WATCHDOG_VELOCITY = 11  # int32, 2 registers: a rotary axis's speed once the watchdog acts
+HOLDING_COUNT = 13
+WATCHDOG_BLOCK_COUNT = 3  # HR 10-12, written in one request
+COMM_WATCHDOG_SCALE = 1000.0  # counts (ms) per second
+MAX_COMM_WATCHDOG_S = 0xFFFF / COMM_WATCHDOG_SCALE
 MOTION_BLOCK_COUNT = HR_JOG_SPEED - HR_MODE  # HR 1-7: mode, position, velocity, acceleration
 
 # -- input registers (function 4) --------------------------------------------------------------
@@ -103,6 +108,7 @@ class AlarmCode(IntEnum):
     OVERLOAD = 4
     FOLLOWING_ERROR = 5
     ENCODER = 6
+    COMM_WATCHDOG = 7  # no request for comm_watchdog_ms: linear axes stopped, rotary at fallback
 
 
 @dataclass(frozen=True)
@@ -194,7 +200,31 @@ def decode_load(word: int) -> float:
     return word / LOAD_SCALE
 
 
+def encode_comm_watchdog_ms(timeout_s: float) -> int:
+    """The watchdog timeout in whole ms (0 = off); a non-zero timeout never rounds to off."""
+    raw = round(timeout_s * COMM_WATCHDOG_SCALE)
+    if timeout_s < 0 or raw > 0xFFFF or (timeout_s > 0 and raw == 0):
+        raise ValueError(f"a watchdog of {timeout_s} s does not fit 1-65535 ms (or 0 = off)")
+    return raw
+
+
+def decode_comm_watchdog_s(word: int) -> float:
+    return word / COMM_WATCHDOG_SCALE
+
+
 # -- register blocks ---------------------------------------------------------------------------
+def encode_watchdog_block(timeout_s: float, fallback_velocity: float) -> list[int]:
+    """HR 10-12 in one write: watchdog timeout (ms), then the rotary fallback velocity."""
+    return [encode_comm_watchdog_ms(timeout_s), *encode_velocity(fallback_velocity)]
+
+
+def decode_watchdog_block(words: list[int] | tuple[int, ...]) -> tuple[float, float]:
+    """(timeout_s, fallback velocity) from HR 10-12."""
+    if len(words) != WATCHDOG_BLOCK_COUNT:
+        raise ValueError(f"expected {WATCHDOG_BLOCK_COUNT} registers, got {len(words)}")
+    return decode_comm_watchdog_s(words[0]), decode_velocity(words[1:3])
+
+
 def encode_motion_block(
     mode: AxisMode, position_mm: float, velocity: float, acceleration: float
 ) -> list[int]:

@@ -2,7 +2,8 @@
 a pseudo-terminal, or TCP (``socket://host:port``, as a serial device server provides).
 
 Same error model as the Modbus transport: a timeout per request, bounded retries, reconnect
-with backoff, one request at a time per bus (multi-drop RS-485 is half-duplex)."""
+with backoff, one request at a time per bus (multi-drop RS-485 is half-duplex); an ``urgent``
+request goes ahead of every request queued on the line, after the one in flight."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import structlog
 from drivers.errors import DeviceDisconnected, DeviceProtocolError, DeviceTimeout
 from drivers.transports.backoff import Backoff
 from drivers.transports.endpoint import Endpoint
+from drivers.transports.priority_lock import PriorityLock
 
 log = structlog.get_logger(__name__)
 
@@ -75,7 +77,7 @@ class AsciiTransport:
         self.retries = retries
         self.terminator = terminator
         self._backoff = backoff or Backoff()
-        self._lock = asyncio.Lock()
+        self._lock = PriorityLock()
         self._transport: asyncio.Transport | None = None
         self._protocol: _LineProtocol | None = None
         self.requests = 0
@@ -99,11 +101,11 @@ class AsciiTransport:
         return self._protocol is not None and not self._protocol.closed.is_set()
 
     async def connect(self) -> None:
-        async with self._lock:
+        async with self._lock.hold():
             await self._connect_locked()
 
     async def close(self) -> None:
-        async with self._lock:
+        async with self._lock.hold():
             protocol = self._protocol
             self._drop()
         if protocol is not None:
@@ -148,9 +150,10 @@ class AsciiTransport:
         self._protocol = protocol
         self._log.info("ascii.connected")
 
-    async def request(self, line: str, *, reply: bool = True) -> str:
-        """Send one line and return the reply line (without its terminator)."""
-        async with self._lock:
+    async def request(self, line: str, *, reply: bool = True, urgent: bool = False) -> str:
+        """Send one line and return the reply line (without its terminator). ``urgent``: ahead
+        of every request queued on the line (the one in flight finishes first)."""
+        async with self._lock.hold(urgent=urgent):
             self.requests += 1
             try:
                 return await self._request_locked(line, reply)

@@ -1,15 +1,16 @@
 """Modbus TCP and RTU transport on pymodbus's async clients.
 
 One instance per bus. RS-485 is half-duplex, so requests on a bus are serialised by a lock;
-each request has its own timeout and a bounded number of retries; a dropped link is
-reconnected on the next request, paced by an exponential backoff so a dead device never
-turns into a busy loop. Failures surface as the typed errors of ``drivers.errors``."""
+a write marked ``urgent`` (the safety reaction's) goes ahead of every request queued on the
+bus, after the one in flight (``PriorityLock``); each request has its own timeout and a
+bounded number of retries; a dropped link is reconnected on the next request, paced by an
+exponential backoff so a dead device never turns into a busy loop. Failures surface as the
+typed errors of ``drivers.errors``."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -28,6 +29,7 @@ from drivers.errors import (
 )
 from drivers.transports.backoff import Backoff
 from drivers.transports.endpoint import Endpoint
+from drivers.transports.priority_lock import PriorityLock
 
 # pymodbus logs every timeout and unknown frame at ERROR through its own logger; our typed
 # errors and structured logs already say it, once, with the device attached.
@@ -36,6 +38,9 @@ logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 log = structlog.get_logger(__name__)
 
 ModbusClient = AsyncModbusTcpClient | AsyncModbusSerialClient
+# One write of a sequence: (address, value) is a single-register write (FC 6),
+# (address, [values]) a multiple-register write (FC 16).
+Write = tuple[int, int | list[int]]
 
 
 class ModbusTransport:
@@ -57,7 +62,7 @@ class ModbusTransport:
         self.timeout_s = timeout_s
         self.retries = retries
         self._backoff = backoff or Backoff()
-        self._lock = asyncio.Lock()
+        self._lock = PriorityLock()
         self._client: ModbusClient | None = None
         self._garbage_seen = False
         self.requests = 0
@@ -83,11 +88,11 @@ class ModbusTransport:
 
     async def connect(self) -> None:
         """Connect now; raises DeviceDisconnected if the bus cannot be reached."""
-        async with self._lock:
+        async with self._lock.hold():
             await self._connect_locked()
 
     async def close(self) -> None:
-        async with self._lock:
+        async with self._lock.hold():
             self._drop_client()
 
     def _make_client(self) -> ModbusClient:
@@ -172,18 +177,49 @@ class ModbusTransport:
             expect=count,
         )
 
-    async def write_register(self, unit: int, address: int, value: int) -> None:
-        await self._call(
+    async def write_register(
+        self, unit: int, address: int, value: int, *, urgent: bool = False
+    ) -> None:
+        """FC 6. ``urgent``: ahead of every request queued on the bus."""
+        await self._call(*self._single(unit, address, value), expect=None, urgent=urgent)
+
+    async def write_registers(
+        self, unit: int, address: int, values: list[int], *, urgent: bool = False
+    ) -> None:
+        """FC 16. ``urgent``: ahead of every request queued on the bus."""
+        await self._call(*self._multiple(unit, address, values), expect=None, urgent=urgent)
+
+    async def write_sequence(
+        self, unit: int, writes: Sequence[Write], *, urgent: bool = False
+    ) -> None:
+        """Several writes to one unit back to back, holding the bus between them (no queued
+        request slips in between, e.g. a drive's setpoints and then its start). Each write
+        has its own timeout and retries; the first failure ends the sequence."""
+        async with self._lock.hold(urgent=urgent):
+            for address, value in writes:
+                request, send = (
+                    self._single(unit, address, value)
+                    if isinstance(value, int)
+                    else self._multiple(unit, address, value)
+                )
+                await self._counted(request, send, None)
+
+    @staticmethod
+    def _single(
+        unit: int, address: int, value: int
+    ) -> tuple[str, Callable[[ModbusClient], Awaitable[ModbusPDU]]]:
+        return (
             f"write {address}={value} @{unit}",
             lambda c: c.write_register(address, value, device_id=unit),
-            expect=None,
         )
 
-    async def write_registers(self, unit: int, address: int, values: list[int]) -> None:
-        await self._call(
+    @staticmethod
+    def _multiple(
+        unit: int, address: int, values: list[int]
+    ) -> tuple[str, Callable[[ModbusClient], Awaitable[ModbusPDU]]]:
+        return (
             f"write {address}+{len(values)} @{unit}",
             lambda c: c.write_registers(address, values, device_id=unit),
-            expect=None,
         )
 
     async def _call(
@@ -192,14 +228,23 @@ class ModbusTransport:
         send: Callable[[ModbusClient], Awaitable[ModbusPDU]],
         *,
         expect: int | None,
+        urgent: bool = False,
     ) -> list[int]:
-        async with self._lock:
-            self.requests += 1
-            try:
-                return await self._call_locked(request, send, expect)
-            except Exception:
-                self.failures += 1
-                raise
+        async with self._lock.hold(urgent=urgent):
+            return await self._counted(request, send, expect)
+
+    async def _counted(
+        self,
+        request: str,
+        send: Callable[[ModbusClient], Awaitable[ModbusPDU]],
+        expect: int | None,
+    ) -> list[int]:
+        self.requests += 1
+        try:
+            return await self._call_locked(request, send, expect)
+        except Exception:
+            self.failures += 1
+            raise
 
     async def _call_locked(
         self,

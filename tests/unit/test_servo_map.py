@@ -150,3 +150,31 @@ def test_decode_refuses_unknown_mode_and_wrong_length() -> None:
         servo_map.decode_inputs(words)
     with pytest.raises(ValueError, match="input registers"):
         servo_map.decode_inputs([0] * 3)
+
+
+def test_watchdog_registers_are_pinned() -> None:
+    assert (servo_map.HR_JOG_SPEED, servo_map.HR_COMM_WATCHDOG) == (8, 10)
+    assert servo_map.HR_WATCHDOG_VELOCITY == 11
+    assert servo_map.HOLDING_COUNT == 13
+    assert servo_map.WATCHDOG_BLOCK_COUNT == 3
+    assert int(servo_map.AlarmCode.COMM_WATCHDOG) == 7
+
+
+def test_watchdog_block_is_ms_then_int32_velocity_high_word_first() -> None:
+    # 1.0 s = 1000 ms = 0x03E8; 10 rpm = 1,000 x 0.01 rpm = 0x0000 0x03E8.
+    assert servo_map.encode_watchdog_block(1.0, 10.0) == [0x03E8, 0x0000, 0x03E8]
+    assert servo_map.encode_watchdog_block(0.25, -10.0) == [0x00FA, 0xFFFF, 0xFC18]
+    assert servo_map.encode_watchdog_block(0.0, 0.0) == [0, 0, 0]  # off
+    assert servo_map.decode_watchdog_block([0x03E8, 0x0000, 0x03E8]) == (1.0, 10.0)
+
+
+@pytest.mark.parametrize("timeout_s", [-0.001, 65.536, 0.0004])
+def test_watchdog_timeout_must_fit_the_register(timeout_s: float) -> None:
+    with pytest.raises(ValueError, match="watchdog"):
+        servo_map.encode_comm_watchdog_ms(timeout_s)
+
+
+def test_watchdog_timeout_extremes() -> None:
+    assert servo_map.encode_comm_watchdog_ms(0.001) == 1
+    assert servo_map.encode_comm_watchdog_ms(65.535) == 0xFFFF
+    assert servo_map.decode_comm_watchdog_s(0xFFFF) == servo_map.MAX_COMM_WATCHDOG_S == 65.535
