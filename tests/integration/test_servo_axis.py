@@ -17,7 +17,8 @@ from typing import TypeVar
 import pytest
 
 from controller.config import LineConfig, ServoAxisConfig, load_line_config
-from drivers.codecs.servo_map import AxisMode
+from drivers.codecs import servo_map
+from drivers.codecs.servo_map import AlarmCode, AxisMode
 from drivers.errors import (
     DeviceDisconnected,
     DeviceError,
@@ -48,6 +49,7 @@ class Rig:
     bus: ModbusBusServer
     transport: ModbusTransport
     axes: dict[str, ServoAxis]
+    wall: float = 0.0  # the drives' wall clock (their comm watchdog); only tick() moves it
 
     def run(self, seconds: float, dt_s: float = 0.1) -> None:
         """Advance the drives and the plant by `seconds` of process time."""
@@ -56,8 +58,13 @@ class Rig:
 
     def step(self, dt_s: float) -> None:
         for sim in self.sims.values():
-            sim.step(dt_s, 0.0)
+            sim.step(dt_s, self.wall)
         self.plant.step(dt_s)
+
+    def tick(self, wall_s: float) -> None:
+        """Advance wall time and the same process time by wall_s."""
+        self.wall += wall_s
+        self.step(wall_s)
 
 
 def make_axis(transport: ModbusTransport, name: str, config: ServoAxisConfig) -> ServoAxis:
@@ -557,3 +564,139 @@ def test_velocity_ramp_is_exact_over_long_steps() -> None:
     # 1.5 s ramp (135 degrees) then 1.5 s at 180 degrees/s (270 degrees).
     assert moved.velocity == 180.0
     assert moved.position == pytest.approx(405.0)
+
+
+# -- communication watchdog (docs/devices.md, "Servo drives": HR 10-12) --------------------------
+async def test_pinned_watchdog_frame(rig: Rig) -> None:
+    # Unit 1 (spindle), FC 16 at HR 10, 3 registers: 1000 ms, then +10.00 rpm (0x000003E8).
+    request = bytes.fromhex("01 10 00 0a 00 03 06 03e8 0000 03e8 a6 3a")
+    assert await _exchange(rig.bus.port, request, 8) == bytes.fromhex("01 10 00 0a 00 03 a0 0a")
+    spindle = rig.sims["spindle"]
+    assert spindle.comm_watchdog_s == 1.0
+    assert spindle.watchdog_velocity == 10.0
+    # The driver writes the same block in one request, and reads it back.
+    carriage = rig.axes["carriage"]
+    before = rig.transport.requests
+    await carriage.configure_comm_watchdog(0.25)
+    assert rig.transport.requests == before + 1
+    assert rig.sims["carriage"].holding[10:13] == [250, 0, 0]
+    assert await carriage.read_comm_watchdog() == (0.25, 0.0)
+    assert await rig.axes["spindle"].read_comm_watchdog() == (1.0, 10.0)
+
+
+async def test_watchdog_stops_a_linear_axis_with_an_alarm(rig: Rig) -> None:
+    carriage = await home_carriage(rig)
+    await carriage.configure_comm_watchdog(1.0)
+    await carriage.move_absolute(1200.0, 3000.0)
+    for _ in range(30):  # 3 s of wall time, a poll every 0.1 s: fed, no alarm
+        await carriage.read()
+        rig.tick(0.1)
+    status = await carriage.read()
+    assert status.moving
+    assert not status.alarm
+    rig.tick(0.1)
+    # The controller falls silent: after 1 s (wall) the drive stops and raises alarm 7.
+    for _ in range(11):
+        rig.tick(0.1)
+    sim = rig.sims["carriage"]
+    assert sim.alarm_code == AlarmCode.COMM_WATCHDOG
+    assert not sim.enabled
+    run_until(rig, "carriage", at_rest, 0.1, 10)
+    status = await carriage.read()
+    assert status.alarm
+    assert status.alarm_code == 7
+    assert not status.moving
+    assert status.position_mm < 1200.0
+    # Requests resume: the alarm stays until reset; then the drive can be enabled.
+    rig.tick(0.1)
+    assert (await carriage.read()).alarm_code == 7
+    await carriage.reset_alarm()
+    await carriage.enable()
+    status = await carriage.read()
+    assert not status.alarm
+    assert status.enabled
+
+
+async def test_watchdog_keeps_the_spindle_turning_at_the_fallback_speed(rig: Rig) -> None:
+    spindle = rig.axes["spindle"]
+    await spindle.configure_comm_watchdog(0.5, fallback_speed=10.0)
+    await spindle.enable()
+    await spindle.set_velocity(30.0)
+    rig.tick(0.1)
+    for _ in range(6):
+        rig.tick(0.1)
+    sim = rig.sims["spindle"]
+    assert sim.alarm_code == AlarmCode.COMM_WATCHDOG
+    assert sim.enabled
+    rig.run(5.0, 0.5)
+    status = await spindle.read()
+    assert status.alarm_code == 7
+    assert status.alarm
+    assert status.enabled
+    assert status.velocity == pytest.approx(10.0)  # never to a stop: the rod may be hot
+    assert rig.plant.spindle_rpm == pytest.approx(10.0)
+    await spindle.reset_alarm()
+    status = await spindle.read()
+    assert not status.alarm
+    assert status.velocity == pytest.approx(10.0)
+
+
+async def test_watchdog_starts_a_spindle_at_rest_but_enabled(rig: Rig) -> None:
+    spindle = rig.axes["spindle"]
+    await spindle.configure_comm_watchdog(0.5, fallback_speed=10.0)
+    await spindle.enable()
+    rig.tick(0.1)
+    for _ in range(6):
+        rig.tick(0.1)
+    rig.run(2.0, 0.5)
+    assert rig.plant.spindle_rpm == pytest.approx(10.0)
+
+
+async def test_a_cut_line_does_not_feed_the_watchdog(rig: Rig) -> None:
+    carriage = rig.axes["carriage"]
+    await carriage.configure_comm_watchdog(0.5)
+    rig.tick(0.1)
+    rig.faults.inject("carriage", "silent")
+    for _ in range(6):
+        with pytest.raises((DeviceTimeout, DeviceDisconnected)):
+            await carriage.read()
+        rig.tick(0.1)
+    assert rig.sims["carriage"].alarm_code == AlarmCode.COMM_WATCHDOG
+    # The other drives on the bus have no watchdog armed: nothing happens to them.
+    assert rig.sims["torch_slide"].alarm_code == AlarmCode.NONE
+
+
+async def test_reads_alone_feed_the_watchdog_and_off_never_fires(rig: Rig) -> None:
+    slide = rig.axes["torch_slide"]
+    await slide.configure_comm_watchdog(0.3)
+    for _ in range(50):
+        await slide.read()
+        rig.tick(0.1)
+    assert not (await slide.read()).alarm
+    await slide.configure_comm_watchdog(0.0)  # off
+    rig.tick(0.1)
+    for _ in range(50):
+        rig.tick(0.1)
+    assert rig.sims["torch_slide"].alarm_code == AlarmCode.NONE
+
+
+async def test_watchdog_range_checks_send_nothing(rig: Rig) -> None:
+    before = rig.transport.requests
+    with pytest.raises(DeviceRangeError):
+        await rig.axes["carriage"].configure_comm_watchdog(1.0, fallback_speed=10.0)
+    with pytest.raises(DeviceRangeError):
+        await rig.axes["spindle"].configure_comm_watchdog(1.0, fallback_speed=101.0)
+    with pytest.raises(DeviceRangeError):
+        await rig.axes["spindle"].configure_comm_watchdog(65.536)
+    with pytest.raises(DeviceRangeError):
+        await rig.axes["spindle"].configure_comm_watchdog(0.0004)  # would round to "off"
+    assert rig.transport.requests == before
+
+
+async def test_drive_refuses_a_fallback_above_max_speed(rig: Rig) -> None:
+    with pytest.raises(DeviceExceptionResponse) as refused:
+        await rig.transport.write_registers(
+            1, servo_map.HR_COMM_WATCHDOG, servo_map.encode_watchdog_block(1.0, 150.0)
+        )
+    assert refused.value.exception_code == ILLEGAL_VALUE
+    assert rig.sims["spindle"].comm_watchdog_s == 0.0
