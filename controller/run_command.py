@@ -160,6 +160,10 @@ async def _supervise(  # noqa: PLR0917 - one call site, each argument named ther
             f"povd-sim) is running and that the endpoints / line configuration point at it")
         return EXIT_REFUSED
     await sup.make_idle("connect")
+    reset = await sup.reset_controller_loss(operator)
+    if reset:
+        out(f"reset what the hardware latched when the last controller stopped: "
+            f"{', '.join(reset)} (recorded)")
     blockers = await sup.wait_healthy()
     if blockers:
         err("refused: interlocks not healthy: " + "; ".join(blockers))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import contextlib
 import signal
 import socket
@@ -121,6 +122,7 @@ async def _serve(
             if missing:
                 log.warning("serve.links_missing", devices=missing)
             await sup.make_idle("serve")
+            await sup.reset_controller_loss(getpass.getuser())
             await sup.wait_healthy()
             service = LineService(sup, users, db)
             if service.status()["interrupted_runs"]:

@@ -42,6 +42,7 @@ from controller.safety.writer import Actuators, EnvelopeRefused
 from controller.states import ACTIVE_STATES, Command, State, StateMachine
 from controller.supervisor_reactions import SupervisorReactions, cancel_and_wait
 from controller.telemetry import Fanout, Telemetry
+from drivers.codecs.servo_map import AlarmCode
 from drivers.errors import DeviceError
 
 log = structlog.get_logger(__name__)
@@ -239,6 +240,28 @@ class Supervisor(SupervisorReactions):
         await self.act.set_outputs(source, exhaust_fan=True, gas_master_valve=False,
                                    precursor_valve=False, heater_a=False, heater_b=False,
                                    rf_permit=False, beacon_green=False, beacon_amber=True)
+
+    async def reset_controller_loss(self, user: str) -> list[str]:
+        """After a controller died, the hardware latched what it did alone: the PLC's
+        heartbeat loss, each drive's communication-watchdog alarm. Restarting needs a
+        recorded command (rule 11): the operator's ``povd run`` / ``povd serve`` is it, and
+        the resets are recorded before they are written. Returns what was reset."""
+        io = self.telemetry.safety
+        axes = [name for name, status in self.telemetry.axes.items()
+                if status.alarm and status.alarm_code == AlarmCode.COMM_WATCHDOG]
+        latched = io is not None and io.heartbeat_latched
+        if not axes and not latched:
+            return []
+        what = [*axes, *(["heartbeat_latch"] if latched else [])]
+        await self.record_command(user, "reset_after_controller_loss", {"reset": what},
+                                  accepted=True, reason=None)
+        source = f"restart:{user}"
+        resets = [self.act.reset_axis_alarm(axis, source) for axis in axes]
+        if latched:
+            resets.append(self.act.reset_heartbeat_latch(source))
+        await asyncio.gather(*resets, return_exceptions=True)
+        await asyncio.sleep(3 / poll_hz(self.line, "carriage"))  # fresh readings
+        return what
 
     async def wait_healthy(self, timeout_s: float = 5.0) -> list[str]:
         """Wait for the start blockers to go (e.g. the exhaust draft coming up)."""

@@ -14,7 +14,7 @@ reconciliation) and is reported after it has gone out: records never delay a wri
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +64,31 @@ class Actuators:
         self._envelope = envelope
         self._listeners: list[SetpointListener] = [on_setpoint] if on_setpoint else []
         self._refusal_listeners: list[RefusalListener] = []
+        self._sent = 0
+        self._landed: dict[str, int] = {}
+        self._axis_intent: dict[str, Callable[[], Awaitable[None]]] = {}
+
+    async def _axis_write(self, axis: str, send: Callable[[], Awaitable[None]]) -> None:
+        """An axis's latest intent (move, velocity, jog or stop) is what it ends with."""
+        self._axis_intent[axis] = send
+
+        async def latest() -> None:
+            await self._axis_intent[axis]()
+        await self._in_order(f"axis:{axis}", send, latest)
+
+    async def _in_order(self, key: str, send: Callable[[], Awaitable[None]],
+                        latest: Callable[[], Awaitable[None]]) -> None:
+        """Send a write; if a newer write of the same setpoint landed first (an urgent one
+        overtakes queued ones on its bus), this one is stale on the wire: send the latest
+        intent again, so the device ends where the controller last asked."""
+        self._sent += 1
+        mine = self._sent
+        await send()
+        if self._landed.get(key, 0) > mine:
+            log.info("actuators.stale_write_superseded", setpoint=key)
+            await latest()
+            return
+        self._landed[key] = mine
 
     def add_listener(self, listener: SetpointListener) -> None:
         self._listeners.append(listener)
@@ -97,7 +122,8 @@ class Actuators:
     # -- RF --------------------------------------------------------------------------------
     async def rf_off(self, source: str, *, urgent: bool = False) -> None:
         self.commanded.rf_on = False  # the intent first: the reconciler re-asserts it
-        await self.machine.rf.rf_off(urgent=urgent)
+        await self._in_order("rf_on", lambda: self.machine.rf.rf_off(urgent=urgent),
+                             self._rf_latest)
         self._report("rf", "rf_on", False, source)
 
     async def rf_on(self, source: str) -> None:
@@ -111,9 +137,15 @@ class Actuators:
                                source)
         if not self.commanded.outputs.rf_permit:
             await self.set_outputs(source, rf_permit=True)
-        await self.machine.rf.rf_on()
         self.commanded.rf_on = True
+        await self._in_order("rf_on", self.machine.rf.rf_on, self._rf_latest)
         self._report("rf", "rf_on", True, source)
+
+    async def _rf_latest(self) -> None:
+        if self.commanded.rf_on:
+            await self.machine.rf.rf_on()
+        else:
+            await self.machine.rf.rf_off(urgent=True)
 
     async def set_power_kw(self, kw: float, source: str, *, urgent: bool = False) -> None:
         env = self.envelope()
@@ -121,8 +153,10 @@ class Actuators:
             why = env.reasons.get("rf", "the generator's maximum")
             raise self._refuse("rf", "power_kw", kw, f"above {env.max_power_kw:g} kW ({why})",
                                source)
-        await self.machine.rf.set_power_kw(kw, urgent=urgent)
         self.commanded.power_kw = kw
+        await self._in_order(
+            "power_kw", lambda: self.machine.rf.set_power_kw(kw, urgent=urgent),
+            lambda: self.machine.rf.set_power_kw(self.commanded.power_kw, urgent=True))
         self._report("rf", "power_kw", kw, source)
 
     async def set_ramp_kw_s(self, rate: float, source: str) -> None:
@@ -141,8 +175,11 @@ class Actuators:
             why = self.envelope().reasons.get(device, "full scale")
             raise self._refuse(device, "flow_slpm", slpm, f"above {limit:g} slpm ({why})",
                                source)
-        await self.machine.mfcs[device].set_flow_slpm(slpm, urgent=urgent)
+        mfc = self.machine.mfcs[device]
         self.commanded.flows_slpm[device] = slpm
+        await self._in_order(
+            device, lambda: mfc.set_flow_slpm(slpm, urgent=urgent),
+            lambda: mfc.set_flow_slpm(self.commanded.flows_slpm[device], urgent=True))
         self._report(device, "flow_slpm", slpm, source)
 
     def outputs_refusal(self, env: Envelope, changes: dict[str, bool]) -> tuple[str, str] | None:
@@ -170,7 +207,9 @@ class Actuators:
             raise self._refuse("safety_io", name, changes[name], reason, source)
         outputs = dataclasses.replace(self.commanded.outputs, **changes)
         self.commanded.outputs = outputs
-        await self.machine.safety_io.write_outputs(outputs, urgent=urgent)
+        io = self.machine.safety_io
+        await self._in_order("outputs", lambda: io.write_outputs(outputs, urgent=urgent),
+                             lambda: io.write_outputs(self.commanded.outputs, urgent=True))
         for name, value in changes.items():
             self._report("safety_io", name, value, source)
 
@@ -196,16 +235,18 @@ class Actuators:
         if "spindle" in self.commanded.disabled_axes or not urgent:
             await spindle.enable()
             self.commanded.disabled_axes.discard("spindle")
-        await spindle.set_velocity(rpm, urgent=urgent)
         self.commanded.spindle_rpm = rpm
+        await self._axis_write("spindle", lambda: spindle.set_velocity(rpm, urgent=urgent))
         self._report("spindle", "velocity_rpm", rpm, source)
 
     async def move_axis(self, axis: str, position_mm: float, speed: float, source: str, *,
                         urgent: bool = False) -> None:
         self._check_speed(axis, speed, source)
-        await self.machine.axes[axis].move_absolute(position_mm, speed, urgent=urgent)
         self.commanded.axis_targets[axis] = position_mm
         self.commanded.axis_speeds[axis] = speed
+        drive = self.machine.axes[axis]
+        await self._axis_write(axis, lambda: drive.move_absolute(position_mm, speed,
+                                                                 urgent=urgent))
         self._report(axis, "target_mm", position_mm, source)
         self._report(axis, "speed", speed, source)
 
@@ -213,10 +254,11 @@ class Actuators:
         self._check_speed(axis, speed, source)
         if axis == "spindle":
             self._check_spindle_turns(speed, source)
-        await self.machine.axes[axis].jog(direction, speed)
         self.commanded.axis_speeds[axis] = speed
         if axis == "spindle":
             self.commanded.spindle_rpm = direction * speed
+        drive = self.machine.axes[axis]
+        await self._axis_write(axis, lambda: drive.jog(direction, speed))
         self._report(axis, "jog", direction * speed, source)
 
     async def stop_axis(self, axis: str, source: str, *, urgent: bool = False) -> None:
@@ -224,7 +266,8 @@ class Actuators:
             self._check_spindle_turns(0.0, source)
             self.commanded.spindle_rpm = 0.0
         self.commanded.axis_speeds.pop(axis, None)
-        await self.machine.axes[axis].stop(urgent=urgent)
+        drive = self.machine.axes[axis]
+        await self._axis_write(axis, lambda: drive.stop(urgent=urgent))
         self._report(axis, "stop", True, source)
 
     async def enable_axis(self, axis: str, source: str) -> None:
