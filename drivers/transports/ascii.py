@@ -100,6 +100,12 @@ class AsciiTransport:
     def connected(self) -> bool:
         return self._protocol is not None and not self._protocol.closed.is_set()
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for the bus now (urgent and normal), the one in flight excluded."""
+        urgent, normal = self._lock.waiting
+        return urgent + normal
+
     async def connect(self) -> None:
         async with self._lock.hold():
             await self._connect_locked()

@@ -86,6 +86,12 @@ class ModbusTransport:
     def connected(self) -> bool:
         return self._client is not None and self._client.connected
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for the bus now (urgent and normal), the one in flight excluded."""
+        urgent, normal = self._lock.waiting
+        return urgent + normal
+
     async def connect(self) -> None:
         """Connect now; raises DeviceDisconnected if the bus cannot be reached."""
         async with self._lock.hold():

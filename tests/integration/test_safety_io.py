@@ -625,3 +625,24 @@ async def test_reset_command_other_values_are_refused(rig: Rig) -> None:
         await rig.transport.write_register(rig.config.unit, io_map.HR_COMMAND, 2)
     assert refused.value.exception_code == 3
     assert await rig.transport.read_holding(rig.config.unit, io_map.HR_COMMAND, 1) == [0]
+
+
+async def test_urgent_outputs_write_goes_ahead_of_queued_polls(rig: Rig) -> None:
+    await rig.transport.connect()
+    rig.bus.requests_seen.clear()
+    polls = [asyncio.create_task(rig.io.read()) for _ in range(6)]
+    beat = asyncio.create_task(rig.io.heartbeat())
+    for _ in range(20):
+        await asyncio.sleep(0)
+        if rig.transport.queued == 6:
+            break
+    assert rig.transport.queued == 6  # one poll in flight, five polls and a beat queued
+    await rig.io.write_outputs(SafetyOutputs(exhaust_fan=True), urgent=True)
+    await asyncio.gather(*polls, beat)
+    poll = (rig.config.unit, 4, io_map.IR_DIGITAL)
+    assert list(rig.bus.requests_seen) == [
+        poll,
+        (rig.config.unit, 6, io_map.HR_OUTPUTS),
+        *[poll] * 5,
+        (rig.config.unit, 6, io_map.HR_HEARTBEAT),
+    ]

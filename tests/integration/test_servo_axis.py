@@ -700,3 +700,58 @@ async def test_drive_refuses_a_fallback_above_max_speed(rig: Rig) -> None:
         )
     assert refused.value.exception_code == ILLEGAL_VALUE
     assert rig.sims["spindle"].comm_watchdog_s == 0.0
+
+
+# -- urgent writes on the drive bus ----------------------------------------------------------------
+async def _queue_polls(rig: Rig, axis: str, count: int) -> list[asyncio.Task[AxisStatus]]:
+    await rig.transport.connect()
+    rig.bus.requests_seen.clear()
+    tasks = [asyncio.create_task(rig.axes[axis].read()) for _ in range(count)]
+    for _ in range(20):  # no sleeping: the simulator answers within a millisecond
+        await asyncio.sleep(0)
+        if rig.transport.queued == count - 1:
+            return tasks
+    raise AssertionError("the polls did not queue")
+
+
+READ_STATUS = (2, 4, servo_map.IR_STATUS)  # (unit, function, address) of a carriage poll
+
+
+async def test_urgent_stop_goes_ahead_of_queued_polls(rig: Rig) -> None:
+    carriage = await home_carriage(rig)
+    await carriage.move_absolute(1200.0, 3000.0)
+    rig.run(1.0, 0.5)
+    polls = await _queue_polls(rig, "torch_slide", 6)
+    await carriage.stop(urgent=True)
+    await asyncio.gather(*polls)
+    seen = list(rig.bus.requests_seen)
+    slide_poll = (3, 4, servo_map.IR_STATUS)
+    assert seen == [slide_poll, (2, 6, servo_map.HR_CONTROL), *[slide_poll] * 5]
+
+
+async def test_urgent_move_sends_both_writes_before_the_queued_polls(rig: Rig) -> None:
+    carriage = await home_carriage(rig)
+    polls = await _queue_polls(rig, "torch_slide", 5)
+    await carriage.move_absolute(0.0, 3000.0, urgent=True)
+    await asyncio.gather(*polls)
+    slide_poll = (3, 4, servo_map.IR_STATUS)
+    assert list(rig.bus.requests_seen) == [
+        slide_poll,
+        (2, 16, servo_map.HR_MODE),  # setpoints, then the start: nothing slips in between
+        (2, 6, servo_map.HR_CONTROL),
+        *[slide_poll] * 4,
+    ]
+
+
+async def test_urgent_set_velocity_and_ordinary_writes_wait(rig: Rig) -> None:
+    spindle = rig.axes["spindle"]
+    await spindle.enable()
+    polls = await _queue_polls(rig, "carriage", 4)
+    ordinary = asyncio.create_task(spindle.set_velocity(10.0))
+    await asyncio.sleep(0)  # queued behind the polls
+    await spindle.set_velocity(12.0, urgent=True)
+    await asyncio.gather(*polls, ordinary)
+    seen = list(rig.bus.requests_seen)
+    assert seen[:3] == [READ_STATUS, (1, 16, servo_map.HR_MODE), (1, 6, servo_map.HR_CONTROL)]
+    assert seen[3:6] == [READ_STATUS] * 3
+    assert seen[6:] == [(1, 16, servo_map.HR_MODE), (1, 6, servo_map.HR_CONTROL)]

@@ -339,3 +339,85 @@ async def test_ascii_requests_are_serialised() -> None:
         replies = await asyncio.gather(*(transport.request(line) for line in lines))
     assert replies == [f"echo {line}" for line in lines]
     assert server.max_outstanding == 1
+
+
+# -- urgent requests ---------------------------------------------------------------------------
+async def slow_modbus(frame: bytes) -> bytes:
+    """Reads answer their address (see mbap_read_reply); a write single is echoed."""
+    await asyncio.sleep(0.005)
+    if frame[7] == 6:
+        return frame
+    return mbap_read_reply(frame)
+
+
+async def _until_queued(transport: Transport, count: int) -> None:
+    for _ in range(200):
+        if transport.queued == count:
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"{transport.queued} queued, expected {count}")
+
+
+def _modbus_requests(server: BareServer) -> list[tuple[int, int]]:
+    """(function code, address) of each request frame, in arrival order."""
+    return [(frame[7], struct.unpack(">H", frame[8:10])[0]) for frame in server.requests]
+
+
+@pytest.mark.parametrize("urgent", [True, False])
+async def test_modbus_urgent_write_goes_right_after_the_request_in_flight(urgent: bool) -> None:
+    polls = 8
+    async with (
+        BareServer("mbap", slow_modbus) as server,
+        closing(modbus(server.port)) as transport,
+    ):
+        assert isinstance(transport, ModbusTransport)
+        await transport.connect()
+        tasks = [
+            asyncio.create_task(transport.read_holding(1, address, 1)) for address in range(polls)
+        ]
+        await _until_queued(transport, polls - 1)  # poll 0 in flight, the rest queued
+        await transport.write_register(1, 100, 0, urgent=urgent)
+        await asyncio.gather(*tasks)
+    seen = _modbus_requests(server)
+    reads = [(3, address) for address in range(polls)]
+    if urgent:
+        assert seen == [reads[0], (6, 100), *reads[1:]]
+    else:
+        assert seen == [*reads, (6, 100)]  # an ordinary write waits its turn
+    assert server.max_outstanding == 1
+
+
+async def test_modbus_urgent_requests_keep_their_own_order() -> None:
+    async with (
+        BareServer("mbap", slow_modbus) as server,
+        closing(modbus(server.port)) as transport,
+    ):
+        assert isinstance(transport, ModbusTransport)
+        await transport.connect()
+        tasks = [asyncio.create_task(transport.read_holding(1, a, 1)) for a in range(4)]
+        await _until_queued(transport, 3)
+        urgent = [
+            asyncio.create_task(transport.write_register(1, 100 + n, 0, urgent=True))
+            for n in range(3)
+        ]
+        await _until_queued(transport, 6)
+        await asyncio.gather(*tasks, *urgent)
+    assert _modbus_requests(server) == [
+        (3, 0), (6, 100), (6, 101), (6, 102), (3, 1), (3, 2), (3, 3),
+    ]
+
+
+async def test_ascii_urgent_request_goes_right_after_the_one_in_flight() -> None:
+    async with (
+        BareServer("line", slow_line_echo) as server,
+        closing(ascii_line(server.port)) as transport,
+    ):
+        assert isinstance(transport, AsciiTransport)
+        await transport.connect()
+        tasks = [asyncio.create_task(transport.request(f"A{n}")) for n in range(6)]
+        await _until_queued(transport, 5)
+        assert await transport.request("BS0.00", urgent=True) == "echo BS0.00"
+        await asyncio.gather(*tasks)
+    assert server.requests == [
+        b"A0\r", b"BS0.00\r", b"A1\r", b"A2\r", b"A3\r", b"A4\r", b"A5\r",
+    ]

@@ -1,0 +1,89 @@
+"""The bus lock: urgent acquirers go ahead of every waiting normal one, the holder finishes
+first, first come first served within each queue, and cancellation never loses the lock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from drivers.transports.priority_lock import PriorityLock
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def _worker(lock: PriorityLock, name: str, order: list[str], *, urgent: bool) -> None:
+    async with lock.hold(urgent=urgent):
+        order.append(name)
+        await asyncio.sleep(0)
+
+
+async def test_urgent_goes_ahead_of_queued_normal_waiters() -> None:
+    lock = PriorityLock()
+    order: list[str] = []
+    await lock.acquire()  # the request in flight
+    tasks = [asyncio.create_task(_worker(lock, f"poll{n}", order, urgent=False)) for n in range(5)]
+    await _settle()
+    assert lock.waiting == (0, 5)
+    tasks += [asyncio.create_task(_worker(lock, "urgent1", order, urgent=True))]
+    tasks += [asyncio.create_task(_worker(lock, "urgent2", order, urgent=True))]
+    await _settle()
+    assert lock.waiting == (2, 5)
+    order.append("in flight done")
+    lock.release()
+    await asyncio.gather(*tasks)
+    assert order == [
+        "in flight done", "urgent1", "urgent2", "poll0", "poll1", "poll2", "poll3", "poll4",
+    ]
+    assert not lock.locked()
+
+
+async def test_free_lock_is_taken_at_once() -> None:
+    lock = PriorityLock()
+    await lock.acquire(urgent=False)
+    assert lock.locked()
+    lock.release()
+    assert not lock.locked()
+
+
+async def test_release_unheld_is_an_error() -> None:
+    with pytest.raises(RuntimeError):
+        PriorityLock().release()
+
+
+async def test_cancelled_waiter_leaves_the_queue() -> None:
+    lock = PriorityLock()
+    await lock.acquire()
+    waiter = asyncio.create_task(lock.acquire(urgent=True))
+    await _settle()
+    waiter.cancel()
+    await _settle()
+    assert lock.waiting == (0, 0)
+    lock.release()
+    assert not lock.locked()
+
+
+async def test_waiter_cancelled_after_the_handover_passes_the_lock_on() -> None:
+    lock = PriorityLock()
+    order: list[str] = []
+    await lock.acquire()
+    first = asyncio.create_task(lock.acquire())
+    second = asyncio.create_task(_worker(lock, "second", order, urgent=False))
+    await _settle()
+    lock.release()  # handed to `first`, which is cancelled before it runs
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    await asyncio.wait_for(second, 1.0)
+    assert order == ["second"]
+    assert not lock.locked()
+
+
+async def test_an_exception_in_the_holder_releases() -> None:
+    lock = PriorityLock()
+    with pytest.raises(ValueError):
+        async with lock.hold(urgent=True):
+            raise ValueError("boom")
+    assert not lock.locked()
