@@ -310,3 +310,19 @@ def beating_without_enable(
         return inputs.heartbeat_ok and not inputs.rf_enable and not await rf_enable()
 
     return check
+
+
+async def test_o2_enrichment_fault_reads_at_the_room_o2_register(
+    sim: LineSimulator, machine: Machine
+) -> None:
+    assert (await machine.safety_io.read()).room_o2_pct == pytest.approx(20.9)
+    reply = await _control(
+        sim, {"cmd": "fault", "device": "safety_io", "kind": "o2_enrichment"}
+    )
+    assert reply["ok"], reply
+
+    async def enriched() -> bool:
+        reading = (await machine.safety_io.read()).room_o2_pct
+        return bool(reading == pytest.approx(25.0))  # trip 23.5 + 1.5 points
+
+    await _until(enriched, "the room O2 reading of the fault")

@@ -140,6 +140,20 @@ def test_fault_params_reach_the_simulator(server: Server) -> None:
                        "params": {"offset": 1.5, "channel": "mass_slpm"}}]
 
 
+def test_o2_enrichment_fault_from_the_command_line(server: Server) -> None:
+    document = server.document()
+    fault = _run("fault", "--endpoints", str(server.endpoints), "safety_io", "o2_enrichment",
+                 "--param", "value=24.5", "--for", "30")
+    assert fault.returncode == 0, fault.stderr
+    active = _control(document, {"cmd": "faults"})["faults"]
+    assert [(f["device"], f["kind"], f["params"]) for f in active] == [
+        ("safety_io", "o2_enrichment", {"value": 24.5})
+    ]
+    cleared = _run("clear", "--endpoints", str(server.endpoints), "safety_io", "o2_enrichment")
+    assert cleared.returncode == 0, cleared.stderr
+    assert _control(document, {"cmd": "faults"})["faults"] == []
+
+
 def test_invalid_config_exits_2_with_the_error_on_stderr(tmp_path: Path) -> None:
     config = tmp_path / "broken.yaml"
     config.write_text("line: l1\nmachine: m1\nbuses: {}\ndevices: {}\n")

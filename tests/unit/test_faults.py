@@ -129,6 +129,7 @@ def test_the_issue_fault_kinds_exist() -> None:
     issue_process_faults = {
         "flame_out", "water_flow_low", "door_open", "estop", "gas_alarm", "exhaust_lost",
         "scrubber_not_ready", "drive_alarm", "rf_fault", "safety_relay_open",
+        "o2_enrichment",
     }
     assert issue_process_faults <= PROCESS_FAULTS
     assert ALL_FAULTS == LINK_FAULTS | VALUE_FAULTS | PROCESS_FAULTS
@@ -140,3 +141,9 @@ def test_default_wall_clock_is_monotonic() -> None:
     assert fault.expires_at is not None
     assert fault.expires_at - fault.started_at == pytest.approx(3600)
     assert board.is_active("rf", "silent")
+
+
+def test_o2_enrichment_is_injectable_like_gas_alarm(board: FaultBoard) -> None:
+    fault = board.inject("safety_io", "o2_enrichment", params={"value": 24.0})
+    assert board.is_active("safety_io", "o2_enrichment")
+    assert fault.params == {"value": 24.0}

@@ -279,3 +279,9 @@ def test_efficiency_falls_outside_its_windows(
     plant.rf_forward_kw = power_kw
     hold_gap(plant, gap_mm)
     assert plant.efficiency() < plant.config.efficiency_nominal
+
+
+def test_room_o2_and_exhaust_fan_defaults(plant: Plant) -> None:
+    assert plant.config.room_o2_pct == 20.9  # fresh air
+    assert not plant.exhaust_fan_on  # the safety PLC drives it
+    assert plant.snapshot()["exhaust_fan_on"] is False
