@@ -18,8 +18,6 @@ import pytest
 from argon2 import PasswordHasher
 
 from controller.config import load_line_config
-
-TEST_POWER_MAX_KW = load_line_config().supervision.device_test_max_power_kw
 from controller.service import LineService
 from controller.service_protocol import CommandReply
 from controller.states import Mode
@@ -29,6 +27,7 @@ from tests.system.rig import RECIPES, Rig, line_rig
 pytestmark = pytest.mark.slow
 
 TIME_SCALE = 10.0
+TEST_POWER_MAX_KW = load_line_config().supervision.device_test_max_power_kw
 FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 FITTER = "max"  # the maintenance user
 RENEW_S = 0.1

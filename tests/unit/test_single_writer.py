@@ -31,13 +31,9 @@ LINE = load_line_config()
 
 def _driver_calls(path: Path) -> list[tuple[str, int]]:
     tree = ast.parse(path.read_text())
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                and node.func.attr in DRIVER_SETTERS \
-                and "machine" in ast.unparse(node.func.value):
-            found.append((node.func.attr, node.lineno))
-    return found
+    return [(node.func.attr, node.lineno) for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in DRIVER_SETTERS and "machine" in ast.unparse(node.func.value)]
 
 
 def test_no_module_but_the_writer_calls_a_drivers_setter() -> None:
