@@ -87,7 +87,7 @@ async def to_deposition(sim: LineSimulator, machine: Machine) -> None:
     io = machine.safety_io
     await io.heartbeat()
     await io.write_outputs(SafetyOutputs(gas_master_valve=True, precursor_valve=True,
-                                         exhaust_fan=True))
+                                         exhaust_fan=True, rf_permit=True))
     sim.step(SETUP_STEP_S, sim.clock.wall())  # the PLC sees the beat: RF enabled
     spindle, carriage, slide = (machine.axes[n] for n in ("spindle", "carriage", "torch_slide"))
     for axis in (spindle, carriage, slide):

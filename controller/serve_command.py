@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import contextlib
+import getpass
 import signal
 import socket
 from pathlib import Path
