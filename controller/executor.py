@@ -547,6 +547,7 @@ class Executor:
 
         deadline = self.clock.now() + self.line.supervision.cooldown_max_s
         while not cooled() and self.clock.now() < deadline:
+            self._check_stop()
             await asyncio.sleep(POLL_S)
         await self._set_gases(0.0, 0.0, 0.0)
         if cooled():

@@ -321,11 +321,20 @@ class Supervisor(SupervisorReactions):
                                  cursor=cursor, on_pass=self._on_pass,
                                  on_progress=self._on_progress)
         self.sm.apply(Command.START, cause=f"run {self.run_id}")
-        await self.act.set_outputs("start", exhaust_fan=True, gas_master_valve=True,
-                                   precursor_valve=False, beacon_green=True)
-        for axis in AXIS_NAMES:
-            await self.act.enable_axis(axis, "start")
-        await self._home_if_needed()
+        try:
+            await self.act.set_outputs("start", exhaust_fan=True, gas_master_valve=True,
+                                       precursor_valve=False, beacon_green=True)
+            for axis in AXIS_NAMES:
+                await self.act.enable_axis(axis, "start")
+            await self._home_if_needed()
+        except (StepFailed, DeviceError, EnvelopeRefused) as exc:
+            # A start that cannot finish ends like any failure in a run: safe state, Aborted,
+            # recorded; never a unit left in Starting with the master valve open.
+            if self.sm.state is State.STARTING:
+                await self._abort_with("step_failed", f"start failed: {exc}")
+            return
+        if self.sm.state is not State.STARTING:
+            return  # an abort, a stop or a trip cut in while the axes homed: nothing to run
         self._launch_executor(resume=cursor is not None)
         if cursor is None:
             self.sm.complete(cause="machine ready")
@@ -336,14 +345,24 @@ class Supervisor(SupervisorReactions):
             if status is not None and status.homed:
                 continue
             await self.act.home_axis(axis, "start")
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + self._homing_budget_s(axis)
             while time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
+                if self.sm.state is not State.STARTING:
+                    return
                 status = self.telemetry.axes.get(axis)
                 if status is not None and status.homed and not status.moving:
                     break
             else:
                 raise StepFailed("start", f"{axis} did not home")
+
+    def _homing_budget_s(self, axis: str) -> float:
+        """Wall time for homing from the far end at setup speed (the drive's homing speed),
+        with margin."""
+        cfg = self.line.axis(axis)
+        setup = cfg.max_speed * cfg.setup_speed_fraction
+        travel = cfg.max_position_mm - cfg.min_position_mm
+        return self.clock.wall_budget(travel / setup * 60 * 1.5) + 10.0
 
     def _launch_executor(self, *, resume: bool) -> None:
         assert self.executor is not None
@@ -379,11 +398,13 @@ class Supervisor(SupervisorReactions):
             self._log.exception("executor.crashed")
             await self._abort_with("internal_error", repr(exc))
             return
-        self._exec_task = None
         if self.sm.state is State.EXECUTE:
+            # Still the executor's task: a trip during the cool-down cancels it.
             self.sm.complete(cause="recipe finished")
             await self._cool_down_if_hot("completing")
-            self.sm.complete(cause="run complete")
+            if self._now_in(State.COMPLETING):
+                self.sm.complete(cause="run complete")
+        self._exec_task = None
 
     def _resumed(self) -> None:
         if self.sm.state in (State.UNHOLDING, State.UNSUSPENDING, State.STARTING):

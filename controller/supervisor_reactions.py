@@ -84,6 +84,10 @@ class SupervisorReactions:
         def _record(self, write: Callable[[], Awaitable[Any]]) -> None: ...
         def _launch_executor(self, *, resume: bool) -> None: ...
 
+    def _now_in(self, state: State) -> bool:
+        """The state as of now: an await may have let a reaction change it."""
+        return self.sm.state is state
+
     # -- the executor's task ---------------------------------------------------------------
     async def _cancel_executor(self) -> None:
         task = self._exec_task
@@ -354,7 +358,8 @@ class SupervisorReactions:
             self.alarms.evaluate("reignite_failed", True, now)
             self.sm.apply(Command.SUSPEND, cause=str(exc))
             await self._safe_posture(POSTURE_FOR_REACTION[Reaction.SUSPEND], "ignition_failed")
-            self.sm.complete(cause="ignition failed: waiting for the operator")
+            if self._now_in(State.SUSPENDING):  # unless a trip or an abort cut in
+                self.sm.complete(cause="ignition failed: waiting for the operator")
         else:
             await self._abort_with("step_failed", str(exc))
 
@@ -365,7 +370,8 @@ class SupervisorReactions:
             return
         self.sm.apply(Command.ABORT, cause=reason)
         await self._safe_posture(POSTURE_FOR_REACTION[Reaction.TRIP], f"abort:{alarm_tag}")
-        self.sm.complete(cause="safe state reached")
+        if self._now_in(State.ABORTING):
+            self.sm.complete(cause="safe state reached")
 
     async def _records_failed(self, exc: Exception) -> None:
         self.alarms.evaluate("records_unavailable", True, time.time())
