@@ -11,10 +11,11 @@ from controller.config import load_line_config
 from controller.interlocks import INTERLOCKS, Interlock, Reaction, Signals, blocking_start, evaluate
 from controller.reactions import apply_posture, nearest_turning_point
 from controller.safe_state import ESTOP, HOLD, POSTURE_FOR_REACTION, TRIP, TRIP_GAS
-from controller.safety.envelope import EnvelopeInputs, compute
+from controller.safety.envelope import EnvelopeInputs, compute, cooling_speed_rpm
 from controller.safety.writer import Actuators
 from controller.states import State
 from controller.telemetry import Telemetry
+from tests.fakes import RecordingMachine, recording_machine
 
 LINE = load_line_config()
 IO = LINE.safety_io()
@@ -171,3 +172,42 @@ def test_nearest_turning_point() -> None:
     a, b = LINE.geometry.turning_point_a_mm, LINE.geometry.turning_point_b_mm
     assert nearest_turning_point(LINE, a + 10) == a
     assert nearest_turning_point(LINE, b - 10) == b
+
+
+# -- the trip posture chooses its targets inside the envelope (rule 10) ----------------------
+async def _trip_posture(*, move_torch_slide: bool = True, **inputs: Any) -> RecordingMachine:
+    env = compute(EnvelopeInputs(**{"state": State.ABORTING, **inputs}), LINE)
+    machine = recording_machine()
+    await apply_posture(Actuators(machine, lambda: env), TRIP, LINE, Telemetry(),  # type: ignore[arg-type]
+                        source="test", move_torch_slide=move_torch_slide)
+    return machine
+
+
+async def test_the_trip_retracts_the_torch_slide_at_setup_speed_with_a_door_open() -> None:
+    machine = await _trip_posture(doors_closed=False, rod_temperature_c=1500.0)
+    (move,) = machine.calls("torch_slide.move_absolute")
+    slide = LINE.axis("torch_slide")
+    assert move.args[1] <= slide.max_speed * slide.setup_speed_fraction
+
+
+async def test_the_trip_leaves_the_torch_slide_alone_in_maintenance_mode() -> None:
+    machine = await _trip_posture(move_torch_slide=False, rod_temperature_c=1500.0)
+    assert machine.calls("torch_slide.move_absolute") == []
+
+
+async def test_the_trip_turns_the_spindle_only_while_the_rod_is_hot() -> None:
+    cold = await _trip_posture(rod_temperature_c=25.0)
+    assert cold.calls("spindle.set_velocity") == []
+    hot = await _trip_posture(rod_temperature_c=900.0)
+    (turn,) = hot.calls("spindle.set_velocity")
+    assert turn.args[0] == cooling_speed_rpm(LINE)
+
+
+async def test_the_trip_drops_the_rf_permit_with_the_rf_off_and_never_purges_into_the_room(
+) -> None:
+    machine = await _trip_posture(conditions=frozenset({"exhaust_lost"}),
+                                  rod_temperature_c=1500.0)
+    assert machine.names()[0] == "rf.rf_off"
+    (outputs,) = machine.calls("safety_io.write_outputs")
+    assert not outputs.args[0].rf_permit and not outputs.args[0].gas_master_valve
+    assert all(c.args[0] == 0.0 for c in machine.log if c.method == "set_flow_slpm")
