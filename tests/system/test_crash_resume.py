@@ -135,3 +135,58 @@ def test_a_second_controller_for_the_same_line_is_refused(tmp_path: Path, simula
     assert first.returncode == 1, out + err  # ended, but not complete
     runs = RecordsReader(data / "records.sqlite3").list_runs()
     assert runs and runs[0].outcome is not None and runs[0].outcome.value == "stopped"
+
+
+def _fault(endpoints: Path, device: str, kind: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "simulators.serve", "fault", "--endpoints", str(endpoints),
+         device, kind], capture_output=True, text=True, check=True, timeout=30)
+
+
+def test_a_dead_controller_leaves_the_hardware_to_reach_rest(tmp_path: Path,
+                                                             simulator: Path) -> None:
+    """Rule 11: kill -9 while depositing; the PLC's heartbeat-loss logic and the drives'
+    watchdogs bring the machine to rest without any controller."""
+    data = tmp_path / "data"
+    controller = _povd(data, "run", str(RECIPE), "--endpoints", str(simulator))
+    try:
+        _wait(lambda: _plant(simulator)["precursor_valve_open"] is True
+              and float(_plant(simulator)["carriage_mm"]) > 310, 90, "deposition")  # type: ignore[arg-type]
+    finally:
+        os.kill(controller.pid, signal.SIGKILL)
+        controller.communicate(timeout=10)
+    _wait(lambda: _plant(simulator)["rf_enable"] is False, 10, "the PLC to drop RF enable")
+    plant = _plant(simulator)
+    assert plant["precursor_valve_open"] is False, "precursor valve closed with the RF"
+    assert plant["heaters_on"] == [False, False]
+    assert plant["exhaust_fan_on"] is True
+    # The master valve after the PLC's purge (60 s of process time: 0.3 s at x200).
+    _wait(lambda: _plant(simulator)["master_valve_open"] is False, 10, "master valve closed")
+    # The carriage stops by its drive's watchdog; the spindle keeps the rod turning.
+    first = float(_plant(simulator)["carriage_mm"])  # type: ignore[arg-type]
+    time.sleep(1.0)
+    plant = _plant(simulator)
+    assert abs(float(plant["carriage_mm"]) - first) < 0.5, "the carriage has stopped"  # type: ignore[arg-type]
+    assert abs(float(plant["spindle_rpm"]) - 10.0) < 1.0, "the spindle at cooling speed"  # type: ignore[arg-type]
+
+
+def test_povd_run_exits_only_once_the_machine_is_at_rest(tmp_path: Path,
+                                                         simulator: Path) -> None:
+    """Rule 11: after a trip, `povd run` finishes the sequence before it exits."""
+    data = tmp_path / "data"
+    controller = _povd(data, "run", str(RECIPE), "--endpoints", str(simulator))
+    try:
+        _wait(lambda: _plant(simulator)["precursor_valve_open"] is True, 90, "deposition")
+        _fault(simulator, "safety_io", "water_flow_low")
+        out, err = controller.communicate(timeout=120)
+    finally:
+        if controller.poll() is None:
+            controller.kill()
+    assert controller.returncode == 1, out + err
+    assert "ended: Aborted" in out and "making safe" in out and "machine at rest" in out
+    plant = _plant(simulator)
+    assert plant["master_valve_open"] is False
+    assert all(v < 0.2 for v in plant["gas_flow_slpm"].values()), plant  # type: ignore[union-attr]
+    assert plant["rf_on"] is False
+    assert float(plant["rod_temperature_c"]) <= 300  # type: ignore[arg-type]
+    assert abs(float(plant["spindle_rpm"])) < 0.5  # type: ignore[arg-type]
