@@ -42,7 +42,7 @@ SUPERVISOR_ALARMS = (
                     "an axis moves faster than the safety envelope allows: drive disabled",
                     Priority.HIGH, Category.TRIP),
     AlarmDefinition("cooling_rotation_needed", "cooling_rotation_needed",
-                    "the rod is hot and not turning: restart cooling rotation (spin command)",
+                    "the rod is hot and not turning: restart cooling rotation (cool_rotation)",
                     Priority.HIGH, Category.PROCESS),
     AlarmDefinition("making_safe", "making_safe",
                     "the machine is away from rest after the run: the controller is making it "

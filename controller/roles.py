@@ -56,6 +56,8 @@ PERMISSIONS: Mapping[str, frozenset[Role]] = {
     "stop": _STOPPERS,
     "abort": _STOPPERS,
     "jog_stop": _STOPPERS,
+    # Turning a hot rod again after an E-stop (rule 1): a safe-ward action, never automatic.
+    "cool_rotation": _STOPPERS,
     # Maintenance.
     "mode": _MAINTAIN,
     "jog": _MAINTAIN,

@@ -24,7 +24,7 @@ from controller.roles import refusal as role_refusal
 from controller.safety.writer import EnvelopeRefused
 from controller.service_protocol import CommandReply, Event
 from controller.states import CommandRefused, Mode, State
-from controller.supervisor import SAFE_WARD_COMMANDS, Supervisor
+from controller.supervisor import SAFE_WARD_COMMANDS, CoolingRotationRefused, Supervisor
 from controller.users import UserStore
 from drivers.errors import DeviceError
 
@@ -65,6 +65,7 @@ class LineService:
             "home": self._home,
             "move": self._move,
             "device_test": self._device_test,
+            "cool_rotation": self._cool_rotation,
         }
         # Runs left interrupted by a dead controller: known at start-up, and changed only by a
         # resume or an abandon here, so status() never goes to the disk for them.
@@ -139,7 +140,8 @@ class LineService:
             return self._reply(command, False, reason)
         try:
             data = await handler(user, args)
-        except (Refused, MaintenanceRefused, CommandRefused, AlarmError, EnvelopeRefused) as exc:
+        except (Refused, MaintenanceRefused, CommandRefused, AlarmError, EnvelopeRefused,
+                CoolingRotationRefused) as exc:
             reason = getattr(exc, "reason", None) or str(exc)
             if not isinstance(exc, RecordedRefusal):
                 await self._record(user, command, args, False, reason)
@@ -311,6 +313,13 @@ class LineService:
         await self.sup.maintenance.move(str(args["axis"]), float(args["position_mm"]), speed, user)
         await self._record(user, "move", args, True, None)
         return {}
+
+    async def _cool_rotation(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Rule 1: after an E-stop reset nothing turns by itself; this recorded command turns
+        a hot rod at its cooling speed again."""
+        rpm = await self.sup.restart_cooling_rotation(user)
+        await self._record(user, "cool_rotation", args, True, None)
+        return {"spindle_rpm": rpm}
 
     async def _device_test(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
         data = await self.sup.maintenance.device_test(args, user)

@@ -48,13 +48,19 @@ from drivers.errors import DeviceError
 log = structlog.get_logger(__name__)
 
 # Commands that move the line towards its safe state: never refused for want of a record.
-SAFE_WARD_COMMANDS = frozenset({"hold", "stop", "abort", "jog_stop"})
+SAFE_WARD_COMMANDS = frozenset({"hold", "stop", "abort", "jog_stop", "cool_rotation"})
 RECORD_TIMEOUT_S = 30.0
 
 FINAL_STATES = frozenset({State.COMPLETE, State.STOPPED, State.ABORTED})
 OUTCOME = {State.COMPLETE: "complete", State.STOPPED: "stopped", State.ABORTED: "aborted"}
 
 
+
+
+class CoolingRotationRefused(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -262,6 +268,21 @@ class Supervisor(SupervisorReactions):
         await asyncio.gather(*resets, return_exceptions=True)
         await asyncio.sleep(3 / poll_hz(self.line, "carriage"))  # fresh readings
         return what
+
+    async def restart_cooling_rotation(self, user: str) -> float:
+        """Turn a hot rod at its cooling speed again, by command (after an E-stop reset the
+        drives have power again but nothing restarts by itself); CoolingRotationRefused with
+        the reason when there is nothing to do or it cannot be done now."""
+        env = self.envelope_now()
+        if not env.rod_hot:
+            raise CoolingRotationRefused("the rod has cooled: no cooling rotation is needed")
+        if env.spindle_min_rpm <= 0:
+            raise CoolingRotationRefused(
+                "the spindle cannot turn now: " + env.reasons.get("spindle", "no power"))
+        source = f"cool_rotation:{user}"
+        await self.act.enable_axis("spindle", source)
+        await self.act.spindle_rpm(env.spindle_min_rpm, source)
+        return env.spindle_min_rpm
 
     async def wait_healthy(self, timeout_s: float = 5.0) -> list[str]:
         """Wait for the start blockers to go (e.g. the exhaust draft coming up)."""

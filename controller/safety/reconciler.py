@@ -163,10 +163,13 @@ class Reconciler:
         status = self.telemetry.axes.get("spindle") if self.telemetry.link_ok("spindle") else None
         too_fast = status is not None and abs(status.velocity) > limit * 1.05 + 0.5
         self._follow("spindle", too_fast, now)
-        # The hot-rod rule is never restarted by itself (IEC 60204-1): the alarm asks for it.
-        stopped = status is not None and abs(status.velocity) < 0.5 * env.spindle_min_rpm
-        self._alarm("cooling_rotation_needed",
-                    env.spindle_min_rpm > 0 and stopped and commanded < env.spindle_min_rpm)
+        # The hot-rod rule is never restarted by itself (IEC 60204-1): the alarm asks for it,
+        # once the rod has been left still for longer than a spin-up.
+        still = status is not None and env.spindle_min_rpm > 0 \
+            and abs(status.velocity) < 0.5 * env.spindle_min_rpm
+        since = self._follow("spindle_still", still, now)
+        self._alarm("cooling_rotation_needed", since is not None
+                    and now - since > self.line.supervision.follow_timeout_s)
 
     # -- bookkeeping -----------------------------------------------------------------------
     def _follow(self, key: str, outside: bool, now: float) -> float | None:
@@ -180,7 +183,7 @@ class Reconciler:
         timeout = self.line.supervision.follow_timeout_s
         now = time.monotonic()
         late = {FOLLOW_ALARMS[k] for k, since in self._outside_since.items()
-                if now - since > timeout}
+                if k in FOLLOW_ALARMS and now - since > timeout}
         for alarm in set(FOLLOW_ALARMS.values()):
             self._alarm(alarm, alarm in late)
 

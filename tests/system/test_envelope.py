@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from argon2 import PasswordHasher
 
+from controller.safety.envelope import cooling_speed_rpm
 from controller.service import LineService
 from controller.service_protocol import CommandReply
 from controller.states import Mode, State
@@ -137,3 +138,38 @@ async def test_an_rf_test_goes_off_when_a_door_opens(maint: Maintained) -> None:
     rig.sim.faults.clear("safety_io", "door_open")
     await asyncio.sleep(0.5)
     assert not plant.rf_on
+
+
+async def test_after_an_estop_reset_a_hot_rod_turns_again_only_by_command(tmp_path: Path) -> None:
+    users = UserStore(tmp_path / "users.json", hasher=FAST)
+    users.add("olga", "operator-password", "operator")
+    async with line_rig(tmp_path) as rig:
+        service = LineService(rig.sup, users, rig.db)
+        plant = rig.sim.plant
+        assert (await rig.start("long")).accepted
+        await rig.wait_depositing(passes_done=1)
+
+        async def keep_hot() -> None:  # the plant's rod cools in a fraction of a second at x200
+            while True:
+                plant.rod_temperature_c = 900.0
+                await asyncio.sleep(0.005)
+
+        hot = asyncio.create_task(keep_hot())
+        try:
+            rig.sim.faults.inject("safety_io", "estop")
+            await rig.wait_state(State.ABORTED, timeout_s=20)
+            await rig.wait_for(lambda: abs(plant.spindle_rpm) < 0.5, 10, "drives unpowered")
+            rig.sim.faults.clear("safety_io", "estop")  # the E-stop is reset
+            await rig.wait_for(lambda: rig.sup.alarms.status("cooling_rotation_needed").condition,
+                               5, "the alarm asking for cooling rotation")
+            await asyncio.sleep(0.5)
+            assert abs(plant.spindle_rpm) < 0.5, "nothing restarts by itself"
+            reply = await service.execute("olga", "cool_rotation", {})
+            assert reply.accepted, reply.reason
+            cooling = cooling_speed_rpm(rig.line)
+            await rig.wait_for(lambda: abs(plant.spindle_rpm - cooling) < 1.0, 5, "turning")
+            await rig.wait_for(
+                lambda: not rig.sup.alarms.status("cooling_rotation_needed").condition, 5,
+                "the alarm gone")
+        finally:
+            hot.cancel()
