@@ -52,31 +52,39 @@ async def apply_posture(
     move_torch_slide: bool = True,
 ) -> PostureResult:
     result = PostureResult(posture.name)
-    # 1. RF first: the first write, ahead of everything else (and of the polls on its link).
-    try:
-        if posture.rf is Rf.OFF:
-            await act.rf_off(source, urgent=True)
-        elif posture.rf is Rf.IDLE:
-            await act.set_power_kw(idle_power_kw or line.supervision.idle_power_kw, source,
-                                   urgent=True)
-    except Exception as exc:  # the RF link may be the lost one
-        result.rf_off_confirmed_by_write = posture.rf is not Rf.OFF
-        result.failures["rf"] = str(exc)
+    # RF first: its frame goes out before any other. Nothing waits for its answer: the PLC's
+    # RF permit, the valves and everything else follow at once (rule 7), so a lost RF link
+    # never delays the rest of the posture.
+    rf = _rf_job(act, posture, line, source, idle_power_kw)
     env = act.envelope()
-    jobs = _gas_jobs(act, posture, line, env, source)
+    jobs: dict[str, Awaitable[None]] = {} if rf is None else {"rf": rf}
+    jobs.update(_gas_jobs(act, posture, line, env, source))
     if posture.spindle is not Spindle.UNPOWERED:
         jobs.update(_axis_jobs(act, posture, line=line, telemetry=telemetry, env=env,
                                source=source, move_torch_slide=move_torch_slide))
     names = list(jobs)
-    outcomes = await asyncio.gather(*jobs.values(), return_exceptions=True)
+    tasks = [asyncio.ensure_future(job) for job in jobs.values()]
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     for name, outcome in zip(names, outcomes, strict=True):
         if isinstance(outcome, BaseException):
             if isinstance(outcome, asyncio.CancelledError):
                 raise outcome
             result.failures[name] = str(outcome)
+    if "rf" in result.failures and posture.rf is Rf.OFF:
+        result.rf_off_confirmed_by_write = False
     if result.failures:
         log.warning("posture.incomplete", posture=posture.name, failures=result.failures)
     return result
+
+
+def _rf_job(act: Actuators, posture: Posture, line: LineConfig, source: str,
+            idle_power_kw: float | None) -> Awaitable[None] | None:
+    if posture.rf is Rf.OFF:
+        return act.rf_off(source, urgent=True)
+    if posture.rf is Rf.IDLE:
+        return act.set_power_kw(idle_power_kw or line.supervision.idle_power_kw, source,
+                                urgent=True)
+    return None
 
 
 def _gas_jobs(act: Actuators, posture: Posture, line: LineConfig, env: Envelope,

@@ -216,8 +216,7 @@ async def _until_at_rest(sup: Supervisor, operator: str, interrupts: asyncio.Que
         elif text != shown:
             out(text)
         shown = text
-    if shown is not None:
-        out(("\n" if interactive else "") + "machine at rest")
+    out(("\n" if interactive and shown is not None else "") + "machine at rest")
 
 
 async def _leave_unsupervised(sup: Supervisor, operator: str, which: str,

@@ -183,7 +183,7 @@ def test_povd_run_exits_only_once_the_machine_is_at_rest(tmp_path: Path,
         if controller.poll() is None:
             controller.kill()
     assert controller.returncode == 1, out + err
-    assert "ended: Aborted" in out and "making safe" in out and "machine at rest" in out
+    assert "ended: Aborted" in out and "machine at rest" in out
     plant = _plant(simulator)
     assert plant["master_valve_open"] is False
     assert all(v < 0.2 for v in plant["gas_flow_slpm"].values()), plant  # type: ignore[union-attr]

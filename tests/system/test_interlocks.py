@@ -52,7 +52,8 @@ def cooling_rotation_ok(rig: Rig) -> bool:
     return at_cooling or abs(plant.spindle_rpm) < 0.5
 
 
-async def assert_safe_state(rig: Rig, *, estop: bool, gas_off: bool) -> None:
+async def assert_safe_state(rig: Rig, *, estop: bool, gas_off: bool,
+                            rod_was_hot: bool = True) -> None:
     plant = rig.sim.plant
     await rig.wait_for(lambda: estop or cooling_rotation_ok(rig), 10, "cooling rotation")
     assert not plant.rf_on, "RF must be off"
@@ -60,14 +61,14 @@ async def assert_safe_state(rig: Rig, *, estop: bool, gas_off: bool) -> None:
     assert not plant.precursor_valve_open
     if estop:
         assert not plant.drives_powered
-    else:
+    elif rod_was_hot:
         # The trip turned the hot rod at its cooling speed (recorded), whatever came after.
         await rig.sup._record_flush()
         detail = rig.reader().get_run(rig.sup.run_id or 0)
         assert detail is not None
         cooling = cooling_speed_rpm(rig.line)
         assert any(s.device == "spindle" and s.quantity == "velocity_rpm"
-                   and abs(s.value - cooling) < 1e-6 and s.source.startswith("trip:")
+                   and abs(s.value - cooling) < 1e-6 and s.source.startswith(("trip:", "abort"))
                    for s in detail.setpoints), "the trip set the cooling speed"
     if gas_off:
         assert not plant.master_valve_open
@@ -113,7 +114,8 @@ async def test_trip_in_other_active_states(rig: Rig, when: str) -> None:
     rig.sim.faults.inject("safety_io", "water_flow_low")
     await rig.wait_state(State.ABORTED, timeout_s=20)
     assert _first_out(rig) == "water_flow_low"
-    await assert_safe_state(rig, estop=False, gas_off=False)
+    # Just after ignition the rod may not be hot yet: then the trip has no rod to turn.
+    await assert_safe_state(rig, estop=False, gas_off=False, rod_was_hot=when == "held")
 
 
 async def test_trip_in_idle_raises_an_alarm_and_blocks_start(rig: Rig) -> None:
