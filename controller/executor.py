@@ -245,6 +245,9 @@ class Executor:
 
     async def _ignite(self, op: IgniteOp) -> None:
         sup = self.line.supervision
+        # Until it lights, no plasma is expected: an unlit torch while igniting is no
+        # flame-out (the envelope would cut the argon and the RF).
+        self.plasma_expected = False
         await self.act.set_outputs("recipe", gas_master_valve=True, exhaust_fan=True,
                                    precursor_valve=False)
         await self.act.spindle_rpm(op.spindle_rpm, "recipe")
