@@ -177,6 +177,16 @@ def _applies(interlock: Interlock, plasma_was_lit: bool) -> bool:
     return plasma_was_lit or not interlock.only_with_plasma
 
 
+async def _alarm_seen(rig: Rig, alarm_id: str, timeout_s: float = 4.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = rig.sup.alarms.status(alarm_id)
+        if status.condition or status.latched:
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
 async def _settled(rig: Rig) -> list[str]:
     """Until the plant lies inside the envelope (or SETTLE_S has passed): what is left."""
     deadline = time.monotonic() + SETTLE_S
@@ -200,18 +210,25 @@ async def run_case(case: Case, tmp_path: Path, time_scale: float = 200.0) -> Out
                     await keep_alive()
                     await asyncio.sleep(0.1)
             renewing = asyncio.create_task(renew_forever())
+        applied: dict[tuple[str, str], bool] = {}
         try:
             for fault in (case.first, case.second):
                 if fault is None:
                     continue
                 lit = rig.sim.plant.plasma_lit
                 rig.sim.faults.inject(*fault)
-                problems += [f"after {fault[1]}: {p}" for p in await _settled(rig)]
                 interlock = INTERLOCKS_BY_ID[FAULTS[fault]]
-                if _applies(interlock, lit) and not rig.sup.alarms.status(interlock.id).latched \
-                        and not rig.sup.alarms.status(interlock.id).condition:
-                    problems.append(f"no alarm for {interlock.id}")
-            if case.situation in RUNNING:
+                applied[fault] = _applies(interlock, lit)
+                if applied[fault]:
+                    if not await _alarm_seen(rig, interlock.id):
+                        problems.append(f"no alarm for {interlock.id}")
+                else:
+                    await asyncio.sleep(0.5)
+                problems += [f"after {fault[1]}: {p}" for p in await _settled(rig)]
+                await asyncio.sleep(0.5)  # and it stays there
+                problems += [f"after {fault[1]}, later: {p}"
+                             for p in violations(rig, rig.sup.envelope_now())]
+            if case.situation in RUNNING and applied[case.first]:
                 first = rig.sup.alarms.first_out()
                 expected = FAULTS[case.first]
                 reaction = INTERLOCKS_BY_ID[expected].reaction.value
@@ -223,7 +240,7 @@ async def run_case(case: Case, tmp_path: Path, time_scale: float = 200.0) -> Out
             recorded = {e.payload.get("alarm_id") for e in rig.reader().events_since(0)
                         if e.kind == "alarm"}
             expected_id = FAULTS[case.first]
-            if _applies(INTERLOCKS_BY_ID[expected_id], True) and case.situation in RUNNING \
+            if applied[case.first] and case.situation in RUNNING \
                     and expected_id not in recorded:
                 problems.append(f"alarm {expected_id} not in the records")
         finally:
