@@ -306,6 +306,26 @@ def _jog(client: ServiceClient, args: argparse.Namespace) -> int:
     return outcome
 
 
+def _move(client: ServiceClient, args: argparse.Namespace) -> int:
+    """A move lives on a lease like a jog: renewed every 100 ms until the axis arrives; Ctrl-C
+    (or this process dying) lets it run out and the axis stops."""
+    _, move = _command_for(args)
+    reply = client.command("move", move, args.reason)
+    if not reply.accepted:
+        return _report(reply)
+    _out(f"moving {args.axis} to {args.position_mm:g} mm: Ctrl-C to stop")
+    try:
+        while (reply.data or {}).get("lease") != "arrived":
+            time.sleep(JOG_RENEW_S)
+            reply = client.command("move", move)
+            if not reply.accepted:
+                return _report(reply)
+    except KeyboardInterrupt:
+        return _report(client.command("jog_stop", {"axis": args.axis}))
+    _out(f"{args.axis} at {args.position_mm:g} mm")
+    return EXIT_OK
+
+
 def _login(client: ServiceClient, args: argparse.Namespace) -> int:
     username = args.username or getpass.getuser()
     password = getpass.getpass(f"password for {username}: ")
@@ -350,6 +370,8 @@ def _dispatch(client: ServiceClient, args: argparse.Namespace) -> int:
         return EXIT_OK
     if name == "jog":
         return _jog(client, args)
+    if name == "move":
+        return _move(client, args)
     command, command_args = _command_for(args)
     return _report(client.command(command, command_args, args.reason))
 

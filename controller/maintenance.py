@@ -3,7 +3,8 @@ with every interlock still in force.
 
 - Refused while a run is active, outside maintenance mode, and while the E-stop chain or the
   safety relay is open: the reason says which.
-- A continuous jog lives on a lease (500 ms by default, renewed every 100 ms by the client):
+- A continuous jog, and a move until it arrives, lives on a lease (500 ms by default,
+  renewed every 100 ms by the client):
   the watchdog stops any axis whose lease ran out, so a lost client never means a runaway. A
   lease belongs to the session that took it: only that session renews it (rule 6). A stop that
   fails is retried until it goes through.
@@ -49,11 +50,12 @@ class MaintenanceRefused(Exception):
 @dataclass
 class Lease:
     axis: str
-    direction: int
+    direction: int  # a jog's direction; 0 for a move
     speed: float
     expires_at: float
     user: str
     session: str
+    target_mm: float | None = None  # a move's target
 
 
 class Maintenance:
@@ -171,8 +173,12 @@ class Maintenance:
         await self._write("home", self.sup.act.enable_axis(axis, f"maintenance:{user}"))
         await self._write("home", self.sup.act.home_axis(axis, f"maintenance:{user}"))
 
-    async def move(self, axis: str, position_mm: float, speed: float | None, user: str) -> None:
+    async def move(self, axis: str, position_mm: float, speed: float | None, user: str,
+                   session: str | None = None) -> str:
+        """Start or renew a move on its lease (like a jog: a lost client never leaves an axis
+        travelling); returns 'started', 'renewed' or 'arrived'."""
         self._check("move")
+        session = session or user
         cfg = self._axis(axis)
         if cfg.motion != "linear":
             raise MaintenanceRefused("move", f"{axis} is rotary: jog it or test it instead")
@@ -185,9 +191,34 @@ class Maintenance:
             # The drive itself refuses an absolute move before homing: say so plainly.
             raise MaintenanceRefused("move", f"{axis} is not homed: home it first")
         chosen = self._speed(axis, speed)
-        await self._write("move", self.sup.act.enable_axis(axis, f"maintenance:{user}"))
-        await self._write("move", self.sup.act.move_axis(axis, position_mm, chosen,
-                                                         f"maintenance:{user}"))
+        now = time.monotonic()
+        lease = self.leases.get(axis)
+        if lease is not None and lease.session != session:
+            raise MaintenanceRefused(
+                "move", f"{axis} is moved by another session ({lease.user}): only it renews "
+                "its lease")
+        if self._arrived(axis, position_mm) and (lease is None or lease.target_mm is not None):
+            self.leases.pop(axis, None)
+            return "arrived"  # already there (the watchdog ends an arrived move's lease)
+        if lease is not None and lease.target_mm == position_mm and lease.speed == chosen:
+            lease.expires_at = now + self.lease_s
+            return "renewed"
+        source = f"maintenance:{user}"
+        await self._write("move", self.sup.act.enable_axis(axis, source))
+        self.leases[axis] = Lease(axis, 0, chosen, now + self.lease_s, user, session,
+                                  target_mm=position_mm)
+        try:
+            await self._write("move", self.sup.act.move_axis(axis, position_mm, chosen, source))
+        except MaintenanceRefused:
+            self.leases.pop(axis, None)
+            raise
+        return "started"
+
+    def _arrived(self, axis: str, target_mm: float) -> bool:
+        status = self.sup.telemetry.axes.get(axis)
+        tolerance = self.sup.line.supervision.position_tolerance_mm
+        return status is not None and not status.moving \
+            and abs(status.position_mm - target_mm) <= tolerance
 
     # -- device tests ----------------------------------------------------------------------
     async def device_test(self, args: dict[str, Any], user: str) -> dict[str, Any]:
@@ -298,6 +329,9 @@ class Maintenance:
                         log.error("maintenance.test_end_failed", device=device,  # noqa: TRY400
                                   error=str(exc))
             for axis, lease in list(self.leases.items()):
+                if lease.target_mm is not None and self._arrived(axis, lease.target_mm):
+                    self.leases.pop(axis, None)  # a move that has arrived needs no lease
+                    continue
                 too_fast = lease.speed > self.speed_limit(axis) + 1e-9
                 if lease.expires_at <= now or too_fast or self.refusal("jog") is not None:
                     self.leases.pop(axis, None)

@@ -112,7 +112,7 @@ class LineService:
         """``session`` names the client session (an HTTP token, an MQTT requester): a jog
         lease belongs to the session that took it (rule 6)."""
         args = dict(args)
-        if command == "jog":
+        if command in ("jog", "move"):
             args["session"] = session or f"user:{user}"
         if command == "abort":
             # An abort never queues behind another command: it cuts into whatever is running.
@@ -310,9 +310,12 @@ class LineService:
 
     async def _move(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
         speed = None if args.get("speed") is None else float(args["speed"])
-        await self.sup.maintenance.move(str(args["axis"]), float(args["position_mm"]), speed, user)
-        await self._record(user, "move", args, True, None)
-        return {}
+        what = await self.sup.maintenance.move(str(args["axis"]), float(args["position_mm"]),
+                                               speed, user,
+                                               session=str(args.get("session") or user))
+        if what == "started":
+            await self._record(user, "move", args, True, None)
+        return {"lease": what, "lease_s": self.sup.maintenance.lease_s}
 
     async def _cool_rotation(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
         """Rule 1: after an E-stop reset nothing turns by itself; this recorded command turns

@@ -63,7 +63,11 @@ class FakeService:
             raise RuntimeError("device gone")
         if command in self.refuse:
             return CommandReply(command, False, self.refuse[command], self.state)
-        return CommandReply(command, True, None, self.state, {"echo": args})
+        data: dict[str, Any] = {"echo": args}
+        if command == "move":  # a move's lease: renewed once, then the axis has arrived
+            renewals = sum(1 for call in self.calls if call[1] == "move")
+            data["lease"] = "started" if renewals == 1 else "arrived"
+        return CommandReply(command, True, None, self.state, data)
 
 
 class Clock:

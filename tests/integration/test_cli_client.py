@@ -184,10 +184,12 @@ async def test_alarms_mode_trim_home_move(
     assert await povd("mode", "maintenance") == EXIT_OK
     assert await povd("home", "carriage") == EXIT_OK
     assert await povd("move", "carriage", "250", "--speed", "500") == EXIT_OK
-    assert [c[1:] for c in served.service.calls[-3:]] == [
+    # The move renews its lease until the axis has arrived.
+    move = ("move", {"axis": "carriage", "position_mm": 250.0, "speed": 500.0})
+    assert [c[1:] for c in served.service.calls[-4:]] == [
         ("mode", {"mode": "maintenance"}),
         ("home", {"axis": "carriage"}),
-        ("move", {"axis": "carriage", "position_mm": 250.0, "speed": 500.0}),
+        move, move,
     ]
 
 

@@ -9,6 +9,7 @@ not to reach its travel end during a test."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator
@@ -66,6 +67,14 @@ class Bench:
                 return
             assert time.monotonic() < deadline, f"carriage still moving at {now:.1f} mm"
             last = now
+
+    async def move_until_arrived(self, axis: str, position_mm: float, speed: float) -> None:
+        """A move, its lease renewed every RENEW_S until the axis has arrived."""
+        args = {"axis": axis, "position_mm": position_mm, "speed": speed}
+        deadline = time.monotonic() + 30
+        while (await self.ok("move", **args)).data["lease"] != "arrived":
+            assert time.monotonic() < deadline, f"{axis} never arrived at {position_mm}"
+            await asyncio.sleep(RENEW_S)
 
     async def renew(self, seconds: float, speed: float) -> list[float]:
         """Renew a + jog of the carriage every RENEW_S for `seconds`; the positions seen."""
@@ -200,8 +209,46 @@ async def test_soft_limits_move_and_home(bench: Bench) -> None:
     await bench.rig.wait_for(lambda: abs(bench.plant.carriage_mm) < 0.5, 15, "back at 0")
     await bench.rig.wait_for(lambda: bench.rig.sup.telemetry.axes["carriage"].homed, 5,
                              "homed flag")
-    await bench.ok("move", axis="carriage", position_mm=80, speed=600)
-    await bench.rig.wait_for(lambda: abs(bench.plant.carriage_mm - 80) < 0.5, 10, "at 80 mm")
+    await bench.move_until_arrived("carriage", 80, 600)
+    assert abs(bench.plant.carriage_mm - 80) < 0.5
+
+
+async def homed(bench: Bench) -> None:
+    await bench.ok("home", axis="carriage")
+    await bench.rig.wait_for(lambda: bench.rig.sup.telemetry.axes["carriage"].homed
+                             and not bench.rig.sup.telemetry.axes["carriage"].moving, 15,
+                             "carriage homed")
+
+
+async def test_a_move_lives_on_its_lease_owned_by_its_session(bench: Bench) -> None:
+    await enter(bench)
+    await homed(bench)
+    reply = await bench.service.execute(FITTER, "move", {"axis": "carriage",
+                                                         "position_mm": 1000, "speed": 300},
+                                        session="http:bench-a")
+    assert reply.accepted and reply.data["lease"] == "started"
+    # Another session (the same user at another screen) may not renew it.
+    other = await bench.service.execute(FITTER, "move", {"axis": "carriage",
+                                                         "position_mm": 1000, "speed": 300},
+                                        session="http:bench-b")
+    assert not other.accepted and "another session" in (other.reason or "")
+    # Nobody renews: the move stops by itself once its lease runs out, far from 1000 mm.
+    await bench.carriage_still(within_s=3 * bench.rig.sup.maintenance.lease_s + 1)
+    assert bench.plant.carriage_mm < 900
+    assert "carriage" not in bench.rig.sup.maintenance.leases
+
+
+async def test_a_door_opened_mid_move_brings_the_axis_to_a_stop(bench: Bench) -> None:
+    await enter(bench)
+    await homed(bench)
+    renewing = asyncio.create_task(bench.move_until_arrived("carriage", 1100, 900))
+    await bench.rig.wait_for(lambda: bench.plant.carriage_mm > 20, 5, "moving")
+    bench.rig.sim.faults.inject("safety_io", "door_open")
+    await bench.carriage_still(within_s=1.5)
+    renewing.cancel()
+    with contextlib.suppress(asyncio.CancelledError, AssertionError):
+        await renewing
+    assert bench.plant.carriage_mm < 1000
 
 
 async def test_device_tests_and_leaving_maintenance(bench: Bench) -> None:
