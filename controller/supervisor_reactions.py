@@ -250,11 +250,14 @@ class SupervisorReactions:
             self._rf_off_wall = time.monotonic()  # older RF readings predate the write
         if detected_at is not None:
             self.reaction_latency_s.append(time.monotonic() - detected_at)
-        if not result.rf_off_confirmed_by_write:
-            # The generator did not take the RF-off write: stop the heartbeat, so the safety
-            # PLC drops the RF enable by itself (rule 4), and say so.
+        if not result.rf_off_confirmed_by_write and "safety_io" in result.failures:
+            # Neither the generator nor the PLC took the RF off (its RF permit): the last
+            # resort is to stop the heartbeat, so the safety PLC drops the RF enable by itself
+            # (rule 4), and say so.
             self.heartbeat_enabled = False
             self._log.error("trip.rf_off_unconfirmed", heartbeat="stopped")
+        elif not result.rf_off_confirmed_by_write:
+            self._log.warning("trip.rf_off_by_permit_only", failures=result.failures)
         run_id = self.run_id
         self._record(lambda: self.records.record_event(
             run_id, "posture", {"posture": posture.name, "source": source,

@@ -61,21 +61,27 @@ class Reconciler:
         now = time.monotonic() if now is None else now
         self.last_envelope = env
         self._rf(env, now)  # RF first, always
+        self._flows(env, now)  # before the outputs: a valve escalation goes out this cycle
         self._outputs(env, now)
-        self._flows(env, now)
         self._axes(env, now)
-        self._annunciate()
+        self._annunciate(now)
 
     def _rf(self, env: Envelope, now: float) -> None:
         commanded = self.act.commanded
-        reading = self.telemetry.rf if self.telemetry.link_ok("rf") else None
+        # A lost link leaves the last reading standing: what the device was last seen doing
+        # is what it is assumed to go on doing until a reading says otherwise.
+        reading = self.telemetry.rf
         read_on = reading is not None and reading.rf_on
         if not env.rf_permitted and (commanded.rf_on or read_on):
             self._issue("rf", lambda: self.act.rf_off(SOURCE, urgent=True), now)
         elif commanded.power_kw > env.max_power_kw + 1e-6:
             self._issue("rf", lambda: self.act.set_power_kw(env.max_power_kw, SOURCE,
                                                             urgent=True), now)
-        outside = read_on and not env.rf_permitted
+        # RF that the generator may still give counts as off once the PLC shows the RF enable
+        # withdrawn (the permit is in series with the relay): hardware-confirmed.
+        effective = self._effective_outputs()
+        enable_withdrawn = effective is not None and not effective.rf_permit
+        outside = read_on and not env.rf_permitted and not enable_withdrawn
         if reading is not None and reading.forward_kw > env.max_power_kw * 1.1 + 1.0:
             outside = True
         since = self._follow("rf", outside, now)
@@ -122,7 +128,7 @@ class Reconciler:
             if self.act.commanded.flows_slpm.get(name, 0.0) > limit + 1e-6:
                 self._issue(name, lambda n=name, v=limit: self.act.set_flow_slpm(  # type: ignore[misc]
                     n, v, SOURCE, urgent=True), now)
-            reading = self.telemetry.mfcs.get(name) if self.telemetry.link_ok(name) else None
+            reading = self.telemetry.mfcs.get(name)  # the last one, if the link is lost
             tolerance = 0.02 * self.line.mfc(name).full_scale_slpm + 0.05
             outside = reading is not None and reading.mass_slpm > limit + tolerance
             since = self._follow(name, outside, now)
@@ -179,9 +185,8 @@ class Reconciler:
             return None
         return self._outside_since.setdefault(key, now)
 
-    def _annunciate(self) -> None:
+    def _annunciate(self, now: float) -> None:
         timeout = self.line.supervision.follow_timeout_s
-        now = time.monotonic()
         late = {FOLLOW_ALARMS[k] for k, since in self._outside_since.items()
                 if k in FOLLOW_ALARMS and now - since > timeout}
         for alarm in set(FOLLOW_ALARMS.values()):

@@ -4,6 +4,8 @@ lost precursor controller; only an alarm for a lost gauge)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from controller.alarms import ANNUNCIATED
@@ -154,12 +156,18 @@ async def test_an_unhandled_error_in_the_recipe_ends_in_the_safe_state(rig: Rig)
     await assert_safe_state(rig, estop=False, gas_off=False)
 
 
-async def test_an_rf_generator_that_cannot_be_told_stops_the_heartbeat(rig: Rig) -> None:
+async def test_an_rf_generator_that_cannot_be_told_is_switched_off_by_the_rf_permit(
+        rig: Rig) -> None:
     assert (await rig.start("long")).accepted
     await rig.wait_depositing(passes_done=1)
     rig.sim.faults.inject("rf", "silent")
-    await rig.wait_state(State.ABORTED, timeout_s=20)
-    # The RF-off write could not go out: the safety PLC must drop the RF enable by itself.
-    assert not rig.sup.heartbeat_enabled
+    detected = time.monotonic()
+    # The RF-off write cannot go out: the PLC's RF permit, dropped in the same posture,
+    # withdraws the RF enable well before any heartbeat watchdog could.
     await rig.wait_for(lambda: not rig.sim.plant.rf_enable, 10, "the PLC to drop RF enable")
-    assert not rig.sim.plant.rf_on
+    link_timeout = rig.line.devices["rf"].link_timeout_s
+    assert time.monotonic() - detected < link_timeout + 0.5
+    await rig.wait_state(State.ABORTED, timeout_s=20)
+    assert rig.sup.heartbeat_enabled, "the permit was confirmed: no need to stop the heartbeat"
+    io = rig.sup.telemetry.safety
+    assert io is not None and not io.heartbeat_latched
