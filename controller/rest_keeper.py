@@ -93,9 +93,8 @@ class RestKeeper:
 
     async def _tick(self) -> None:
         sup = self.sup
-        conditions = sup.reconciler.last_envelope
-        active = set(sup.envelope_inputs().conditions) if conditions is not None else set()
-        if active & NO_PURGE_CONDITIONS and sup.sm.state is not State.IDLE:
+        if sup.envelope_inputs().conditions & NO_PURGE_CONDITIONS \
+                and sup.sm.state is not State.IDLE:
             self.no_purge_seen = True
         if sup.sm.state not in RESTING_STATES or sup.sm.mode is not Mode.PRODUCTION:
             self._rested_since = None

@@ -170,9 +170,10 @@ class Actuators:
     # -- gases -----------------------------------------------------------------------------
     async def set_flow_slpm(self, device: str, slpm: float, source: str, *,
                             urgent: bool = False) -> None:
-        limit = self.envelope().flow_max_slpm.get(device, 0.0)
+        env = self.envelope()
+        limit = env.flow_max_slpm.get(device, 0.0)
         if slpm > limit + _EPS and slpm > self.commanded.flows_slpm.get(device, 0.0) + _EPS:
-            why = self.envelope().reasons.get(device, "full scale")
+            why = env.reasons.get(device, "full scale")
             raise self._refuse(device, "flow_slpm", slpm, f"above {limit:g} slpm ({why})",
                                source)
         mfc = self.machine.mfcs[device]
@@ -215,9 +216,10 @@ class Actuators:
 
     # -- axes ------------------------------------------------------------------------------
     def _check_speed(self, axis: str, speed: float, source: str) -> None:
-        limit = self.envelope().axis_max_speed.get(axis, 0.0)
+        env = self.envelope()
+        limit = env.axis_max_speed.get(axis, 0.0)
         if abs(speed) > limit + _EPS:
-            why = self.envelope().reasons.get(axis, "the axis maximum")
+            why = env.reasons.get(axis, "the axis maximum")
             raise self._refuse(axis, "speed", speed, f"above {limit:g} ({why})", source)
 
     def _check_spindle_turns(self, rpm: float, source: str) -> None:
@@ -232,9 +234,8 @@ class Actuators:
         self._check_speed("spindle", rpm, source)
         self._check_spindle_turns(rpm, source)
         spindle = self.machine.axes["spindle"]
-        if "spindle" in self.commanded.disabled_axes or not urgent:
-            await spindle.enable()
-            self.commanded.disabled_axes.discard("spindle")
+        await spindle.enable()  # a velocity on a disabled drive would not turn the rod
+        self.commanded.disabled_axes.discard("spindle")
         self.commanded.spindle_rpm = rpm
         await self._axis_write("spindle", lambda: spindle.set_velocity(rpm, urgent=urgent))
         self._report("spindle", "velocity_rpm", rpm, source)
@@ -286,8 +287,9 @@ class Actuators:
     async def home_axis(self, axis: str, source: str) -> None:
         # The drive homes at setup speed by itself (docs/devices.md): allowed unless no axis
         # may move at all.
-        if self.envelope().axis_max_speed.get(axis, 0.0) <= 0:
-            raise self._refuse(axis, "home", True, self.envelope().reasons.get(axis, ""), source)
+        env = self.envelope()
+        if env.axis_max_speed.get(axis, 0.0) <= 0:
+            raise self._refuse(axis, "home", True, env.reasons.get(axis, ""), source)
         await self.machine.axes[axis].home()
         self._report(axis, "home", True, source)
 
