@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -121,24 +122,32 @@ class Maintenance:
         self._check("jog")
         if direction not in (-1, 1):
             raise MaintenanceRefused("jog", "direction must be + or -")
-        session = session or user
-        chosen = self._speed(axis, speed)
+        wanted = Lease(axis, direction, self._speed(axis, speed), 0.0, user, session or user)
+        return await self._on_lease("jog", wanted, lambda source: self.sup.act.jog_axis(
+            axis, direction, wanted.speed, source))
+
+    async def _on_lease(self, action: str, wanted: Lease,
+                        start: Callable[[str], Awaitable[None]]) -> str:
+        """Renew the session's own lease for the same motion, or start the motion on a new
+        one; another session's lease is never touched (rule 6)."""
         now = time.monotonic()
-        lease = self.leases.get(axis)
-        if lease is not None and lease.session != session:
+        lease = self.leases.get(wanted.axis)
+        if lease is not None and lease.session != wanted.session:
             raise MaintenanceRefused(
-                "jog", f"{axis} is jogged by another session ({lease.user}): only it renews "
-                "its lease")
-        if lease is not None and lease.direction == direction and lease.speed == chosen:
+                action, f"{wanted.axis} is in motion for another session ({lease.user}): "
+                "only it renews its lease")
+        same = (lease is not None and lease.direction == wanted.direction
+                and lease.target_mm == wanted.target_mm and lease.speed == wanted.speed)
+        if lease is not None and same:
             lease.expires_at = now + self.lease_s
             return "renewed"
-        source = f"maintenance:{user}"
-        await self._write("jog", self.sup.act.enable_axis(axis, source))
-        self.leases[axis] = Lease(axis, direction, chosen, now + self.lease_s, user, session)
+        source = f"maintenance:{wanted.user}"
+        await self._write(action, self.sup.act.enable_axis(wanted.axis, source))
+        self.leases[wanted.axis] = dataclasses.replace(wanted, expires_at=now + self.lease_s)
         try:
-            await self._write("jog", self.sup.act.jog_axis(axis, direction, chosen, source))
+            await self._write(action, start(source))
         except MaintenanceRefused:
-            self.leases.pop(axis, None)
+            self.leases.pop(wanted.axis, None)
             raise
         return "started"
 
@@ -191,28 +200,13 @@ class Maintenance:
             # The drive itself refuses an absolute move before homing: say so plainly.
             raise MaintenanceRefused("move", f"{axis} is not homed: home it first")
         chosen = self._speed(axis, speed)
-        now = time.monotonic()
         lease = self.leases.get(axis)
-        if lease is not None and lease.session != session:
-            raise MaintenanceRefused(
-                "move", f"{axis} is moved by another session ({lease.user}): only it renews "
-                "its lease")
         if self._arrived(axis, position_mm) and (lease is None or lease.target_mm is not None):
             self.leases.pop(axis, None)
             return "arrived"  # already there (the watchdog ends an arrived move's lease)
-        if lease is not None and lease.target_mm == position_mm and lease.speed == chosen:
-            lease.expires_at = now + self.lease_s
-            return "renewed"
-        source = f"maintenance:{user}"
-        await self._write("move", self.sup.act.enable_axis(axis, source))
-        self.leases[axis] = Lease(axis, 0, chosen, now + self.lease_s, user, session,
-                                  target_mm=position_mm)
-        try:
-            await self._write("move", self.sup.act.move_axis(axis, position_mm, chosen, source))
-        except MaintenanceRefused:
-            self.leases.pop(axis, None)
-            raise
-        return "started"
+        wanted = Lease(axis, 0, chosen, 0.0, user, session, target_mm=position_mm)
+        return await self._on_lease("move", wanted, lambda source: self.sup.act.move_axis(
+            axis, position_mm, chosen, source))
 
     def _arrived(self, axis: str, target_mm: float) -> bool:
         status = self.sup.telemetry.axes.get(axis)
