@@ -44,9 +44,6 @@ SUPERVISOR_ALARMS = (
     AlarmDefinition("cooling_rotation_needed", "cooling_rotation_needed",
                     "the rod is hot and not turning: restart cooling rotation (cool_rotation)",
                     Priority.HIGH, Category.PROCESS),
-    AlarmDefinition("making_safe", "making_safe",
-                    "the machine is away from rest after the run: the controller is making it "
-                    "safe", Priority.LOW, Category.SYSTEM),
 )
 
 

@@ -106,7 +106,6 @@ class RestKeeper:
         if self._rested_since is None:
             self._rested_since = sup.clock.now()
         away = self.away_from_rest()
-        sup.alarms_level("making_safe", bool(away))
         if not away:
             self._set(None)
             return

@@ -211,10 +211,6 @@ class Supervisor(SupervisorReactions):
         self._owned.add(task)
         task.add_done_callback(self._owned.discard)
 
-    def alarms_level(self, alarm_id: str, active: bool) -> None:
-        """Raise or clear an alarm whose condition is a level (only changes are events)."""
-        self._alarm_level(alarm_id, active)
-
     def _alarm_level(self, alarm_id: str, active: bool) -> None:
         if active != self.alarms.status(alarm_id).condition:
             self.alarms.evaluate(alarm_id, active, time.time(), machine_state=self.sm.state.value)
