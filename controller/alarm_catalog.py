@@ -4,7 +4,7 @@ supervisor's own alarms, and the deviation alarms with their deadbands and delay
 from __future__ import annotations
 
 from controller.alarms import AlarmDefinition, Category, DeviationSpec, Priority
-from controller.config import LineConfig
+from controller.config import MFC_NAMES, LineConfig
 from controller.interlocks import INTERLOCKS, Reaction
 
 NOT_RUNNING = frozenset({"Idle", "Complete", "Stopped", "Aborted", "Resetting", "Clearing"})
@@ -49,7 +49,7 @@ SUPERVISOR_ALARMS = (
 
 def deviation_alarms(line: LineConfig) -> list[AlarmDefinition]:
     alarms = []
-    for name in ("mfc_ar", "mfc_o2", "mfc_n2", "mfc_sicl4", "mfc_dopant"):
+    for name in MFC_NAMES:
         full_scale = line.mfc(name).full_scale_slpm
         alarms.append(AlarmDefinition(
             f"{name}_deviation", f"{name}.flow", f"{line.mfc(name).gas} flow off setpoint",

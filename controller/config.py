@@ -12,19 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from drivers.transports.endpoint import Endpoint
 
-DEVICE_NAMES = (
-    "rf",
-    "mfc_ar",
-    "mfc_o2",
-    "mfc_n2",
-    "mfc_sicl4",
-    "mfc_dopant",
-    "spindle",
-    "carriage",
-    "torch_slide",
-    "safety_io",
-    "diameter_gauge",
-)
+# The line model's device groups: their one home (every other module imports them).
+PROCESS_GASES = ("mfc_ar", "mfc_o2", "mfc_n2")  # the plasma's gases and the N2 screen
+PLASMA_GASES = ("mfc_ar", "mfc_o2")  # what the plasma burns on: losing one puts it out
+PRECURSORS = ("mfc_sicl4", "mfc_dopant")  # behind the precursor valve
+MFC_NAMES = (*PROCESS_GASES, *PRECURSORS)
+AXIS_NAMES = ("spindle", "carriage", "torch_slide")
+LINEAR_AXES = ("carriage", "torch_slide")
+DEVICE_NAMES = ("rf", "safety_io", *MFC_NAMES, *AXIS_NAMES, "diameter_gauge")
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "line-sim.yaml"
 
 
@@ -79,6 +74,19 @@ class MfcConfig(DeviceBase):
     grams_per_min_per_slpm: float | None = Field(default=None, gt=0)
     standard_temperature_c: float = 0.0
 
+    def g_min_for(self, slpm: float) -> float:
+        """Mass flow (g/min) of a vapour flow in slpm, at the standard this MFC states."""
+        return slpm * self._grams_per_slpm()
+
+    def slpm_for(self, g_min: float) -> float:
+        """The setpoint in slpm (at the standard this MFC states) for a mass flow in g/min."""
+        return g_min / self._grams_per_slpm()
+
+    def _grams_per_slpm(self) -> float:
+        if self.grams_per_min_per_slpm is None:
+            raise ValueError(f"the {self.gas} MFC has no grams_per_min_per_slpm")
+        return self.grams_per_min_per_slpm
+
     @model_validator(mode="after")
     def _unit_matches_protocol(self) -> MfcConfig:
         if isinstance(self.unit, str) and not (len(self.unit) == 1 and self.unit.isupper()):
@@ -104,6 +112,19 @@ class ServoAxisConfig(DeviceBase):
     # The drive's communication watchdog (set at connect): with no request for this long, a
     # linear axis stops with an alarm and a rotary one goes to its cooling speed (rule 11).
     comm_watchdog_s: float = Field(default=1.0, gt=0, le=30)
+
+    @property
+    def setup_speed(self) -> float:
+        """The reduced speed allowed with a door open (rule 6)."""
+        return self.max_speed * self.setup_speed_fraction
+
+    @model_validator(mode="after")
+    def _cooling_at_setup_speed(self) -> ServoAxisConfig:
+        # Rule 6: a hot rod keeps turning with a door open, so its speed must be one allowed.
+        if self.cooling_speed_rpm is not None and self.cooling_speed_rpm > self.setup_speed:
+            raise ValueError(f"cooling_speed_rpm {self.cooling_speed_rpm:g} exceeds the setup "
+                             f"speed {self.setup_speed:g} (rule 6)")
+        return self
 
     @model_validator(mode="after")
     def _travel(self) -> ServoAxisConfig:
@@ -240,6 +261,13 @@ class LineConfig(Strict):
         device = self.devices["diameter_gauge"]
         assert isinstance(device, DiameterGaugeConfig)
         return device
+
+
+def cooling_speed_rpm(line: LineConfig) -> float:
+    """The spindle's cooling speed: configured, else setup speed (never above it, rule 6)."""
+    spindle = line.axis("spindle")
+    return spindle.cooling_speed_rpm if spindle.cooling_speed_rpm is not None \
+        else spindle.setup_speed
 
 
 class ConfigError(Exception):

@@ -122,8 +122,7 @@ class Executor:
         self.stop_requested = False
         self.reignite_attempts: int | None = None  # set by the supervisor for re-ignition
         self._log = log.bind(recipe=plan.name)
-        sicl4 = line.mfc("mfc_sicl4")
-        self._g_per_slpm = sicl4.grams_per_min_per_slpm or 7.58
+        self._sicl4 = line.mfc("mfc_sicl4")
 
     # -- observations ----------------------------------------------------------------------
     @property
@@ -317,7 +316,7 @@ class Executor:
         return layer.traverse_mm_min * (1 + pct / 100)
 
     def _sicl4_slpm(self, layer: LayerOp) -> float:
-        return layer.sicl4_g_min * self.cursor.sicl4_scale / self._g_per_slpm
+        return self._sicl4.slpm_for(layer.sicl4_g_min * self.cursor.sicl4_scale)
 
     async def _establish_layer(
         self, layer: LayerOp, tolerances: Tolerances, *, ramp_s: float = 0.0
@@ -408,7 +407,7 @@ class Executor:
         await self._move_carriage(end, self._layer_traverse(layer), "the end of the pass")
         duration = self.clock.now() - started_process
         stroke_s = abs(end - start) / self._layer_traverse(layer) * 60
-        sicl4_g_min = self._sicl4_slpm(layer) * self._g_per_slpm
+        sicl4_g_min = self._sicl4.g_min_for(self._sicl4_slpm(layer))
         length = abs(op.turning_point_b_mm - op.turning_point_a_mm)
         basis_g = sicl4_g_min * SIO2_PER_SICL4 * stroke_s / 60  # the glass at efficiency 1
         self.cursor.basis_g += basis_g
@@ -501,7 +500,7 @@ class Executor:
         if planned <= 0:
             return
         low, high = self.line.supervision.diameter_correction_limits
-        full_scale_g = self.line.mfc("mfc_sicl4").full_scale_slpm * self._g_per_slpm
+        full_scale_g = self._sicl4.g_min_for(self._sicl4.full_scale_slpm)
         peak = max(layer.sicl4_g_min for layer in remaining)
         high = min(high, full_scale_g / peak) if peak > 0 else high
         self.cursor.sicl4_scale = max(low, min(high, needed / planned)) if needed > 0 else low

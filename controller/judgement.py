@@ -10,10 +10,9 @@ import time
 from dataclasses import replace
 
 from controller.alarms import AlarmManager
-from controller.config import LineConfig
+from controller.config import AXIS_NAMES, MFC_NAMES, PLASMA_GASES, PRECURSORS, LineConfig
 from controller.executor import Executor
 from controller.interlocks import Interlock, Signals, evaluate
-from controller.machine import AXIS_NAMES, MFC_NAMES
 from controller.polling import link_lost
 from controller.safety.writer import Actuators
 from controller.states import State
@@ -48,8 +47,8 @@ def build_signals(telemetry: Telemetry, line: LineConfig, *, plasma_expected: bo
         link_rf=not lost("rf"),
         link_safety_io=not lost("safety_io"),
         link_drives=not any(lost(a) for a in AXIS_NAMES),
-        link_plasma_gas=not (lost("mfc_o2") or lost("mfc_ar")),
-        link_precursor=not (lost("mfc_sicl4") or lost("mfc_dopant")),
+        link_plasma_gas=not any(lost(g) for g in PLASMA_GASES),
+        link_precursor=not any(lost(g) for g in PRECURSORS),
         link_gauge=not lost("diameter_gauge"),
         rf_on=bool(rf is not None and rf.rf_on),
         water_flow_l_min=io_cfg.water_flow_min_l_min,

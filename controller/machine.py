@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from controller.config import (
+    AXIS_NAMES,
+    MFC_NAMES,
     BusConfig,
     DiameterGaugeConfig,
     LineConfig,
@@ -35,8 +37,6 @@ from drivers.transports.endpoint import Endpoint
 from drivers.transports.modbus import ModbusTransport
 
 Transport = ModbusTransport | AsciiTransport
-MFC_NAMES = ("mfc_ar", "mfc_o2", "mfc_n2", "mfc_sicl4", "mfc_dopant")
-AXIS_NAMES = ("spindle", "carriage", "torch_slide")
 
 
 @dataclass

@@ -28,8 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from controller.config import ServoAxisConfig
-from controller.machine import AXIS_NAMES, MFC_NAMES
+from controller.config import AXIS_NAMES, MFC_NAMES, PRECURSORS, ServoAxisConfig
 from controller.safety.writer import EnvelopeRefused
 
 if TYPE_CHECKING:
@@ -102,7 +101,7 @@ class Maintenance:
         cfg = self._axis(axis)
         cap = min(cfg.max_speed, cfg.maintenance_speed_cap or cfg.max_speed)
         if self.door_open():
-            cap = min(cap, cfg.max_speed * cfg.setup_speed_fraction)
+            cap = min(cap, cfg.setup_speed)
         return cap
 
     def _speed(self, axis: str, requested: float | None) -> float:
@@ -226,7 +225,7 @@ class Maintenance:
                 raise MaintenanceRefused(
                     "device_test", f"{flow:g} slpm outside [0, {full_scale:g}]")
             valves: dict[str, bool] = {"exhaust_fan": True, "gas_master_valve": True}
-            if device in ("mfc_sicl4", "mfc_dopant"):
+            if device in PRECURSORS:
                 valves["precursor_valve"] = flow > 0
             # The test is under way (the envelope lifts its device) before the first write;
             # a refusal ends it again.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.config import LineConfig
+from controller.config import LineConfig, cooling_speed_rpm
 from controller.plan import (
     CooldownOp,
     DepositOp,
@@ -64,7 +64,7 @@ def _op(step: Step, line: LineConfig, stroke: tuple[float, float]) -> Op:
     if isinstance(step, DwellStep):
         return DwellOp(step.duration_s, step.spindle_rpm)
     assert isinstance(step, CoolDownStep)
-    cooling = step.spindle_rpm or line.axis("spindle").cooling_speed_rpm or 10.0
+    cooling = step.spindle_rpm or cooling_speed_rpm(line)
     return CooldownOp(step.power_ramp_down_s, step.duration_s, step.ar_slpm, step.o2_slpm,
                       step.n2_slpm, cooling, tol)
 

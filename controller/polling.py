@@ -13,12 +13,10 @@ from typing import Any
 
 import structlog
 
-from controller.config import LineConfig
-from controller.machine import AXIS_NAMES, MFC_NAMES, Machine
+from controller.config import DEVICE_NAMES, LineConfig
+from controller.machine import Machine
 from controller.telemetry import LinkHealth, Telemetry
 from drivers.errors import DeviceError
-
-DEVICE_NAMES = ("rf", "safety_io", *MFC_NAMES, *AXIS_NAMES, "diameter_gauge")
 
 log = structlog.get_logger(__name__)
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from controller.config import LineConfig
+from controller.config import PRECURSORS, PROCESS_GASES, LineConfig
 from controller.safe_state import Carriage, Gases, Posture, Rf, Spindle
-from controller.safety.envelope import PRECURSORS, PROCESS_GASES, Envelope
+from controller.safety.envelope import Envelope
 from controller.safety.writer import Actuators
 from controller.telemetry import Telemetry
 

@@ -371,14 +371,7 @@ def sicl4_full_scale_g_min(mfc: MfcConfig) -> float | None:
     """The SiCl4 MFC's full scale in g/min, or None when the line gives no conversion."""
     if mfc.grams_per_min_per_slpm is None:
         return None
-    return mfc.full_scale_slpm * mfc.grams_per_min_per_slpm
-
-
-def sicl4_g_min_to_slpm(sicl4_g_min: float, mfc: MfcConfig) -> float:
-    """The SiCl4 MFC's setpoint in slpm (at the standard the line states) for a mass flow."""
-    if mfc.grams_per_min_per_slpm is None:
-        raise ValueError(f"the {mfc.gas} MFC has no grams_per_min_per_slpm")
-    return sicl4_g_min / mfc.grams_per_min_per_slpm
+    return mfc.g_min_for(mfc.full_scale_slpm)
 
 
 # --------------------------------------------------------------------------------------------
@@ -698,7 +691,7 @@ def _check_oxygen(loc: Loc, layer: Layer, line: LineConfig) -> Iterator[Finding]
     mfc = line.mfc("mfc_sicl4")
     if mfc.grams_per_min_per_slpm is None:
         return  # reported by the SiCl4 limit check
-    needed = sicl4_g_min_to_slpm(layer.sicl4_g_min, mfc)
+    needed = mfc.slpm_for(layer.sicl4_g_min)
     if layer.o2_slpm < needed:
         yield (
             (*loc, "o2_slpm"),

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from controller.safety.envelope import NO_PURGE_CONDITIONS, PRECURSORS, PROCESS_GASES
+from controller.config import PRECURSORS, PROCESS_GASES
+from controller.safety.envelope import NO_PURGE_CONDITIONS
 from controller.states import Mode, State
 
 if TYPE_CHECKING:

@@ -23,20 +23,21 @@ import structlog
 
 from controller.alarm_catalog import alarm_definitions
 from controller.alarms import AlarmEvent, AlarmManager
+from controller.config import AXIS_NAMES, DEVICE_NAMES, cooling_speed_rpm
 from controller.executor import Cursor, Executor, IgnitionFailed, PassSummary, StepFailed
 from controller.interlocks import Reaction, Signals, blocking_start, evaluate
 from controller.judgement import Judge, build_signals
-from controller.machine import AXIS_NAMES, Machine
+from controller.machine import Machine
 from controller.maintenance import Maintenance
 from controller.plan import Plan
-from controller.polling import DEVICE_NAMES, Pollers, poll_hz
+from controller.polling import Pollers, poll_hz
 from controller.polling import link_alive as _link_alive
 from controller.polling import link_lost as _link_lost
 from controller.polling import wait_links as _wait_links
 from controller.process_clock import ProcessClock
 from controller.records import PassRecord, RecordsUnavailable, RunHeader, RunRecords
 from controller.rest_keeper import RestKeeper
-from controller.safety.envelope import Envelope, EnvelopeInputs, compute, cooling_speed_rpm
+from controller.safety.envelope import Envelope, EnvelopeInputs, compute
 from controller.safety.reconciler import Reconciler
 from controller.safety.writer import Actuators, EnvelopeRefused
 from controller.states import ACTIVE_STATES, Command, State, StateMachine
@@ -377,7 +378,7 @@ class Supervisor(SupervisorReactions):
         """Wall time for homing from the far end at setup speed (the drive's homing speed),
         with margin."""
         cfg = self.line.axis(axis)
-        setup = cfg.max_speed * cfg.setup_speed_fraction
+        setup = cfg.setup_speed
         travel = cfg.max_position_mm - cfg.min_position_mm
         return self.clock.wall_budget(travel / setup * 60 * 1.5) + 10.0
 

@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from controller.alarms import AlarmManager
-from controller.config import LineConfig
+from controller.config import AXIS_NAMES, PLASMA_GASES, PRECURSORS, LineConfig, cooling_speed_rpm
 from controller.executor import Executor, StepFailed
 from controller.interlocks import (
     INTERLOCKS_BY_ID,
@@ -26,14 +26,12 @@ from controller.interlocks import (
     evaluate,
 )
 from controller.judgement import Judge
-from controller.machine import AXIS_NAMES
 from controller.plan import CooldownOp, Plan
 from controller.polling import poll_hz
 from controller.process_clock import ProcessClock
 from controller.reactions import apply_posture
 from controller.records import RunRecords
 from controller.safe_state import HOLD, POSTURE_FOR_REACTION, Posture, Rf
-from controller.safety.envelope import cooling_speed_rpm
 from controller.safety.writer import Actuators
 from controller.states import ACTIVE_STATES, Command, Mode, State, StateMachine
 from controller.telemetry import Telemetry
@@ -318,9 +316,9 @@ class SupervisorReactions:
             return INTERLOCKS_BY_ID["link_rf"]
         if "safety_io" in names:
             return INTERLOCKS_BY_ID["link_safety_io"]
-        if names & {"mfc_sicl4", "mfc_dopant"}:
+        if names & set(PRECURSORS):
             return INTERLOCKS_BY_ID["link_precursor"]
-        if names & {"mfc_ar", "mfc_o2", "mfc_n2"}:
+        if names & set(PLASMA_GASES):
             return INTERLOCKS_BY_ID["link_plasma_gas"]
         return None
 

@@ -14,7 +14,7 @@ from enum import Enum
 
 import structlog
 
-from controller.config import MfcConfig
+from controller.config import PRECURSORS, MfcConfig
 from drivers.codecs import alicat_ascii as ac
 from drivers.codecs import alicat_modbus_map as mb
 from simulators.faults import FaultBoard
@@ -24,7 +24,6 @@ from simulators.plant import Plant
 log = structlog.get_logger(__name__)
 
 # The units behind the precursor valve (plant.effective_flow closes the same two).
-PRECURSOR_DEVICES = frozenset({"mfc_sicl4", "mfc_dopant"})
 _PSI_PER_BAR = 14.5038
 _ATMOSPHERE_BAR = 1.01325
 _STANDARD_PRESSURE_PSIA = 14.696
@@ -89,7 +88,7 @@ class MfcCore:
     def _gas_available(self) -> bool:
         if not self.plant.master_valve_open:
             return False
-        return self.name not in PRECURSOR_DEVICES or self.plant.precursor_valve_open
+        return self.name not in PRECURSORS or self.plant.precursor_valve_open
 
     def step(self, dt_s: float) -> None:
         self.measure()  # a `stuck` fault freezes the readings from before this step on

@@ -14,11 +14,9 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from controller.config import GeometryConfig, LineConfig
+from controller.config import MFC_NAMES, PRECURSORS, GeometryConfig, LineConfig, MfcConfig
 from controller.process_model import SIO2_PER_SICL4, grown_diameter_mm
 from simulators.faults import FaultBoard
-
-GAS_DEVICES = ("mfc_ar", "mfc_o2", "mfc_n2", "mfc_sicl4", "mfc_dopant")
 
 
 class PlantConfig(BaseModel):
@@ -60,9 +58,9 @@ class Plant:
     config: PlantConfig
     geometry: GeometryConfig
     faults: FaultBoard
-    sicl4_grams_per_slpm: float = 7.58
+    sicl4: MfcConfig  # its g/min <-> slpm conversion is the line model's, not the plant's
     # Written by the device simulators.
-    gas_flow_slpm: dict[str, float] = field(default_factory=lambda: dict.fromkeys(GAS_DEVICES, 0.0))
+    gas_flow_slpm: dict[str, float] = field(default_factory=lambda: dict.fromkeys(MFC_NAMES, 0.0))
     rf_on: bool = False
     rf_forward_kw: float = 0.0
     rf_enable: bool = True  # the safety relay's RF-enable output, driven by the safety PLC
@@ -93,7 +91,7 @@ class Plant:
             config=config,
             geometry=line.geometry,
             faults=faults,
-            sicl4_grams_per_slpm=sicl4.grams_per_min_per_slpm or 7.58,
+            sicl4=sicl4,
         )
         plant.rod_diameter_mm = line.geometry.bait_rod_diameter_mm
         plant.rod_temperature_c = config.ambient_c
@@ -111,13 +109,13 @@ class Plant:
     def sicl4_g_min(self) -> float:
         if not self.precursor_valve_open or not self.master_valve_open:
             return 0.0
-        return self.gas_flow_slpm["mfc_sicl4"] * self.sicl4_grams_per_slpm
+        return self.sicl4.g_min_for(self.gas_flow_slpm["mfc_sicl4"])
 
     def effective_flow(self, device: str) -> float:
         """What actually reaches the torch: closed valves stop the gas whatever the MFC says."""
         if not self.master_valve_open:
             return 0.0
-        if device in ("mfc_sicl4", "mfc_dopant") and not self.precursor_valve_open:
+        if device in PRECURSORS and not self.precursor_valve_open:
             return 0.0
         return self.gas_flow_slpm[device]
 

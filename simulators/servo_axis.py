@@ -521,7 +521,7 @@ class ServoAxisSim(RegisterDevice):
             self.homed = self.target_reached = True
             return None
         self.homed = False
-        speed = self.config.max_speed * self.config.setup_speed_fraction * self._speed_k
+        speed = self.config.setup_speed * self._speed_k
         accel = self.config.acceleration * self._accel_k
         self._begin(
             AxisMode.HOMING, PositionProfile(self.config.min_position_mm, speed, accel, "home")

@@ -14,13 +14,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from controller.config import LineConfig
+from controller.config import (
+    LINEAR_AXES,
+    PRECURSORS,
+    PROCESS_GASES,
+    LineConfig,
+    cooling_speed_rpm,
+)
 from controller.interlocks import INTERLOCKS
 from controller.states import Mode, State
-
-PROCESS_GASES = ("mfc_ar", "mfc_o2", "mfc_n2")
-PRECURSORS = ("mfc_sicl4", "mfc_dopant")
-LINEAR_AXES = ("carriage", "torch_slide")
 
 
 class RfLimit(IntEnum):
@@ -246,7 +248,7 @@ def compute(inputs: EnvelopeInputs, line: LineConfig) -> Envelope:
     for axis in ("spindle", *LINEAR_AXES):
         cfg = line.axis(axis)
         speeds[axis] = {MotionLimit.STOPPED: 0.0,
-                        MotionLimit.SETUP: cfg.max_speed * cfg.setup_speed_fraction,
+                        MotionLimit.SETUP: cfg.setup_speed,
                         MotionLimit.FULL: cfg.max_speed}[limits.motion]
         if limits.motion is not MotionLimit.FULL:
             reasons[axis] = _why(inputs, "motion", limits.motion)
@@ -270,13 +272,6 @@ def _flow_max(line: LineConfig, name: str, level: GasLimit) -> float:
     if level is GasLimit.PURGE:
         return mfc.purge_slpm
     return mfc.full_scale_slpm
-
-
-def cooling_speed_rpm(line: LineConfig) -> float:
-    """The spindle's cooling speed: configured, else setup speed (never above it, rule 6)."""
-    cfg = line.axis("spindle")
-    setup = cfg.max_speed * cfg.setup_speed_fraction
-    return min(cfg.cooling_speed_rpm, setup) if cfg.cooling_speed_rpm is not None else setup
 
 
 def unknown_conditions() -> set[str]:

@@ -18,8 +18,8 @@ from typing import Any
 
 import structlog
 
-from controller.config import LineConfig
-from controller.safety.envelope import LINEAR_AXES, PRECURSORS, PROCESS_GASES, Envelope
+from controller.config import LINEAR_AXES, PRECURSORS, PROCESS_GASES, LineConfig
+from controller.safety.envelope import Envelope
 from controller.safety.writer import Actuators
 from controller.telemetry import Telemetry
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from argon2 import PasswordHasher
 
+from controller.config import LINEAR_AXES, PRECURSORS, PROCESS_GASES
 from controller.interlocks import INTERLOCKS_BY_ID, Interlock
-from controller.safety.envelope import LINEAR_AXES, PRECURSORS, PROCESS_GASES, Envelope
+from controller.safety.envelope import Envelope
 from controller.service import LineService
 from controller.states import Mode, State
 from controller.users import UserStore

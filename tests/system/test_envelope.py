@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from argon2 import PasswordHasher
 
-from controller.safety.envelope import cooling_speed_rpm
+from controller.config import cooling_speed_rpm
 from controller.service import LineService
 from controller.service_protocol import CommandReply
 from controller.states import Mode, State
 from controller.users import UserStore
+from drivers.errors import DeviceRangeError
 from tests.system.rig import Rig, line_rig
 
 pytestmark = pytest.mark.slow
@@ -173,3 +174,12 @@ async def test_after_an_estop_reset_a_hot_rod_turns_again_only_by_command(tmp_pa
                 "the alarm gone")
         finally:
             hot.cancel()
+
+
+async def test_the_drivers_range_check_is_the_last_guard(rig: Rig) -> None:
+    """Nothing clamps silently: a setpoint the envelope lets through (a decrease) but the
+    device cannot take reaches the driver, whose range check refuses it."""
+    with pytest.raises(DeviceRangeError):
+        await rig.sup.act.set_flow_slpm("mfc_ar", -1.0, "test")
+    with pytest.raises(DeviceRangeError):
+        await rig.sup.act.set_power_kw(-5.0, "test")

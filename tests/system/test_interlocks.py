@@ -9,8 +9,8 @@ import time
 import pytest
 
 from controller.alarms import ANNUNCIATED
+from controller.config import cooling_speed_rpm
 from controller.interlocks import INTERLOCKS_BY_ID, Reaction
-from controller.safety.envelope import cooling_speed_rpm
 from controller.states import State
 from tests.system.rig import Rig
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from controller.config import load_line_config
+from controller.config import cooling_speed_rpm, load_line_config
 from controller.interlocks import INTERLOCKS, Interlock, Reaction, Signals, blocking_start, evaluate
 from controller.reactions import apply_posture, nearest_turning_point
 from controller.safe_state import ESTOP, HOLD, POSTURE_FOR_REACTION, TRIP, TRIP_GAS
-from controller.safety.envelope import EnvelopeInputs, compute, cooling_speed_rpm
+from controller.safety.envelope import EnvelopeInputs, compute
 from controller.safety.writer import Actuators
 from controller.states import State
 from controller.telemetry import Telemetry

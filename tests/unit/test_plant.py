@@ -61,7 +61,7 @@ def run_conditions(plant: Plant) -> None:
     plant.gas_flow_slpm["mfc_ar"] = 0.0
     plant.gas_flow_slpm["mfc_o2"] = RUN_O2_SLPM
     plant.rf_forward_kw = RUN_KW
-    plant.gas_flow_slpm["mfc_sicl4"] = SICL4_G_MIN / plant.sicl4_grams_per_slpm
+    plant.gas_flow_slpm["mfc_sicl4"] = plant.sicl4.slpm_for(SICL4_G_MIN)
     hold_gap(plant)
 
 

@@ -23,7 +23,6 @@ from controller.recipe import (
     parse_recipe,
     recipe_hash,
     recipe_json_schema,
-    sicl4_g_min_to_slpm,
     turning_points_mm,
 )
 
@@ -159,9 +158,9 @@ def test_turning_points_come_from_the_line_unless_overridden() -> None:
 
 
 def test_sicl4_conversion_uses_the_mfc_standard() -> None:
-    assert sicl4_g_min_to_slpm(75.8, LINE.mfc("mfc_sicl4")) == pytest.approx(10.0)
+    assert LINE.mfc("mfc_sicl4").slpm_for(75.8) == pytest.approx(10.0)
     with pytest.raises(ValueError, match="grams_per_min_per_slpm"):
-        sicl4_g_min_to_slpm(20, LINE.mfc("mfc_o2"))
+        LINE.mfc("mfc_o2").slpm_for(20)
 
 
 # ---------------------------------------------------------------------------- structure
