@@ -51,7 +51,8 @@ from controller.service_protocol import CommandReply
 from controller.users import UserError, UserStore
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_REFUSED = 0, 1, 2, 3
-SIMPLE_COMMANDS = ("hold", "unhold", "stop", "abort", "reset", "clear", "cool_rotation")
+SIMPLE_COMMANDS = ("hold", "unhold", "stop", "abort", "reset", "clear", "cool_rotation",
+                   "purge")
 CLIENT_COMMANDS = ("status", "start", *SIMPLE_COMMANDS, "alarms", "mode", "trim", "jog",
                    "home", "move", "login", "logout")
 JOG_RENEW_S = 0.1
@@ -109,8 +110,9 @@ def add_client_commands(subparsers: argparse._SubParsersAction[argparse.Argument
                              help="record an interrupted run as abandoned, then start anew")
 
     for name in SIMPLE_COMMANDS:
-        what = ("turn a hot rod at its cooling speed again (after an E-stop)"
-                if name == "cool_rotation" else f"{name} the run")
+        what = {"cool_rotation": "turn a hot rod at its cooling speed again (after an E-stop)",
+                "purge": "purge after a trip that forbade it, once exhaust and scrubber are "
+                         "back"}.get(name, f"{name} the run")
         _client_parser(subparsers, name, what)
 
     alarms = _client_parser(subparsers, "alarms", "list, acknowledge or shelve alarms",

@@ -29,6 +29,12 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+class PurgeRefused(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 RESTING_STATES = frozenset({State.IDLE, State.COMPLETE, State.STOPPED, State.ABORTED})
 SOURCE = "rest"
 PERIOD_S = 0.1
@@ -80,6 +86,27 @@ class RestKeeper:
         if self.step is None:
             return None
         return f"making safe: {self.step}" + (f" ({self.why})" if self.why else "")
+
+    async def purge(self, user: str) -> None:
+        """The recorded command that purges after a trip that forbade it (rule 1), once the
+        exhaust and the scrubber are back: the sequence then purges for its time and closes
+        everything, as after any other trip. PurgeRefused says why not."""
+        sup = self.sup
+        if sup.sm.state not in RESTING_STATES or sup.sm.mode is not Mode.PRODUCTION:
+            raise PurgeRefused(f"a purge runs at rest in production, not in "
+                               f"{sup.sm.state.value} / {sup.sm.mode.value}")
+        env = sup.act.envelope()
+        if not env.master_valve_allowed:
+            raise PurgeRefused("purging now would push gas into the room: "
+                               + env.reasons.get("gas_master_valve", "not allowed"))
+        source = f"purge:{user}"
+        await sup.act.set_outputs(source, exhaust_fan=True, gas_master_valve=True,
+                                  precursor_valve=False)
+        await asyncio.gather(*(sup.act.set_flow_slpm(g, min(sup.line.mfc(g).purge_slpm,
+                                                            env.flow_max_slpm[g]), source)
+                               for g in PROCESS_GASES))
+        self.no_purge_seen = False
+        self._rested_since = sup.clock.now()
 
     # -- the sequence ------------------------------------------------------------------------
     async def watch(self) -> None:

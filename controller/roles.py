@@ -52,6 +52,7 @@ PERMISSIONS: Mapping[str, frozenset[Role]] = {
     "ack": _RUN,
     "shelve": _RUN,
     "trim": _RUN,
+    "purge": _RUN,  # after a trip that forbade purging, once the exhaust and scrubber are back
     # Anyone at the machine may stop it (see the module docstring).
     "stop": _STOPPERS,
     "abort": _STOPPERS,

@@ -20,6 +20,7 @@ from controller.maintenance import MaintenanceRefused
 from controller.planning import plan_from_recipe
 from controller.recipe import RecipeError, parse_recipe
 from controller.records import RecordsReader, RecordsUnavailable, RunHeader
+from controller.rest_keeper import PurgeRefused
 from controller.roles import refusal as role_refusal
 from controller.safety.writer import EnvelopeRefused
 from controller.service_protocol import CommandReply, Event
@@ -66,6 +67,7 @@ class LineService:
             "move": self._move,
             "device_test": self._device_test,
             "cool_rotation": self._cool_rotation,
+            "purge": self._purge,
         }
         # Runs left interrupted by a dead controller: known at start-up, and changed only by a
         # resume or an abandon here, so status() never goes to the disk for them.
@@ -141,7 +143,7 @@ class LineService:
         try:
             data = await handler(user, args)
         except (Refused, MaintenanceRefused, CommandRefused, AlarmError, EnvelopeRefused,
-                CoolingRotationRefused) as exc:
+                CoolingRotationRefused, PurgeRefused) as exc:
             reason = getattr(exc, "reason", None) or str(exc)
             if not isinstance(exc, RecordedRefusal):
                 await self._record(user, command, args, False, reason)
@@ -323,6 +325,11 @@ class LineService:
         rpm = await self.sup.restart_cooling_rotation(user)
         await self._record(user, "cool_rotation", args, True, None)
         return {"spindle_rpm": rpm}
+
+    async def _purge(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
+        await self.sup.rest.purge(user)
+        await self._record(user, "purge", args, True, None)
+        return {"purge_s": self.sup.line.supervision.post_trip_purge_s}
 
     async def _device_test(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
         data = await self.sup.maintenance.device_test(args, user)

@@ -183,3 +183,29 @@ async def test_the_drivers_range_check_is_the_last_guard(rig: Rig) -> None:
         await rig.sup.act.set_flow_slpm("mfc_ar", -1.0, "test")
     with pytest.raises(DeviceRangeError):
         await rig.sup.act.set_power_kw(-5.0, "test")
+
+
+async def test_after_a_no_purge_trip_a_purge_runs_only_by_command(tmp_path: Path) -> None:
+    users = UserStore(tmp_path / "users.json", hasher=FAST)
+    users.add("olga", "operator-password", "operator")
+    async with line_rig(tmp_path) as rig:
+        service = LineService(rig.sup, users, rig.db)
+        plant = rig.sim.plant
+        assert (await rig.start("long")).accepted
+        await rig.wait_depositing(passes_done=1)
+        rig.sim.faults.inject("safety_io", "scrubber_not_ready")
+        await rig.wait_state(State.ABORTED, timeout_s=20)
+        refused = await service.execute("olga", "purge", {})
+        assert not refused.accepted and "scrubber_not_ready" in (refused.reason or "")
+        rig.sim.faults.clear("safety_io", "scrubber_not_ready")
+        await rig.wait_for(lambda: rig.sup.act.envelope().master_valve_allowed, 5, "scrubber")
+        await asyncio.sleep(0.5)
+        assert not plant.master_valve_open, "nothing purges by itself"
+        reply = await service.execute("olga", "purge", {})
+        assert reply.accepted, reply.reason
+        n2 = rig.line.mfc("mfc_n2").purge_slpm
+        await rig.wait_for(lambda: plant.master_valve_open
+                           and abs(plant.gas_flow_slpm["mfc_n2"] - n2) < 1, 5, "purging")
+        # Then, after the purge time, every gas off and the valves closed: at rest.
+        await rig.wait_for(lambda: not plant.master_valve_open and not gases_flowing(rig), 10,
+                           "the purge ended")
