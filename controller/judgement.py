@@ -7,11 +7,10 @@ which interlocks are tripped; the supervisor decides the reaction."""
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from controller.alarms import AlarmManager
 from controller.config import AXIS_NAMES, MFC_NAMES, PLASMA_GASES, PRECURSORS, LineConfig
-from controller.executor import Executor
 from controller.interlocks import Interlock, Signals, evaluate
 from controller.polling import link_lost
 from controller.safety.writer import Actuators
@@ -72,6 +71,14 @@ def build_signals(telemetry: Telemetry, line: LineConfig, *, plasma_expected: bo
     )
 
 
+@dataclass(frozen=True)
+class GapTarget:
+    """The coil gap the current layer asks for, and the preform diameter it is measured to."""
+
+    coil_gap_mm: float
+    diameter_mm: float
+
+
 PLASMA_HELD_STATES = frozenset({State.EXECUTE, State.HOLDING, State.HELD, State.UNHOLDING})
 
 
@@ -92,7 +99,7 @@ class Judge:
         """An interlock raised outside the cycle (a write that failed under the executor)."""
         self._tripped.add(interlock_id)
 
-    def judge(self, signals: Signals, state: State, executor: Executor | None,
+    def judge(self, signals: Signals, state: State, gap: GapTarget | None,
               now: float) -> list[Interlock]:
         """Annunciate interlock changes, judge deviations and margins; the tripped interlocks,
         worst first."""
@@ -106,10 +113,10 @@ class Judge:
                 self.alarms.evaluate(f"interlock.{interlock.id}", True, now, machine_state=value)
         self._tripped = tripped_ids
         if state is State.EXECUTE:
-            self._judge_deviations(now, value, executor)
+            self._judge_deviations(now, value, gap)
         return tripped
 
-    def _judge_deviations(self, now: float, state: str, executor: Executor | None) -> None:
+    def _judge_deviations(self, now: float, state: str, gap: GapTarget | None) -> None:
         commanded = self.act.commanded
         for name in MFC_NAMES:
             reading = self.telemetry.mfcs.get(name)
@@ -121,17 +128,16 @@ class Judge:
         if rf is not None and commanded.rf_on and rf.setpoint_kw == commanded.power_kw:
             self.alarms.evaluate_deviation("rf.power", rf.forward_kw, commanded.power_kw, now,
                                            machine_state=state)
-        self._judge_gap(now, state, executor)
+        self._judge_gap(now, state, gap)
         self._judge_margins(now, state)
 
-    def _judge_gap(self, now: float, state: str, executor: Executor | None) -> None:
+    def _judge_gap(self, now: float, state: str, target: GapTarget | None) -> None:
         slide = self.telemetry.axes.get("torch_slide")
-        layer = executor.current_layer() if executor is not None else None
-        diameter = executor.cursor.diameter_mm if executor is not None else None
-        if slide is None or layer is None or diameter is None:
+        if slide is None or target is None:
             return
-        gap = self.line.geometry.coil_to_axis_at_slide_zero_mm + slide.position_mm - diameter / 2
-        self.alarms.evaluate_deviation("torch_slide.gap", gap, layer.coil_gap_mm, now,
+        at_zero = self.line.geometry.coil_to_axis_at_slide_zero_mm
+        gap = at_zero + slide.position_mm - target.diameter_mm / 2
+        self.alarms.evaluate_deviation("torch_slide.gap", gap, target.coil_gap_mm, now,
                                        machine_state=state)
 
     def _judge_margins(self, now: float, state: str) -> None:

@@ -24,15 +24,29 @@ import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 
-from controller.config import AXIS_NAMES, MFC_NAMES, PRECURSORS, ServoAxisConfig
-from controller.safety.writer import EnvelopeRefused
+from controller.config import AXIS_NAMES, MFC_NAMES, PRECURSORS, LineConfig, ServoAxisConfig
+from controller.machine import Machine
+from controller.safety.writer import Actuators, EnvelopeRefused
+from controller.states import StateMachine
+from controller.telemetry import Telemetry
 
-if TYPE_CHECKING:
-    from controller.supervisor import Supervisor
+
+class MaintainedLine(Protocol):
+    """What maintenance needs of the supervisor (which holds it): no import of it, so no
+    circle."""
+
+    line: LineConfig
+    machine: Machine
+    sm: StateMachine
+    telemetry: Telemetry
+    act: Actuators
+
+    def link_alive(self, device: str) -> bool: ...
+    async def make_idle(self, source: str = "idle") -> None: ...
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +73,7 @@ class Lease:
 
 
 class Maintenance:
-    def __init__(self, sup: Supervisor, *, lease_s: float = LEASE_S) -> None:
+    def __init__(self, sup: MaintainedLine, *, lease_s: float = LEASE_S) -> None:
         self.sup = sup
         self.lease_s = lease_s
         self.leases: dict[str, Lease] = {}

@@ -31,10 +31,10 @@ from typing import Any, Self
 import platformdirs
 import structlog
 
-from controller.alarms import AlarmEvent
 from controller.records_reader import RecordsReader
 from controller.records_schema import (
     AlarmRecord,
+    AlarmTransition,
     Checkpoint,
     CommandRecord,
     EventRecord,
@@ -266,7 +266,7 @@ class RunRecords:
 
         await self._submit(work)
 
-    async def record_alarm(self, run_id: int | None, event: AlarmEvent) -> None:
+    async def record_alarm(self, run_id: int | None, event: AlarmTransition) -> None:
         t = self._clock()
         row = (
             run_id,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 SCHEMA_VERSION = 1
 
@@ -200,6 +200,43 @@ class SetpointRecord:
     quantity: str
     value: float
     source: str
+
+
+class _Valued(Protocol):
+    @property
+    def value(self) -> str: ...
+
+
+class AlarmTransition(Protocol):
+    """What the records keep of an alarm's transition (the alarm manager's ``AlarmEvent`` is
+    one): the records depend on this shape, not on the alarm manager."""
+
+    @property
+    def alarm_id(self) -> str: ...
+    @property
+    def tag(self) -> str: ...
+    @property
+    def from_state(self) -> _Valued: ...
+    @property
+    def to_state(self) -> _Valued: ...
+    @property
+    def priority(self) -> _Valued: ...
+    @property
+    def category(self) -> _Valued: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def time(self) -> float: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def user(self) -> str | None: ...
+    @property
+    def value(self) -> float | None: ...
+    @property
+    def first_out(self) -> bool: ...
+    @property
+    def note(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,16 +16,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import structlog
 
-from controller.config import PRECURSORS, PROCESS_GASES
-from controller.safety.envelope import NO_PURGE_CONDITIONS
-from controller.states import Mode, State
+from controller.config import PRECURSORS, PROCESS_GASES, LineConfig
+from controller.process_clock import ProcessClock
+from controller.safety.envelope import NO_PURGE_CONDITIONS, Envelope, EnvelopeInputs
+from controller.safety.reconciler import Reconciler
+from controller.safety.writer import Actuators
+from controller.states import Mode, State, StateMachine
+from controller.telemetry import Telemetry
 
-if TYPE_CHECKING:
-    from controller.supervisor import Supervisor
+
+class RestingLine(Protocol):
+    """What the rest keeper needs of the supervisor (which holds it): no import of it, so no
+    circle."""
+
+    line: LineConfig
+    clock: ProcessClock
+    sm: StateMachine
+    telemetry: Telemetry
+    act: Actuators
+    reconciler: Reconciler
+    trip_cause: str | None
+
+    def link_alive(self, device: str) -> bool: ...
+    def envelope_inputs(self) -> EnvelopeInputs: ...
+    def envelope_now(self) -> Envelope: ...
 
 log = structlog.get_logger(__name__)
 
@@ -41,7 +59,7 @@ PERIOD_S = 0.1
 
 
 class RestKeeper:
-    def __init__(self, sup: Supervisor) -> None:
+    def __init__(self, sup: RestingLine) -> None:
         self.sup = sup
         self.step: str | None = None  # what it is doing now; None when at rest
         self.why: str = ""

@@ -26,7 +26,7 @@ from controller.alarms import AlarmEvent, AlarmManager
 from controller.config import AXIS_NAMES, DEVICE_NAMES, cooling_speed_rpm
 from controller.executor import Cursor, Executor, IgnitionFailed, PassSummary, StepFailed
 from controller.interlocks import Reaction, Signals, blocking_start, evaluate
-from controller.judgement import Judge, build_signals
+from controller.judgement import GapTarget, Judge, build_signals
 from controller.machine import Machine
 from controller.maintenance import Maintenance
 from controller.plan import Plan
@@ -300,13 +300,20 @@ class Supervisor(SupervisorReactions):
         self._judge_interlocks()
         self.reconciler.cycle(self.envelope_now())
 
+    def _gap_target(self) -> GapTarget | None:
+        executor = self.executor
+        layer = executor.current_layer() if executor is not None else None
+        if executor is None or layer is None or executor.cursor.diameter_mm is None:
+            return None
+        return GapTarget(layer.coil_gap_mm, executor.cursor.diameter_mm)
+
     def _judge_interlocks(self) -> None:
         """Annunciate, then start the worst tripped interlock's reaction."""
         if not self.armed:
             return
         started = time.monotonic()
         now = time.time()
-        tripped = self._judge.judge(self.signals(), self.sm.state, self.executor, now)
+        tripped = self._judge.judge(self.signals(), self.sm.state, self._gap_target(), now)
         if not tripped:
             return
         worst = tripped[0]
