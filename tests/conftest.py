@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from controller.logging_setup import configure_logging
+from controller.config.logging_setup import configure_logging
 
 configure_logging(json=True, level="WARNING")
 

@@ -14,15 +14,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from controller.config import (
+from controller.config.line import (
     LINEAR_AXES,
     PRECURSORS,
     PROCESS_GASES,
     LineConfig,
     cooling_speed_rpm,
 )
-from controller.interlocks import INTERLOCKS
-from controller.states import Mode, State
+from controller.safety.interlocks import INTERLOCKS
+from controller.safety.states import Mode, State
 
 
 class RfLimit(IntEnum):

@@ -18,10 +18,10 @@ from typing import Any
 
 import structlog
 
-from controller.config import LINEAR_AXES, PRECURSORS, PROCESS_GASES, LineConfig
+from controller.config.line import LINEAR_AXES, PRECURSORS, PROCESS_GASES, LineConfig
+from controller.machine.telemetry import Telemetry
 from controller.safety.envelope import Envelope
 from controller.safety.writer import Actuators
-from controller.telemetry import Telemetry
 
 log = structlog.get_logger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from controller.machine import Machine
+from controller.machine.devices import Machine
 from controller.safety.envelope import Envelope
 from drivers.safety_io import SafetyOutputs
 

@@ -12,12 +12,12 @@ import httpx
 import pytest
 from argon2 import PasswordHasher
 
-from controller.api import create_app
-from controller.audit import AuditError, AuditTrail
-from controller.config import load_line_config
-from controller.roles import PERMISSIONS, SERVICE_COMMANDS, Role
-from controller.service_protocol import CommandReply, Event
-from controller.users import TokenIssuer, UserStore
+from controller.config.line import load_line_config
+from controller.records.audit import AuditError, AuditTrail
+from controller.service.api import create_app
+from controller.service.protocol import CommandReply, Event
+from controller.service.roles import PERMISSIONS, SERVICE_COMMANDS, Role
+from controller.service.users import TokenIssuer, UserStore
 
 FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 TTL_S = 3600.0

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from controller.audit import AuditTrail
-from controller.cli_client import (
+from controller.cli.client_commands import (
     EXIT_ERROR,
     EXIT_INVALID,
     EXIT_OK,
@@ -30,7 +29,7 @@ from controller.cli_client import (
     run_client_command,
     users_path,
 )
-from controller.client import (
+from controller.cli.service_client import (
     DEFAULT_URL,
     ServiceClient,
     load_token,
@@ -38,8 +37,9 @@ from controller.client import (
     save_token,
     token_path,
 )
-from controller.roles import Role
-from controller.users import UserStore
+from controller.records.audit import AuditTrail
+from controller.service.roles import Role
+from controller.service.users import UserStore
 from tests.integration.test_api import FAST, RECIPES, Clock, FakeService, make_app, password
 
 

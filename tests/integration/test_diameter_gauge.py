@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import pytest
 
-from controller.config import load_line_config
+from controller.config.line import load_line_config
 from drivers.diameter_gauge import DiameterGauge, GaugeReading
 from drivers.errors import DeviceDisconnected, DeviceError, DeviceProtocolError, DeviceTimeout
 from drivers.transports.ascii import AsciiTransport

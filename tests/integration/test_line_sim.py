@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from controller.config import DEVICE_NAMES, LineConfig, load_line_config
-from controller.machine import Machine, build_machine
+from controller.config.line import DEVICE_NAMES, LineConfig, load_line_config
+from controller.machine.devices import Machine, build_machine
 from drivers.errors import DeviceDisconnected, DeviceError
 from simulators.control import control_request
 from simulators.line import LineSimulator

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from controller.config import load_line_config
+from controller.config.line import load_line_config
 from drivers.codecs import alicat_modbus_map as mb
 from drivers.errors import (
     DeviceDisconnected,

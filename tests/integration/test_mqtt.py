@@ -23,10 +23,10 @@ import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from controller.config import ConfigError
-from controller.mqtt import MqttBridge
-from controller.mqtt_settings import MqttSettings, load_mqtt_settings
-from controller.service_protocol import CommandReply, Event
+from controller.config.line import ConfigError
+from controller.service.mqtt import MqttBridge
+from controller.service.mqtt_settings import MqttSettings, load_mqtt_settings
+from controller.service.protocol import CommandReply, Event
 from tests.integration.mosquitto_fixture import CONTROLLER_USER, MosquittoBroker
 
 T = TypeVar("T")
@@ -37,7 +37,7 @@ OPERATOR_COMMANDS = {"hold": "Held", "unhold": "Execute", "stop": "Stopped"}
 
 
 class FakeService:
-    """Implements controller.service_protocol.ControllerService in memory."""
+    """Implements controller.service.protocol.ControllerService in memory."""
 
     line = "l1"
     machine = "m1"
@@ -361,9 +361,9 @@ async def test_broker_restart_republishes_missed_events_in_order(
 # -- the last will -----------------------------------------------------------------------------
 _CHILD = """
 import asyncio, sys
-from controller.mqtt import MqttBridge
-from controller.config import ConfigError
-from controller.mqtt_settings import MqttSettings, load_mqtt_settings
+from controller.service.mqtt import MqttBridge
+from controller.config.line import ConfigError
+from controller.service.mqtt_settings import MqttSettings, load_mqtt_settings
 from tests.integration.test_mqtt import FakeService
 
 async def main() -> None:

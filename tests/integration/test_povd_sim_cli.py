@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from controller.config import DEVICE_NAMES
+from controller.config.line import DEVICE_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_DEADLINE_S = 60.0  # imports on a slow 2-core CI machine

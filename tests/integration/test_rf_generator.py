@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import pytest
 
-from controller.config import RfGeneratorConfig, load_line_config
+from controller.config.line import RfGeneratorConfig, load_line_config
 from drivers.codecs import rf_generator_map as rf_map
 from drivers.errors import (
     DeviceDisconnected,

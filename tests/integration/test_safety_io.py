@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from controller.config import SafetyIoConfig, load_line_config
+from controller.config.line import SafetyIoConfig, load_line_config
 from drivers.codecs import safety_io_map as io_map
 from drivers.errors import (
     DeviceDisconnected,

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import pytest
 
-from controller.config import LineConfig, ServoAxisConfig, load_line_config
+from controller.config.line import LineConfig, ServoAxisConfig, load_line_config
 from drivers.codecs import servo_map
 from drivers.codecs.servo_map import AlarmCode, AxisMode
 from drivers.errors import (

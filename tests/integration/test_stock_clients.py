@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from controller.config import load_line_config
+from controller.config.line import load_line_config
 from drivers.rf_generator import RfGenerator
 from drivers.safety_io import SafetyIo
 from drivers.transports.endpoint import Endpoint

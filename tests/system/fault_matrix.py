@@ -17,12 +17,12 @@ from pathlib import Path
 
 from argon2 import PasswordHasher
 
-from controller.config import LINEAR_AXES, PRECURSORS, PROCESS_GASES
-from controller.interlocks import INTERLOCKS_BY_ID, Interlock
+from controller.config.line import LINEAR_AXES, PRECURSORS, PROCESS_GASES
 from controller.safety.envelope import Envelope
-from controller.service import LineService
-from controller.states import Mode, State
-from controller.users import UserStore
+from controller.safety.interlocks import INTERLOCKS_BY_ID, Interlock
+from controller.safety.states import Mode, State
+from controller.service.line_service import LineService
+from controller.service.users import UserStore
 from tests.system.rig import Rig, line_rig
 
 FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)

@@ -10,15 +10,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.config import LineConfig, load_line_config
-from controller.machine import build_machine
-from controller.planning import plan_from_recipe
-from controller.process_clock import ProcessClock
-from controller.recipe import load_recipe
-from controller.records import RecordsReader, RunHeader, RunRecords
-from controller.records_writer import Connect
-from controller.states import State
-from controller.supervisor import CommandResult, Supervisor
+from controller.config.line import LineConfig, load_line_config
+from controller.machine.devices import build_machine
+from controller.recipes.planning import plan_from_recipe
+from controller.recipes.recipe import load_recipe
+from controller.records.run_records import RecordsReader, RunHeader, RunRecords
+from controller.records.writer import Connect
+from controller.run.process_clock import ProcessClock
+from controller.run.supervisor import CommandResult, Supervisor
+from controller.safety.states import State
 from simulators.line import LineSimulator
 
 RECIPES = Path(__file__).parent / "recipes"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.records import RecordsReader, RecordsUnavailable
+from controller.records.run_records import RecordsReader, RecordsUnavailable
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,7 @@ def simulator(tmp_path: Path) -> Iterator[Path]:
 
 def _povd(data_dir: Path, *args: str, **kwargs) -> subprocess.Popen[str]:  # type: ignore[no-untyped-def]
     return subprocess.Popen(
-        [sys.executable, "-m", "controller.cli", "--data-dir", str(data_dir), *args],
+        [sys.executable, "-m", "controller.cli.main", "--data-dir", str(data_dir), *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
         **kwargs,
     )
@@ -109,7 +109,7 @@ def test_kill_9_then_resume_from_the_last_pass(tmp_path: Path, simulator: Path) 
     assert detail.run.preform_serial == "P-42"
     assert RecordsReader(db).interrupted_runs() == []
     report = subprocess.run(
-        [sys.executable, "-m", "controller.cli", "--data-dir", str(data), "runs", "report",
+        [sys.executable, "-m", "controller.cli.main", "--data-dir", str(data), "runs", "report",
          str(run_id), "--json"], capture_output=True, text=True, check=True, timeout=60,
     )
     summary = json.loads(report.stdout)

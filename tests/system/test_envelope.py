@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from argon2 import PasswordHasher
 
-from controller.config import cooling_speed_rpm
-from controller.service import LineService
-from controller.service_protocol import CommandReply
-from controller.states import Mode, State
-from controller.users import UserStore
+from controller.config.line import cooling_speed_rpm
+from controller.safety.states import Mode, State
+from controller.service.line_service import LineService
+from controller.service.protocol import CommandReply
+from controller.service.users import UserStore
 from drivers.errors import DeviceRangeError
 from tests.system.rig import Rig, line_rig
 

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from controller.alarms import ANNUNCIATED
-from controller.config import cooling_speed_rpm
-from controller.interlocks import INTERLOCKS_BY_ID, Reaction
-from controller.states import State
+from controller.config.line import cooling_speed_rpm
+from controller.safety.alarms import ANNUNCIATED
+from controller.safety.interlocks import INTERLOCKS_BY_ID, Reaction
+from controller.safety.states import State
 from tests.system.rig import Rig
 
 pytestmark = pytest.mark.slow

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from argon2 import PasswordHasher
 
-from controller.config import load_line_config
-from controller.service import LineService
-from controller.service_protocol import CommandReply
-from controller.states import Mode
-from controller.users import UserStore
+from controller.config.line import load_line_config
+from controller.safety.states import Mode
+from controller.service.line_service import LineService
+from controller.service.protocol import CommandReply
+from controller.service.users import UserStore
 from tests.system.rig import RECIPES, Rig, line_rig
 
 pytestmark = pytest.mark.slow

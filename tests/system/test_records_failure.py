@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from controller.states import State
+from controller.safety.states import State
 from tests.system.rig import line_rig
 
 pytestmark = pytest.mark.slow

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.states import State
+from controller.safety.states import State
 from tests.system.rig import Rig
 
 pytestmark = pytest.mark.slow

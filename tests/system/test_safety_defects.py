@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from argon2 import PasswordHasher
 
-from controller.service import LineService
-from controller.states import Mode, State
-from controller.users import UserStore
+from controller.safety.states import Mode, State
+from controller.service.line_service import LineService
+from controller.service.users import UserStore
 from drivers.errors import DeviceTimeout
 from tests.system.rig import Rig, line_rig
 

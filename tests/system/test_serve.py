@@ -24,9 +24,9 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from controller.client import ClientError, ServiceClient
-from controller.records import RecordsReader
-from controller.records_schema import Outcome, RunDetail
+from controller.cli.service_client import ClientError, ServiceClient
+from controller.records.run_records import RecordsReader
+from controller.records.schema import Outcome, RunDetail
 from tests.integration.mosquitto_fixture import CONTROLLER_USER, MosquittoBroker, start_broker
 from tests.system.rig import RECIPES
 
@@ -54,7 +54,7 @@ def _env(data_dir: Path) -> dict[str, str]:
 def add_user(data_dir: Path, name: str) -> None:
     """`povd users add NAME --role R --password-stdin`, as the administrator would."""
     done = subprocess.run(
-        [sys.executable, "-m", "controller.cli", "users", "add", name, "--role", ROLES[name],
+        [sys.executable, "-m", "controller.cli.main", "users", "add", name, "--role", ROLES[name],
          "--password-stdin"],
         input=PASSWORDS[name] + "\n", capture_output=True, text=True, env=_env(data_dir),
         timeout=60, check=False,
@@ -86,7 +86,7 @@ def serving(tmp_path: Path, *extra: str, time_scale: float = 200) -> Iterator[Se
     url_file.unlink(missing_ok=True)  # a previous server's
     with stdout.open("w") as out, (tmp_path / "serve.err").open("w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "controller.cli", "serve", "--sim",
+            [sys.executable, "-m", "controller.cli.main", "serve", "--sim",
              "--time-scale", str(time_scale), "--http", "127.0.0.1:0",
              "--url-file", str(url_file), *extra],
             stdout=out, stderr=err, stdin=subprocess.DEVNULL, text=True, env=_env(data_dir),

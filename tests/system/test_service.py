@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from argon2 import PasswordHasher
 
-from controller.records import RecordsReader, RunHeader
-from controller.records_schema import EventRecord, Outcome, RunDetail
-from controller.service import LineService
-from controller.states import State
-from controller.users import UserStore
+from controller.records.run_records import RecordsReader, RunHeader
+from controller.records.schema import EventRecord, Outcome, RunDetail
+from controller.safety.states import State
+from controller.service.line_service import LineService
+from controller.service.users import UserStore
 from tests.system.rig import RECIPES, Rig, line_rig
 
 pytestmark = pytest.mark.slow

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from controller.alarms import ANNUNCIATED
-from controller.states import State
+from controller.safety.alarms import ANNUNCIATED
+from controller.safety.states import State
 from tests.system.rig import Rig
 
 pytestmark = pytest.mark.slow

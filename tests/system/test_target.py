@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.states import State
+from controller.safety.states import State
 from tests.system.rig import line_rig
 
 pytestmark = pytest.mark.slow

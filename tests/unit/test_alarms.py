@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import TypeAdapter
 
-from controller.alarms import (
+from controller.safety.alarms import (
     AlarmDefinition,
     AlarmEvent,
     AlarmManager,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.config import load_line_config
+from controller.config.line import load_line_config
 from drivers.codecs import alicat_ascii as ac
 from simulators.ascii_bus import AsciiBusServer
 from simulators.faults import FaultBoard

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from controller.config import load_line_config
+from controller.config.line import load_line_config
 from drivers.codecs import alicat_modbus_map as mb
 from simulators.faults import FaultBoard
 from simulators.mfc import AlicatModbusMfcSim, Hold

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.audit import GENESIS, AuditTrail, cmd_audit_verify, entry_hash
+from controller.records.audit import GENESIS, AuditTrail, cmd_audit_verify, entry_hash
 
 
 def _trail(tmp_path: Path, n: int = 5) -> AuditTrail:

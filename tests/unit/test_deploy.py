@@ -26,8 +26,8 @@ import aiomqtt
 import pytest
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from controller import cli as povd_cli
-from controller.config import BusConfig, LineConfig, load_line_config
+from controller.cli import main as povd_cli
+from controller.config.line import BusConfig, LineConfig, load_line_config
 from simulators import serve as povd_sim_cli
 
 REPO = Path(__file__).resolve().parents[2]

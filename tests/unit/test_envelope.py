@@ -7,8 +7,7 @@ import itertools
 
 import pytest
 
-from controller.config import load_line_config
-from controller.interlocks import INTERLOCKS
+from controller.config.line import load_line_config
 from controller.safety import table_doc
 from controller.safety.envelope import (
     CONDITION_LIMITS,
@@ -25,7 +24,8 @@ from controller.safety.envelope import (
     cooling_speed_rpm,
     unknown_conditions,
 )
-from controller.states import Mode, State
+from controller.safety.interlocks import INTERLOCKS
+from controller.safety.states import Mode, State
 
 LINE = load_line_config()
 HOT, COLD = 1500.0, 25.0

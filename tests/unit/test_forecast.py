@@ -14,10 +14,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller import process_model
-from controller.config import load_line_config
-from controller.forecast import forecast
-from controller.recipe import Recipe, load_recipe, parse_recipe
+from controller.config.line import load_line_config
+from controller.recipes import process_model
+from controller.recipes.forecast import forecast
+from controller.recipes.recipe import Recipe, load_recipe, parse_recipe
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 LINE = load_line_config()

@@ -7,14 +7,21 @@ from typing import Any
 
 import pytest
 
-from controller.config import cooling_speed_rpm, load_line_config
-from controller.interlocks import INTERLOCKS, Interlock, Reaction, Signals, blocking_start, evaluate
-from controller.reactions import apply_posture, nearest_turning_point
-from controller.safe_state import ESTOP, HOLD, POSTURE_FOR_REACTION, TRIP, TRIP_GAS
+from controller.config.line import cooling_speed_rpm, load_line_config
+from controller.machine.telemetry import Telemetry
 from controller.safety.envelope import EnvelopeInputs, compute
+from controller.safety.interlocks import (
+    INTERLOCKS,
+    Interlock,
+    Reaction,
+    Signals,
+    blocking_start,
+    evaluate,
+)
+from controller.safety.postures import ESTOP, HOLD, POSTURE_FOR_REACTION, TRIP, TRIP_GAS
+from controller.safety.reactions import apply_posture, nearest_turning_point
+from controller.safety.states import State
 from controller.safety.writer import Actuators
-from controller.states import State
-from controller.telemetry import Telemetry
 from tests.fakes import RecordingMachine, recording_machine
 
 LINE = load_line_config()

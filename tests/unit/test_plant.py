@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from controller.config import LineConfig, load_line_config
-from controller.process_model import deposited_mass_g, grown_diameter_mm, pass_duration_s
+from controller.config.line import LineConfig, load_line_config
+from controller.recipes.process_model import deposited_mass_g, grown_diameter_mm, pass_duration_s
 from simulators.faults import FaultBoard
 from simulators.plant import Plant
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.config import GeometryConfig, LineConfig, load_line_config
-from controller.recipe import (
+from controller.config.line import GeometryConfig, LineConfig, load_line_config
+from controller.recipes.recipe import (
     STEP_KINDS,
     Recipe,
     RecipeError,

@@ -7,12 +7,12 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
-from controller.config import load_line_config
+from controller.config.line import load_line_config
+from controller.machine.telemetry import Telemetry
 from controller.safety.envelope import Envelope, EnvelopeInputs, compute
 from controller.safety.reconciler import Reconciler
+from controller.safety.states import Mode, State
 from controller.safety.writer import Actuators
-from controller.states import Mode, State
-from controller.telemetry import Telemetry
 from drivers.mfc import MfcReading
 from drivers.rf_generator import RfStatus
 from drivers.safety_io import SafetyOutputs

@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from controller.alarms import AlarmEvent, AlarmState, Category, Priority
-from controller.records import (
+from controller.records.run_records import (
     Outcome,
     PassRecord,
     RecordsError,
@@ -23,6 +22,7 @@ from controller.records import (
     records_path,
     resolve_data_dir,
 )
+from controller.safety.alarms import AlarmEvent, AlarmState, Category, Priority
 
 
 class Clock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.roles import (
+from controller.service.roles import (
     PERMISSIONS,
     READ_ACTIONS,
     SERVICE_COMMANDS,

@@ -9,9 +9,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from controller.config import load_line_config
-from controller.polling import Pollers
-from controller.telemetry import Telemetry
+from controller.config.line import load_line_config
+from controller.machine.polling import Pollers
+from controller.machine.telemetry import Telemetry
 from tests.fakes import Call, healthy_inputs, recording_machine
 
 LINE = load_line_config()

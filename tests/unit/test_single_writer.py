@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from controller.config import load_line_config
+from controller.config.line import load_line_config
 from controller.safety.envelope import EnvelopeInputs, compute
+from controller.safety.states import Mode, State
 from controller.safety.writer import Actuators, EnvelopeRefused
-from controller.states import Mode, State
 from tests.fakes import RecordingMachine, recording_machine
 
 ROOT = Path(__file__).resolve().parents[2] / "controller"

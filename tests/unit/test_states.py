@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from controller.states import (
+from controller.safety.states import (
     ACTING_STATES,
     ACTIVE_STATES,
     INTERNAL_EVENTS,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from argon2 import PasswordHasher
 
-from controller.roles import Role
-from controller.users import TokenIssuer, User, UserError, UserStore
+from controller.service.roles import Role
+from controller.service.users import TokenIssuer, User, UserError, UserStore
 
 # Cheap parameters: the tests exercise the logic, not the hash's cost.
 FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)

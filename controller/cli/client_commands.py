@@ -1,0 +1,480 @@
+"""The `povd` commands that are clients of a running service, and the line PC's admin commands.
+
+Client commands (each takes --url, else $POVD_URL, else http://127.0.0.1:8470):
+    povd login [USERNAME]            povd logout            povd status [--json]
+    povd start RECIPE [--serial S] [--operator NAME] [--bait-rod-lot L] [--precursor-lot L]
+    povd hold | unhold | stop | abort | reset | clear [--reason R]
+    povd alarms [--json] | alarms ack ID | alarms shelve ID --for SECONDS --reason R
+    povd mode production|maintenance
+    povd trim [--power-kw X] [--traverse-pct Y]
+    povd jog AXIS +|- [--speed S] [--for SECONDS] [--renew-every SECONDS]
+    povd home AXIS          povd move AXIS POSITION_MM [--speed S]
+Exit codes: 0 accepted / ok, 1 connection or other error, 2 bad input, 3 refused.
+
+Admin commands, on the line PC's files (no service needed):
+    povd users add NAME --role ROLE | passwd NAME | role NAME ROLE | remove NAME | list
+    povd audit verify | audit list [--last N] [--json]
+Each user change is appended to the audit trail as done by ``local:<os user>``.
+
+The arguments each command sends to the service (`ControllerService.execute`):
+    start   {recipe_text, recipe_path, preform_serial, operator, bait_rod_lot, precursor_lot,
+             resume_run_id?, abandon_run_id?}
+    ack     {alarm_id}            shelve {alarm_id, for_s}            mode {mode}
+    trim    {power_kw?, traverse_pct?}
+    jog     {axis, direction: "+" | "-", speed?}   (renewed every 100 ms while held)
+    jog_stop {axis}               home {axis}      move {axis, position_mm, speed?}
+and {reason} when --reason is given."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from argon2 import PasswordHasher
+
+from controller.cli.service_client import (
+    ClientError,
+    ServiceClient,
+    forget_token,
+    load_token,
+    resolve_url,
+    save_token,
+)
+from controller.records.audit import AuditError, AuditTrail, cmd_audit_verify
+from controller.service.protocol import CommandReply
+from controller.service.roles import Role
+from controller.service.users import UserError, UserStore
+
+EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_REFUSED = 0, 1, 2, 3
+SIMPLE_COMMANDS = ("hold", "unhold", "stop", "abort", "reset", "clear", "cool_rotation",
+                   "purge")
+CLIENT_COMMANDS = ("status", "start", *SIMPLE_COMMANDS, "alarms", "mode", "trim", "jog",
+                   "home", "move", "login", "logout")
+JOG_RENEW_S = 0.1
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def users_path(data_dir: Path) -> Path:
+    return data_dir / "users.json"
+
+
+def audit_path(data_dir: Path) -> Path:
+    return data_dir / "audit.sqlite3"
+
+
+# --------------------------------------------------------------------------------------------
+# Parsers
+
+
+def _client_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+                   help_text: str, *, reason: bool = True) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_text)
+    parser.set_defaults(client_command=name)
+    parser.add_argument("--url", default=None,
+                        help="the service (else $POVD_URL, else http://127.0.0.1:8470)")
+    if reason:
+        parser.add_argument("--reason", default=None, help="why (recorded with the command)")
+    return parser
+
+
+def add_client_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the client commands; each sets `client_command` for `run_client_command`."""
+    status = _client_parser(subparsers, "status", "the service's state, run and alarms",
+                            reason=False)
+    status.add_argument("--json", action="store_true")
+
+    start = _client_parser(subparsers, "start", "start a recipe on the service's line")
+    start.add_argument("recipe", type=Path)
+    start.add_argument("--serial", default=None, help="preform serial number")
+    start.add_argument("--operator", default=None, help="operator name (default: the login)")
+    start.add_argument("--bait-rod-lot", default=None)
+    start.add_argument("--precursor-lot", default=None)
+    interrupted = start.add_mutually_exclusive_group()
+    interrupted.add_argument("--resume", type=int, default=None, metavar="RUN_ID",
+                             help="continue a run a dead controller left interrupted")
+    interrupted.add_argument("--abandon", type=int, default=None, metavar="RUN_ID",
+                             help="record an interrupted run as abandoned, then start anew")
+
+    for name in SIMPLE_COMMANDS:
+        what = {"cool_rotation": "turn a hot rod at its cooling speed again (after an E-stop)",
+                "purge": "purge after a trip that forbade it, once exhaust and scrubber are "
+                         "back"}.get(name, f"{name} the run")
+        _client_parser(subparsers, name, what)
+
+    alarms = _client_parser(subparsers, "alarms", "list, acknowledge or shelve alarms",
+                            reason=False)
+    alarms.add_argument("--json", action="store_true")
+    alarm_sub = alarms.add_subparsers(dest="alarm_action")
+    ack = alarm_sub.add_parser("ack", help="acknowledge an alarm")
+    ack.add_argument("alarm_id")
+    ack.add_argument("--reason", default=None)
+    shelve = alarm_sub.add_parser("shelve", help="shelve an alarm for a while")
+    shelve.add_argument("alarm_id")
+    shelve.add_argument("--for", dest="for_s", type=float, required=True, metavar="SECONDS")
+    shelve.add_argument("--reason", required=True)
+
+    mode = _client_parser(subparsers, "mode", "change the unit mode")
+    mode.add_argument("mode", choices=["production", "maintenance"])
+
+    trim = _client_parser(subparsers, "trim",
+                          "trim power and traverse speed within the recipe's bounds")
+    trim.add_argument("--power-kw", type=float, default=None)
+    trim.add_argument("--traverse-pct", type=float, default=None)
+
+    jog = _client_parser(subparsers, "jog", "jog an axis while held (maintenance mode)")
+    jog.add_argument("axis")
+    jog.add_argument("direction", choices=["+", "-"])
+    jog.add_argument("--speed", type=float, default=None)
+    jog.add_argument("--for", dest="for_s", type=float, default=None, metavar="SECONDS",
+                     help="stop after this long (default: until Ctrl-C)")
+    jog.add_argument("--renew-every", type=float, default=JOG_RENEW_S, metavar="SECONDS",
+                     help="lease renewal period (default 0.1)")
+
+    home = _client_parser(subparsers, "home", "home an axis (maintenance mode)")
+    home.add_argument("axis")
+
+    move = _client_parser(subparsers, "move", "move an axis to a position (maintenance mode)")
+    move.add_argument("axis")
+    move.add_argument("position_mm", type=float)
+    move.add_argument("--speed", type=float, default=None)
+
+    login = _client_parser(subparsers, "login", "log in to the service", reason=False)
+    login.add_argument("username", nargs="?", default=None,
+                       help="default: your login name on this computer")
+    _client_parser(subparsers, "logout", "log out of the service", reason=False)
+
+
+def add_admin_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`povd users ...` and `povd audit ...`; each sets `admin_command`."""
+    users = subparsers.add_parser("users", help="manage the line PC's users")
+    users.set_defaults(admin_command="users")
+    users_sub = users.add_subparsers(dest="users_action", required=True)
+    add = users_sub.add_parser("add", help="add a user")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=[r.value for r in Role])
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password from the first line of stdin")
+    passwd = users_sub.add_parser("passwd", help="set a user's password")
+    passwd.add_argument("name")
+    passwd.add_argument("--password-stdin", action="store_true")
+    role = users_sub.add_parser("role", help="change a user's role")
+    role.add_argument("name")
+    role.add_argument("role", choices=[r.value for r in Role])
+    remove = users_sub.add_parser("remove", help="remove a user (their sessions end)")
+    remove.add_argument("name")
+    listing = users_sub.add_parser("list", help="list users and roles")
+    listing.add_argument("--json", action="store_true")
+
+    audit = subparsers.add_parser("audit", help="the audit trail")
+    audit.set_defaults(admin_command="audit")
+    audit_sub = audit.add_subparsers(dest="audit_action", required=True)
+    audit_sub.add_parser("verify", help="check the hash chain (exit 1 if tampered)")
+    audit_list = audit_sub.add_parser("list", help="print the newest entries")
+    audit_list.add_argument("--last", type=int, default=50)
+    audit_list.add_argument("--json", action="store_true")
+
+
+# --------------------------------------------------------------------------------------------
+# Client commands
+
+
+def _report(reply: CommandReply) -> int:
+    state = f" (state {reply.state})" if reply.state else ""
+    if reply.accepted:
+        _out(f"{reply.command}: accepted{state}")
+        return EXIT_OK
+    _out(f"{reply.command}: refused: {reply.reason or 'no reason given'}{state}")
+    return EXIT_REFUSED
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    _out(f"state {status.get('state', '?')}, mode {status.get('mode', '?')}, "
+         f"run {status.get('run_id') or '-'}")
+    if status.get("trip_cause"):
+        _out(f"  trip cause: {status['trip_cause']}")
+    if status.get("op"):
+        _out(f"  doing: {status['op']}")
+    _print_alarms(status.get("alarms") or [])
+
+
+def _print_alarms(alarms: list[dict[str, Any]]) -> None:
+    if not alarms:
+        _out("  no active alarms")
+    for alarm in alarms:
+        first = " FIRST-OUT" if alarm.get("first_out") else ""
+        _out(f"  [{alarm.get('priority', '?')}] {alarm.get('id', '?')} "
+             f"{alarm.get('state', '?')}{first}: {alarm.get('message', '')}")
+
+
+def _start_args(args: argparse.Namespace) -> dict[str, Any]:
+    path: Path = args.recipe
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _BadInputError(f"cannot read the recipe {path}: {exc}") from exc
+    return {"recipe_text": text, "recipe_path": str(path), "preform_serial": args.serial,
+            "operator": args.operator, "bait_rod_lot": args.bait_rod_lot,
+            "precursor_lot": args.precursor_lot, "resume_run_id": args.resume,
+            "abandon_run_id": args.abandon}
+
+
+class _BadInputError(Exception):
+    pass
+
+
+def _command_for(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The service command and its arguments for a parsed command line."""
+    name: str = args.client_command
+    if name == "start":
+        return "start", _start_args(args)
+    if name in SIMPLE_COMMANDS:
+        return name, {}
+    if name == "alarms":
+        if args.alarm_action == "ack":
+            return "ack", {"alarm_id": args.alarm_id}
+        if args.for_s <= 0:
+            raise _BadInputError("--for must be positive")
+        return "shelve", {"alarm_id": args.alarm_id, "for_s": args.for_s}
+    if name == "mode":
+        return "mode", {"mode": args.mode}
+    if name == "trim":
+        trims = {k: v for k, v in (("power_kw", args.power_kw),
+                                   ("traverse_pct", args.traverse_pct)) if v is not None}
+        if not trims:
+            raise _BadInputError("trim what? give --power-kw and/or --traverse-pct")
+        return "trim", trims
+    if name == "home":
+        return "home", {"axis": args.axis}
+    if name == "move":
+        move: dict[str, Any] = {"axis": args.axis, "position_mm": args.position_mm}
+        if args.speed is not None:
+            move["speed"] = args.speed
+        return "move", move
+    raise _BadInputError(f"not a client command: {name}")
+
+
+def _jog(client: ServiceClient, args: argparse.Namespace) -> int:
+    """Jog while held: renew the lease every period until --for elapses or Ctrl-C, then stop.
+
+    If this process dies the lease simply runs out and the axis stops by itself."""
+    if args.renew_every <= 0 or (args.for_s is not None and args.for_s <= 0):
+        raise _BadInputError("--for and --renew-every must be positive")
+    jog: dict[str, Any] = {"axis": args.axis, "direction": args.direction}
+    if args.speed is not None:
+        jog["speed"] = args.speed
+    first = client.command("jog", jog, args.reason)
+    if not first.accepted:
+        return _report(first)
+    _out(f"jogging {args.axis} {args.direction}" +
+         (f" for {args.for_s:g} s" if args.for_s else ": Ctrl-C to stop"))
+    started = time.monotonic()
+    deadline = None if args.for_s is None else started + args.for_s
+    outcome, renewals = EXIT_OK, 0
+    try:
+        while True:
+            renewals += 1
+            due = started + renewals * args.renew_every
+            if deadline is not None and due >= deadline:
+                time.sleep(max(0.0, deadline - time.monotonic()))
+                break
+            time.sleep(max(0.0, due - time.monotonic()))
+            reply = client.command("jog", jog)
+            if not reply.accepted:
+                outcome = _report(reply)
+                break
+    except KeyboardInterrupt:
+        pass
+    except ClientError as exc:
+        _err(f"jog: {exc.message} (the lease runs out and the axis stops by itself)")
+        outcome = EXIT_ERROR
+    finally:
+        stop = client.command("jog_stop", {"axis": args.axis})
+    if outcome == EXIT_OK:
+        return _report(stop)
+    return outcome
+
+
+def _move(client: ServiceClient, args: argparse.Namespace) -> int:
+    """A move lives on a lease like a jog: renewed every 100 ms until the axis arrives; Ctrl-C
+    (or this process dying) lets it run out and the axis stops."""
+    _, move = _command_for(args)
+    reply = client.command("move", move, args.reason)
+    if not reply.accepted:
+        return _report(reply)
+    _out(f"moving {args.axis} to {args.position_mm:g} mm: Ctrl-C to stop")
+    try:
+        while (reply.data or {}).get("lease") != "arrived":
+            time.sleep(JOG_RENEW_S)
+            reply = client.command("move", move)
+            if not reply.accepted:
+                return _report(reply)
+    except KeyboardInterrupt:
+        return _report(client.command("jog_stop", {"axis": args.axis}))
+    _out(f"{args.axis} at {args.position_mm:g} mm")
+    return EXIT_OK
+
+
+def _login(client: ServiceClient, args: argparse.Namespace) -> int:
+    username = args.username or getpass.getuser()
+    password = getpass.getpass(f"password for {username}: ")
+    reply = client.login(username, password)
+    path = save_token(reply["token"], client.url, username=username,
+                      expires_at=reply.get("expires_at"))
+    expires = time.strftime("%Y-%m-%d %H:%M", time.localtime(reply["expires_at"]))
+    _out(f"logged in to {client.url} as {username} ({reply['role']}) until {expires}")
+    _out(f"token kept in {path}")
+    return EXIT_OK
+
+
+def _logout(client: ServiceClient) -> int:
+    try:
+        if client.token is not None:
+            client.logout()
+    finally:
+        forget_token()  # logged out here even if the service could not be told
+    _out("logged out")
+    return EXIT_OK
+
+
+def _dispatch(client: ServiceClient, args: argparse.Namespace) -> int:
+    name: str = args.client_command
+    if name == "login":
+        return _login(client, args)
+    if name == "logout":
+        return _logout(client)
+    if name == "status":
+        status = client.status()
+        if args.json:
+            _out(json.dumps(status, indent=2))
+        else:
+            _print_status(status)
+        return EXIT_OK
+    if name == "alarms" and args.alarm_action is None:
+        alarms = client.alarms()
+        if args.json:
+            _out(json.dumps(alarms, indent=2))
+        else:
+            _print_alarms(alarms)
+        return EXIT_OK
+    if name == "jog":
+        return _jog(client, args)
+    if name == "move":
+        return _move(client, args)
+    command, command_args = _command_for(args)
+    return _report(client.command(command, command_args, args.reason))
+
+
+def run_client_command(args: argparse.Namespace,
+                       client: ServiceClient | None = None) -> int:
+    """Run one client command; `client` is injectable (tests), else built from --url."""
+    url = resolve_url(args.url)
+    owned = client is None
+    client = client or ServiceClient(url, load_token(url))
+    try:
+        return _dispatch(client, args)
+    except _BadInputError as exc:
+        _err(f"povd {args.client_command}: {exc}")
+        return EXIT_INVALID
+    except ClientError as exc:
+        _err(f"povd {args.client_command}: {exc.message}")
+        return EXIT_ERROR
+    finally:
+        if owned:
+            client.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Admin commands
+
+
+def _actor() -> str:
+    return f"local:{getpass.getuser()}"
+
+
+def _new_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass(f"new password for {args.name}: ")
+    if getpass.getpass("again: ") != first:
+        raise UserError(args.name, "the passwords differ")
+    return first
+
+
+def _users(args: argparse.Namespace, store: UserStore, trail: AuditTrail) -> int:
+    action = args.users_action
+    if action == "list":
+        users = store.list()
+        if args.json:
+            _out(json.dumps([{"name": u.name, "role": u.role.value} for u in users], indent=2))
+        elif not users:
+            _out(f"no users yet ({store.path}): povd users add NAME --role ROLE")
+        for user in [] if args.json else users:
+            _out(f"{user.name:<32} {user.role.value}")
+        return EXIT_OK
+    detail: dict[str, Any] = {"name": args.name}
+    try:
+        if action == "add":
+            detail["role"] = args.role
+            store.add(args.name, _new_password(args), args.role)
+        elif action == "passwd":
+            store.set_password(args.name, _new_password(args))
+        elif action == "role":
+            detail["role"] = args.role
+            store.set_role(args.name, args.role)
+        else:
+            store.remove(args.name)
+    except UserError as exc:
+        trail.append(_actor(), f"users.{action}", detail, "failed", exc.reason)
+        _err(f"povd users {action}: {exc}")
+        return EXIT_INVALID
+    trail.append(_actor(), f"users.{action}", detail, "ok")
+    _out(f"users {action} {args.name}: done")
+    return EXIT_OK
+
+
+def _audit_list(path: Path, last: int, as_json: bool) -> int:
+    if not path.exists():
+        _out(f"no audit trail at {path}")
+        return EXIT_OK
+    with AuditTrail(path) as trail:
+        entries = trail.entries()[-last:] if last > 0 else []
+    if as_json:
+        _out(json.dumps([e.to_json() for e in entries], indent=2))
+        return EXIT_OK
+    for e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.t))
+        why = f" ({e.reason})" if e.reason else ""
+        _out(f"{e.seq:>6} {when} {e.user:<20} {e.action:<14} {e.outcome}{why} "
+             f"{json.dumps(e.detail)}")
+    return EXIT_OK
+
+
+def run_admin_command(args: argparse.Namespace, data_dir: Path, *,
+                      hasher: PasswordHasher | None = None) -> int:
+    """`povd users ...` / `povd audit ...` on data_dir's users.json and audit.sqlite3.
+
+    `hasher` is for tests (cheap parameters); the default is UserStore's."""
+    try:
+        if args.admin_command == "audit":
+            if args.audit_action == "verify":
+                return cmd_audit_verify(audit_path(data_dir))
+            return _audit_list(audit_path(data_dir), args.last, args.json)
+        with AuditTrail(audit_path(data_dir)) as trail:
+            return _users(args, UserStore(users_path(data_dir), hasher=hasher), trail)
+    except (AuditError, UserError) as exc:
+        _err(f"povd {args.admin_command}: {exc}")
+        return EXIT_ERROR

@@ -1,0 +1,132 @@
+"""``povd runs list|show``: read the run records directly, no service needed."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from typing import Any
+
+from controller.cli.output import EXIT_INVALID, EXIT_OK, out
+from controller.records.run_records import RecordsReader, RunDetail, records_path, resolve_data_dir
+
+
+def _when(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    path = records_path(resolve_data_dir(args.data_dir))
+    if not path.exists():
+        if args.runs_command == "list":
+            out("[]" if args.json else f"no run records yet ({path})")
+            return EXIT_OK
+        out(f"no run records at {path}")
+        return EXIT_INVALID
+    reader = RecordsReader(path)
+    if args.runs_command == "list":
+        runs = reader.list_runs()
+        if args.json:
+            out(json.dumps([_plain(r) for r in runs], indent=2, default=str))
+            return EXIT_OK
+        out(f"{'id':>4}  {'recipe':<22} {'serial':<12} {'operator':<12} {'started':<19}  outcome")
+        for r in runs:
+            outcome = r.outcome.value if r.outcome else "interrupted?"
+            out(f"{r.id:>4}  {r.recipe_name:<22} {r.preform_serial or '-':<12} "
+                f"{r.operator:<12} {_when(r.started_at):<19}  {outcome}")
+        return EXIT_OK
+    detail = reader.get_run(args.run_id)
+    if detail is None:
+        out(f"no run {args.run_id}")
+        return EXIT_INVALID
+    if args.runs_command == "report":
+        report = run_report(detail)
+        if args.json:
+            out(json.dumps(report, indent=2, default=str))
+        else:
+            print_report(report)
+        return EXIT_OK
+    if args.json:
+        out(json.dumps(_plain(detail), indent=2, default=str))
+        return EXIT_OK
+    r = detail.run
+    out(f"run {r.id}: {r.recipe_name} ({r.recipe_hash[:12]}) on {r.line}/{r.machine}")
+    out(f"  operator {r.operator}, serial {r.preform_serial or '-'}, "
+        f"bait rod {r.bait_rod_lot or '-'}, precursor {r.precursor_lot or '-'}")
+    out(f"  started {_when(r.started_at)}, ended {_when(r.ended_at)}, "
+        f"outcome {r.outcome.value if r.outcome else 'none (interrupted)'}")
+    out(f"  passes: {len(detail.passes)}")
+    for p in detail.passes:
+        out(f"    layer {p.layer} pass {p.pass_index}: diameter {p.diameter_mm} mm, "
+            f"deposited {p.deposited_g} g, {p.duration_s} s")
+    out(f"  state changes: {len(detail.states)}")
+    for s in detail.states:
+        out(f"    {_when(s.t)} {s.from_state} -> {s.to_state} ({s.reason or ''})")
+    out(f"  alarms: {len(detail.alarms)}, commands: {len(detail.commands)}, "
+        f"setpoints: {len(detail.setpoints)}")
+    for a in detail.alarms:
+        out(f"    {_when(a.t)} {_plain(a)}")
+    for c in detail.commands:
+        out(f"    {_when(c.t)} {_plain(c)}")
+    return EXIT_OK
+
+
+def run_report(detail: RunDetail) -> dict[str, Any]:
+    """A run's report: what was made, how, and what happened on the way."""
+    r = detail.run
+    passes = detail.passes
+    diameters = [p.diameter_mm for p in passes if p.diameter_mm is not None]
+    deposited = sum(p.deposited_g or 0.0 for p in passes)
+    first_out = next((a for a in detail.alarms if a.first_out), None)
+    return {
+        "run": r.id, "recipe": r.recipe_name, "recipe_sha256": r.recipe_hash,
+        "line": r.line, "machine": r.machine, "operator": r.operator,
+        "preform_serial": r.preform_serial, "bait_rod_lot": r.bait_rod_lot,
+        "precursor_lot": r.precursor_lot,
+        "started": _when(r.started_at), "ended": _when(r.ended_at),
+        "duration_s": None if r.ended_at is None else round(r.ended_at - r.started_at, 1),
+        "outcome": r.outcome.value if r.outcome else "interrupted",
+        "first_out": first_out.alarm_id if first_out else None,
+        "passes": len(passes),
+        "final_diameter_mm": diameters[-1] if diameters else None,
+        "deposited_g": round(deposited, 2),
+        "alarms_raised": sorted({a.alarm_id for a in detail.alarms if a.action == "activate"}),
+        "operator_commands": [
+            {"t": _when(c.t), "user": c.user, "command": c.command, "accepted": c.accepted,
+             "reason": c.reason}
+            for c in detail.commands
+        ],
+        "states": [f"{s.from_state} -> {s.to_state}" for s in detail.states],
+        "pass_table": [
+            {"layer": p.layer, "pass": p.pass_index, "diameter_mm": p.diameter_mm,
+             "deposited_g": p.deposited_g, "duration_s": p.duration_s}
+            for p in passes
+        ],
+    }
+
+
+def print_report(report: dict[str, Any]) -> None:
+    out(f"Run report {report['run']}: {report['recipe']} ({report['recipe_sha256'][:12]})")
+    for key in ("line", "machine", "operator", "preform_serial", "bait_rod_lot",
+                "precursor_lot", "started", "ended", "duration_s", "outcome", "first_out",
+                "passes", "final_diameter_mm", "deposited_g"):
+        out(f"  {key:<18} {report[key] if report[key] is not None else '-'}")
+    out(f"  {'alarms raised':<18} {', '.join(report['alarms_raised']) or 'none'}")
+    out("  commands:")
+    for c in report["operator_commands"]:
+        verdict = "accepted" if c["accepted"] else f"refused: {c['reason']}"
+        out(f"    {c['t']} {c['user']:<10} {c['command']:<10} {verdict}")
+    out("  passes:")
+    out(f"    {'layer':>5} {'pass':>5} {'diameter mm':>12} {'glass g':>9} {'time s':>8}")
+    for p in report["pass_table"]:
+        out(f"    {p['layer']:>5} {p['pass']:>5} {p['diameter_mm'] or '-':>12} "
+            f"{p['deposited_g'] or '-':>9} {p['duration_s'] or '-':>8}")

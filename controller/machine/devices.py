@@ -1,0 +1,158 @@
+"""The machine as the controller sees it: one driver per device over one transport per bus,
+built from the line configuration and an endpoints document (povd-sim's, or a real line's
+own bus settings)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller.config.line import (
+    AXIS_NAMES,
+    MFC_NAMES,
+    BusConfig,
+    DiameterGaugeConfig,
+    LineConfig,
+    MfcConfig,
+    RfGeneratorConfig,
+    SafetyIoConfig,
+    ServoAxisConfig,
+)
+from controller.machine.protocols import (
+    DiameterGaugeLike,
+    MassFlowControllerLike,
+    RfGeneratorLike,
+    SafetyIoLike,
+    ServoAxisLike,
+)
+from drivers.diameter_gauge import DiameterGauge
+from drivers.mfc import AlicatAsciiMfc, AlicatModbusMfc
+from drivers.rf_generator import RfGenerator
+from drivers.safety_io import SafetyIo
+from drivers.servo_axis import ServoAxis
+from drivers.transports.ascii import AsciiTransport
+from drivers.transports.endpoint import Endpoint
+from drivers.transports.modbus import ModbusTransport
+
+Transport = ModbusTransport | AsciiTransport
+
+
+@dataclass
+class Machine:
+    line: LineConfig
+    transports: dict[str, Transport]
+    rf: RfGeneratorLike
+    safety_io: SafetyIoLike
+    mfcs: dict[str, MassFlowControllerLike]
+    axes: dict[str, ServoAxisLike]
+    gauge: DiameterGaugeLike
+    time_scale: float = 1.0
+    control: tuple[str, int] | None = None  # a simulator's control channel, when there is one
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    async def close(self) -> None:
+        for transport in self.transports.values():
+            await transport.close()
+
+
+def load_endpoints(path: Path) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(path.read_text())
+    if "devices" not in document:
+        raise ValueError(f"{path}: not an endpoints document (no 'devices')")
+    return document
+
+
+def _bus_endpoints(
+    line: LineConfig, endpoints: dict[str, Any] | None, prefer_pty: bool
+) -> dict[str, Endpoint]:
+    """One endpoint per bus: from the simulator's document, else from the line's own config."""
+    result: dict[str, Endpoint] = {}
+    for bus_name, bus in line.buses.items():
+        if endpoints is None:
+            result[bus_name] = bus.endpoint()
+            continue
+        member = next(
+            (endpoints["devices"][n] for n, d in line.devices.items()
+             if d.bus == bus_name and n in endpoints["devices"]),
+            None,
+        )
+        if member is None:
+            raise ValueError(f"endpoints document has no device on bus {bus_name}")
+        path = member.get("path") if prefer_pty else None
+        result[bus_name] = Endpoint(
+            protocol=bus.protocol, host=member.get("host"), port=member.get("port"),
+            path=path, baudrate=bus.baudrate,
+        )
+    return result
+
+
+def _transport(name: str, bus: BusConfig, endpoint: Endpoint) -> Transport:
+    if bus.protocol in ("modbus-tcp", "modbus-rtu"):
+        return ModbusTransport(name, endpoint, timeout_s=bus.timeout_s, retries=bus.retries)
+    return AsciiTransport(name, endpoint, timeout_s=bus.timeout_s, retries=bus.retries)
+
+
+def build_machine(
+    line: LineConfig,
+    endpoints: dict[str, Any] | None = None,
+    *,
+    prefer_pty: bool = False,
+) -> Machine:
+    """Drivers for every device; nothing is connected yet (transports connect on first use)."""
+    bus_endpoints = _bus_endpoints(line, endpoints, prefer_pty)
+    transports = {
+        name: _transport(name, bus, bus_endpoints[name]) for name, bus in line.buses.items()
+    }
+
+    def modbus(bus: str) -> ModbusTransport:
+        transport = transports[bus]
+        assert isinstance(transport, ModbusTransport), bus
+        return transport
+
+    def ascii_(bus: str) -> AsciiTransport:
+        transport = transports[bus]
+        assert isinstance(transport, AsciiTransport), bus
+        return transport
+
+    rf_cfg = line.devices["rf"]
+    assert isinstance(rf_cfg, RfGeneratorConfig)
+    rf = RfGenerator(modbus(rf_cfg.bus), rf_cfg.unit, name="rf",
+                     max_power_kw=rf_cfg.max_power_kw, max_slew_kw_s=rf_cfg.max_slew_kw_s)
+    io_cfg = line.devices["safety_io"]
+    assert isinstance(io_cfg, SafetyIoConfig)
+    safety_io = SafetyIo(modbus(io_cfg.bus), io_cfg.unit, name="safety_io")
+    mfcs: dict[str, MassFlowControllerLike] = {}
+    for name in MFC_NAMES:
+        cfg = line.devices[name]
+        assert isinstance(cfg, MfcConfig)
+        if line.buses[cfg.bus].protocol == "alicat-ascii":
+            mfcs[name] = AlicatAsciiMfc(ascii_(cfg.bus), str(cfg.unit), name=name,
+                                        full_scale_slpm=cfg.full_scale_slpm,
+                                        gas_number=cfg.gas_number)
+        else:
+            mfcs[name] = AlicatModbusMfc(modbus(cfg.bus), int(cfg.unit), name=name,
+                                         full_scale_slpm=cfg.full_scale_slpm,
+                                         gas_number=cfg.gas_number)
+    axes: dict[str, ServoAxisLike] = {}
+    for name in AXIS_NAMES:
+        cfg_axis = line.devices[name]
+        assert isinstance(cfg_axis, ServoAxisConfig)
+        axes[name] = ServoAxis(modbus(cfg_axis.bus), cfg_axis.unit, name=name,
+                               motion=cfg_axis.motion,
+                               min_position_mm=cfg_axis.min_position_mm,
+                               max_position_mm=cfg_axis.max_position_mm,
+                               max_speed=cfg_axis.max_speed,
+                               max_acceleration=cfg_axis.acceleration)
+    gauge_cfg = line.devices["diameter_gauge"]
+    assert isinstance(gauge_cfg, DiameterGaugeConfig)
+    gauge = DiameterGauge(ascii_(gauge_cfg.bus), name="diameter_gauge")
+    control = None
+    time_scale = 1.0
+    if endpoints is not None:
+        time_scale = float(endpoints.get("time_scale", 1.0))
+        if "control" in endpoints:
+            control = (str(endpoints["control"]["host"]), int(endpoints["control"]["port"]))
+    return Machine(line=line, transports=transports, rf=rf, safety_io=safety_io, mfcs=mfcs,
+                   axes=axes, gauge=gauge, time_scale=time_scale, control=control)

@@ -1,0 +1,200 @@
+"""The device pollers and the link health they keep.
+
+One loop per device at its configured rate stores each reading in the telemetry snapshot and
+counts its failures. The safety I/O loop also sends the heartbeat and has the interlocks judged
+after every read, so the fastest poll is also the interlock cycle."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import structlog
+
+from controller.config.line import DEVICE_NAMES, LineConfig
+from controller.machine.devices import Machine
+from controller.machine.telemetry import LinkHealth, Telemetry
+from drivers.errors import DeviceError
+
+log = structlog.get_logger(__name__)
+
+Spawn = Callable[..., asyncio.Task[None]]
+
+
+def poll_hz(line: LineConfig, device: str) -> float:
+    return line.devices[device].poll_hz
+
+
+def link_alive(telemetry: Telemetry, device: str) -> bool:
+    health = telemetry.health.get(device)
+    return health is not None and health.ok
+
+
+def link_lost(telemetry: Telemetry, device: str) -> bool:
+    """A link that answered once and has since gone quiet (not one still coming up)."""
+    health = telemetry.health.get(device)
+    return health is not None and health.ever_ok and not link_alive(telemetry, device)
+
+
+async def wait_links(telemetry: Telemetry, timeout_s: float) -> list[str]:
+    """Wait until every device has answered; returns those that never did."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        missing = [d for d in DEVICE_NAMES if not link_alive(telemetry, d)]
+        if not missing:
+            return []
+        await asyncio.sleep(0.05)
+    return [d for d in DEVICE_NAMES if not link_alive(telemetry, d)]
+
+
+def _failed(health: LinkHealth, exc: DeviceError) -> None:
+    health.failures += 1
+    health.consecutive_failures += 1
+    health.last_error = str(exc)
+
+
+def _answered(health: LinkHealth) -> None:
+    health.ever_ok = True
+    health.consecutive_failures = 0
+    health.last_ok_wall = time.monotonic()
+
+
+class Pollers:
+    """Owns nothing but the loops' bodies: the supervisor spawns them in its TaskGroup, and
+    stops them by setting ``stopping`` before cancelling."""
+
+    def __init__(
+        self,
+        machine: Machine,
+        telemetry: Telemetry,
+        *,
+        heartbeat_enabled: Callable[[], bool],
+        judge: Callable[[], None],
+        configure_axis: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        self.machine = machine
+        self.line = machine.line
+        self.telemetry = telemetry
+        self.stopping = False
+        self._heartbeat_enabled = heartbeat_enabled
+        self._judge = judge
+        self._configure_axis = configure_axis
+        self.late_cycles = 0
+        self.beats = 0
+
+    def spawn(self, spawn: Spawn) -> list[asyncio.Task[None]]:
+        """Start every poller, safety I/O first (the order the tasks are first scheduled in)."""
+        machine = self.machine
+        tasks = [spawn(self.poll_safety(), name="poll-safety_io"),
+                 spawn(self.poll("rf", machine.rf.read, self._store_rf), name="poll-rf")]
+        for name, mfc in machine.mfcs.items():
+            tasks.append(spawn(self.poll(name, mfc.read, self._store_mfc(name)),
+                               name=f"poll-{name}"))
+        for name, axis in machine.axes.items():
+            tasks.append(spawn(self.poll(name, axis.read, self._store_axis(name),
+                                         on_link_up=self._axis_link_up(name)),
+                               name=f"poll-{name}"))
+        tasks.append(spawn(self.poll("diameter_gauge", machine.gauge.read, self._store_gauge),
+                           name="poll-gauge"))
+        return tasks
+
+    async def poll(
+        self,
+        device: str,
+        read: Callable[[], Awaitable[Any]],
+        store: Callable[[Any], None],
+        on_link_up: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        health = self.telemetry.link(device)
+        configured = False
+
+        async def cycle() -> None:
+            nonlocal configured
+            health.polls += 1
+            try:
+                store(await read())
+                if on_link_up is not None and not configured:
+                    await on_link_up()
+                    configured = True
+            except DeviceError as exc:
+                _failed(health, exc)
+                configured = configured and health.ok
+            else:
+                _answered(health)
+
+        await self._every(device, cycle)
+
+    def _axis_link_up(self, axis: str) -> Callable[[], Awaitable[None]] | None:
+        configure = self._configure_axis
+        if configure is None:
+            return None
+
+        async def up() -> None:
+            await configure(axis)
+        return up
+
+    async def poll_safety(self) -> None:
+        """The safety cycle: read the safety I/O, judge, compute the envelope and reconcile
+        (``judge`` does all three without awaiting a device), then beat the heartbeat, but
+        only when the whole cycle completed within its period: the beat proves that the
+        controller watches, not merely that a poller runs (rule 4)."""
+        device = "safety_io"
+        health = self.telemetry.link(device)
+        period = 1.0 / poll_hz(self.line, device)
+
+        async def cycle() -> None:
+            started = time.monotonic()
+            health.polls += 1
+            try:
+                self.telemetry.safety = await self.machine.safety_io.read()
+                _answered(health)
+            except DeviceError as exc:
+                _failed(health, exc)
+            try:
+                self._judge()
+            except Exception:
+                # A cycle that did not complete proves nothing: no beat (the PLC acts alone).
+                log.exception("safety_cycle.failed")
+                return
+            if time.monotonic() - started > period:
+                self.late_cycles += 1
+                return
+            if not self._heartbeat_enabled():
+                return
+            try:
+                await self.machine.safety_io.heartbeat()
+                self.beats += 1
+            except DeviceError as exc:
+                _failed(health, exc)
+
+        await self._every(device, cycle)
+
+    async def _every(self, device: str, cycle: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        period = 1.0 / poll_hz(self.line, device)
+        next_at = time.monotonic()
+        while not self.stopping:
+            await cycle()
+            next_at += period
+            delay = next_at - time.monotonic()
+            if delay < 0:  # overran (a timeout): do not try to catch up in a burst
+                next_at = time.monotonic()
+                delay = 0
+            await asyncio.sleep(delay)
+
+    def _store_rf(self, sample: Any) -> None:
+        self.telemetry.rf = sample
+
+    def _store_mfc(self, name: str) -> Callable[[Any], None]:
+        def store(sample: Any) -> None:
+            self.telemetry.mfcs[name] = sample
+        return store
+
+    def _store_axis(self, name: str) -> Callable[[Any], None]:
+        def store(sample: Any) -> None:
+            self.telemetry.axes[name] = sample
+        return store
+
+    def _store_gauge(self, sample: Any) -> None:
+        self.telemetry.gauge = sample

@@ -1,0 +1,178 @@
+"""Synchronous readers of the run records, usable without the writer (the CLI, a report, the
+recovery check at start-up). Each call opens a short-lived read-only connection: WAL lets it
+read while the controller writes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from controller.records.schema import (
+    AlarmRecord,
+    Checkpoint,
+    CommandRecord,
+    EventRecord,
+    Outcome,
+    PassRecord,
+    RecordsUnavailable,
+    RunDetail,
+    RunSummary,
+    SetpointRecord,
+    StateRecord,
+)
+
+_SUMMARY_COLUMNS = (
+    "id, recipe_name, recipe_hash, line, machine, operator, preform_serial, bait_rod_lot, "
+    "precursor_lot, started_at, ended_at, outcome"
+)
+
+
+def _summary(row: sqlite3.Row) -> RunSummary:
+    return _summary_from(dict(row))
+
+
+class RecordsReader:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        if not self.path.exists():
+            raise RecordsUnavailable(f"no run records at {self.path}")
+        try:
+            conn = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True)
+        except sqlite3.Error as exc:
+            raise RecordsUnavailable(f"{self.path}: {exc}") from exc
+        try:
+            conn.row_factory = sqlite3.Row
+            # Read-only by intent: this connection never writes (the writer thread owns writes).
+            conn.execute("PRAGMA query_only = ON")
+            yield conn
+        finally:
+            conn.close()
+
+    def _query(self, sql: str, *params: Any) -> list[sqlite3.Row]:
+        with self._connect() as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def list_runs(self) -> list[RunSummary]:
+        rows = self._query(f"SELECT {_SUMMARY_COLUMNS} FROM runs ORDER BY id")  # noqa: S608 - fixed columns
+        return [_summary(r) for r in rows]
+
+    def interrupted_runs(self) -> list[RunSummary]:
+        """Runs that started and never ended: the controller died during them."""
+        rows = self._query(
+            f"SELECT {_SUMMARY_COLUMNS} FROM runs "  # noqa: S608 - fixed columns
+            "WHERE ended_at IS NULL AND outcome IS NULL ORDER BY id"
+        )
+        return [_summary(r) for r in rows]
+
+    def get_run(self, run_id: int) -> RunDetail | None:
+        with self._connect() as conn:
+            row = conn.execute(
+                f"SELECT {_SUMMARY_COLUMNS}, recipe_text FROM runs WHERE id = ?",  # noqa: S608
+                (run_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            values = dict(row)
+            recipe_text = values.pop("recipe_text")
+
+            def rows(table: str, columns: str) -> list[sqlite3.Row]:
+                return conn.execute(
+                    f"SELECT {columns} FROM {table} WHERE run_id = ? ORDER BY id",  # noqa: S608
+                    (run_id,),
+                ).fetchall()
+
+            passes = [
+                PassRecord(**dict(r))
+                for r in rows(
+                    "passes",
+                    "layer, pass_index, diameter_mm, deposited_g, duration_s, started_at, ended_at",
+                )
+            ]
+            states = [
+                StateRecord(**dict(r))
+                for r in rows("state_changes", "t, from_state, to_state, reason")
+            ]
+            commands = [
+                CommandRecord(
+                    t=r["t"],
+                    user=r["user"],
+                    command=r["command"],
+                    args=json.loads(r["args"]),
+                    accepted=bool(r["accepted"]),
+                    reason=r["reason"],
+                )
+                for r in rows("commands", "t, user, command, args, accepted, reason")
+            ]
+            setpoints = [
+                SetpointRecord(**dict(r))
+                for r in rows("setpoints", "t, device, quantity, value, source")
+            ]
+            alarms = [
+                AlarmRecord(**{**dict(r), "first_out": bool(r["first_out"])})
+                for r in rows(
+                    "alarms",
+                    "t, alarm_time, alarm_id, tag, from_state, to_state, action, priority, "
+                    "category, message, user, value, first_out, note",
+                )
+            ]
+        return RunDetail(
+            run=_summary_from(values),
+            recipe_text=recipe_text,
+            passes=passes,
+            alarms=alarms,
+            states=states,
+            commands=commands,
+            setpoints=setpoints,
+            last_checkpoint=self.last_checkpoint(run_id),
+        )
+
+    def last_checkpoint(self, run_id: int) -> Checkpoint | None:
+        rows = self._query(
+            "SELECT run_id, t, layer, pass_index, state FROM checkpoints "
+            "WHERE run_id = ? ORDER BY id DESC LIMIT 1",
+            run_id,
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return Checkpoint(r["run_id"], r["t"], r["layer"], r["pass_index"], json.loads(r["state"]))
+
+    def events_since(
+        self, seq: int, line: str | None = None, limit: int = 1000
+    ) -> list[EventRecord]:
+        """Events with a sequence number above `seq` (for one line, or every line), in order."""
+        sql = "SELECT line, seq, t, run_id, kind, payload FROM events WHERE seq > ?"
+        params: list[Any] = [seq]
+        if line is not None:
+            sql += " AND line = ?"
+            params.append(line)
+        rows = self._query(sql + " ORDER BY line, seq LIMIT ?", *params, limit)
+        return [
+            EventRecord(
+                r["line"], r["seq"], r["t"], r["run_id"], r["kind"], json.loads(r["payload"])
+            )
+            for r in rows
+        ]
+
+    def last_seq(self, line: str) -> int:
+        """The newest event's sequence number for a line (0 when it has none)."""
+        rows = self._query("SELECT MAX(seq) AS seq FROM events WHERE line = ?", line)
+        return int(rows[0]["seq"] or 0) if rows else 0
+
+    def telemetry(self, run_id: int | None) -> list[tuple[float, dict[str, Any]]]:
+        rows = self._query(
+            "SELECT t, sample FROM telemetry WHERE run_id IS ? ORDER BY t, id", run_id
+        )
+        return [(r["t"], json.loads(r["sample"])) for r in rows]
+
+
+def _summary_from(values: dict[str, Any]) -> RunSummary:
+    outcome = values.pop("outcome")
+    return RunSummary(**values, outcome=Outcome(outcome) if outcome is not None else None)

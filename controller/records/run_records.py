@@ -1,0 +1,437 @@
+"""Durable run records (domain rule 5): every state change, setpoint, alarm, operator command
+(with the reason of a refusal), pass and checkpoint, in SQLite (WAL), written by one dedicated
+thread so the event loop never waits on the disk. Each `async` method returns once its record
+is committed: an operator command is acknowledged only after that (rule 5). Telemetry is batched
+and never delays its caller.
+
+If a write fails (disk full, I/O error) the awaiting caller gets `RecordsUnavailable` and
+`on_failure` is called on the event loop, so the supervisor can hold the run safely (rule 9).
+
+Every record except telemetry and checkpoints also appends to `events`, numbered per line, for
+later republishing (MQTT).
+
+    async with RunRecords(resolve_data_dir(args.data_dir) / "records.sqlite3") as rec:
+        run_id = await rec.start_run(header)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import platformdirs
+import structlog
+
+from controller.records.reader import RecordsReader
+from controller.records.schema import (
+    AlarmRecord,
+    AlarmTransition,
+    Checkpoint,
+    CommandRecord,
+    EventRecord,
+    Outcome,
+    PassRecord,
+    RecordsError,
+    RecordsUnavailable,
+    RunDetail,
+    RunHeader,
+    RunSummary,
+    SetpointRecord,
+    StateRecord,
+)
+from controller.records.writer import Connect, SqliteWriter, default_connect
+
+__all__ = [
+    "AlarmRecord",
+    "Checkpoint",
+    "CommandRecord",
+    "EventRecord",
+    "Outcome",
+    "PassRecord",
+    "RecordsError",
+    "RecordsReader",
+    "RecordsStats",
+    "RecordsUnavailable",
+    "RunDetail",
+    "RunHeader",
+    "RunRecords",
+    "RunSummary",
+    "SetpointRecord",
+    "StateRecord",
+    "records_path",
+    "resolve_data_dir",
+]
+
+log = structlog.get_logger(__name__)
+
+DATA_DIR_ENV = "POVD_DATA_DIR"
+RECORDS_FILE = "records.sqlite3"
+
+
+def resolve_data_dir(cli_value: str | None) -> Path:
+    """Where records live: `--data-dir`, else $POVD_DATA_DIR, else the user's data dir."""
+    chosen = cli_value or os.environ.get(DATA_DIR_ENV) or platformdirs.user_data_dir("povd")
+    return Path(chosen).expanduser()
+
+
+def records_path(data_dir: Path) -> Path:
+    return data_dir / RECORDS_FILE
+
+
+def _json(value: Any) -> str:
+    # default=str: a timestamp or an enum in a payload must not lose the record.
+    return json.dumps(value, default=str, separators=(",", ":"))
+
+
+class RecordsStats:
+    """Counters for telemetry, readable from the event loop."""
+
+    def __init__(self) -> None:
+        self.telemetry_batches = 0
+        self.telemetry_dropped = 0
+        self.failures = 0
+
+
+class RunRecords:
+    """The writer side of the run records: an async context manager, not re-entrant."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        line: str = "default",
+        on_failure: Callable[[RecordsUnavailable], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        telemetry_batch: int = 200,
+        telemetry_flush_s: float = 1.0,
+        telemetry_max_pending: int = 20_000,
+        connect: Connect = default_connect,
+    ) -> None:
+        self.path = Path(path)
+        self.line = line
+        self.stats = RecordsStats()
+        self._on_failure = on_failure
+        self._clock = clock
+        self._telemetry_batch = telemetry_batch
+        self._telemetry_flush_s = telemetry_flush_s
+        self._telemetry_max_pending = telemetry_max_pending
+        self._connect = connect
+        self._writer: SqliteWriter | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._pending: list[tuple[int | None, float, dict[str, Any]]] = []
+        # Samples handed to the writer and not yet written, counted across threads.
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
+
+    async def __aenter__(self) -> Self:
+        if self._writer is not None:
+            raise RecordsError("RunRecords is not re-entrant")
+        writer = SqliteWriter(self.path, asyncio.get_running_loop(), self._failed, self._connect)
+        await writer.start()
+        self._writer = writer
+        self._flusher = asyncio.create_task(self._flush_periodically(), name="records-flush")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        self._enqueue_telemetry()
+        if self._writer is not None:
+            await self._writer.stop()
+
+    def reader(self) -> RecordsReader:
+        return RecordsReader(self.path)
+
+    # -- runs ------------------------------------------------------------------------------------
+    async def start_run(self, header: RunHeader) -> int:
+        started_at = header.started_at if header.started_at is not None else self._clock()
+
+        def work(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "INSERT INTO runs (recipe_name, recipe_text, recipe_hash, line, machine, operator,"
+                " preform_serial, bait_rod_lot, precursor_lot, started_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    header.recipe_name,
+                    header.recipe_text,
+                    header.recipe_hash,
+                    header.line,
+                    header.machine,
+                    header.operator,
+                    header.preform_serial,
+                    header.bait_rod_lot,
+                    header.precursor_lot,
+                    started_at,
+                ),
+            )
+            run_id = cur.lastrowid
+            assert run_id is not None
+            payload = {"recipe": header.recipe_name, "recipe_hash": header.recipe_hash}
+            self._event(conn, started_at, run_id, "run_started", payload | {"run_id": run_id})
+            return run_id
+
+        run_id: int = await self._submit(work)
+        return run_id
+
+    async def end_run(self, run_id: int, outcome: Outcome | str) -> None:
+        result, t = Outcome(outcome), self._clock()
+
+        def work(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                "UPDATE runs SET ended_at = ?, outcome = ? WHERE id = ?", (t, result.value, run_id)
+            )
+            if cur.rowcount != 1:
+                raise RecordsError(f"no run {run_id}")
+            self._event(conn, t, run_id, "run_ended", {"run_id": run_id, "outcome": result.value})
+
+        await self._submit(work)
+
+    # -- audit entries ---------------------------------------------------------------------------
+    async def record_state(
+        self, run_id: int | None, from_state: str, to_state: str, reason: str | None = None
+    ) -> None:
+        t = self._clock()
+        row = (run_id, t, str(from_state), str(to_state), reason)
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO state_changes (run_id, t, from_state, to_state, reason)"
+                " VALUES (?, ?, ?, ?, ?)",
+                row,
+            )
+            payload = {"from": row[2], "to": row[3], "reason": reason}
+            self._event(conn, t, run_id, "state", payload)
+
+        await self._submit(work)
+
+    async def record_command(
+        self,
+        run_id: int | None,
+        user: str,
+        command: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        accepted: bool,
+        reason: str | None = None,
+    ) -> None:
+        """An operator action and its answer; a refusal is recorded with its reason."""
+        t, args_json = self._clock(), _json(dict(args or {}))
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO commands (run_id, t, user, command, args, accepted, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, t, user, command, args_json, int(accepted), reason),
+            )
+            payload = {
+                "user": user,
+                "command": command,
+                "args": json.loads(args_json),
+                "accepted": accepted,
+                "reason": reason,
+            }
+            self._event(conn, t, run_id, "command", payload)
+
+        await self._submit(work)
+
+    async def record_setpoint(
+        self, run_id: int | None, device: str, quantity: str, value: float, source: str
+    ) -> None:
+        t = self._clock()
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO setpoints (run_id, t, device, quantity, value, source)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, t, device, quantity, float(value), source),
+            )
+            payload = {"device": device, "quantity": quantity, "value": value, "source": source}
+            self._event(conn, t, run_id, "setpoint", payload)
+
+        await self._submit(work)
+
+    async def record_alarm(self, run_id: int | None, event: AlarmTransition) -> None:
+        t = self._clock()
+        row = (
+            run_id,
+            t,
+            event.time,
+            event.alarm_id,
+            event.tag,
+            event.from_state.value,
+            event.to_state.value,
+            event.action,
+            event.priority.value,
+            event.category.value,
+            event.message,
+            event.user,
+            event.value,
+            int(event.first_out),
+            event.note,
+        )
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO alarms (run_id, t, alarm_time, alarm_id, tag, from_state, to_state,"
+                " action, priority, category, message, user, value, first_out, note)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+            payload = {
+                "alarm_id": event.alarm_id,
+                "from": event.from_state.value,
+                "to": event.to_state.value,
+                "action": event.action,
+                "priority": event.priority.value,
+                "message": event.message,
+                "user": event.user,
+                "value": event.value,
+                "first_out": event.first_out,
+            }
+            self._event(conn, t, run_id, "alarm", payload)
+
+        await self._submit(work)
+
+    async def record_pass(self, run_id: int, record: PassRecord) -> None:
+        t = self._clock()
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO passes (run_id, layer, pass_index, diameter_mm, deposited_g,"
+                " duration_s, started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    record.layer,
+                    record.pass_index,
+                    record.diameter_mm,
+                    record.deposited_g,
+                    record.duration_s,
+                    record.started_at,
+                    record.ended_at,
+                ),
+            )
+            payload: dict[str, Any] = {
+                "run_id": run_id,
+                "layer": record.layer,
+                "pass_index": record.pass_index,
+                "diameter_mm": record.diameter_mm,
+                "deposited_g": record.deposited_g,
+            }
+            self._event(conn, t, run_id, "pass", payload)
+
+        await self._submit(work)
+
+    async def record_event(self, run_id: int | None, kind: str, payload: Mapping[str, Any]) -> None:
+        """Anything else worth republishing (e.g. a recovery decision)."""
+        t, body = self._clock(), json.loads(_json(dict(payload)))
+        await self._submit(lambda conn: self._event(conn, t, run_id, kind, body))
+
+    async def checkpoint(
+        self, run_id: int, layer: int, pass_index: int, state: Mapping[str, Any]
+    ) -> None:
+        """Where to resume from after a crash; also kept on the run row for a quick look-up."""
+        t, state_json = self._clock(), _json(dict(state))
+        summary = _json({"t": t, "layer": layer, "pass_index": pass_index})
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO checkpoints (run_id, t, layer, pass_index, state)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (run_id, t, layer, pass_index, state_json),
+            )
+            conn.execute("UPDATE runs SET last_checkpoint = ? WHERE id = ?", (summary, run_id))
+
+        await self._submit(work)
+
+    # -- telemetry -------------------------------------------------------------------------------
+    def add_telemetry(
+        self, run_id: int | None, sample: Mapping[str, Any], t: float | None = None
+    ) -> None:
+        """Buffer a sample; a full batch goes to the writer. Never blocks; if the writer falls
+        too far behind, new samples are dropped (and counted) rather than memory growing."""
+        if self._writer is None:
+            raise RecordsError("run records are not open")
+        with self._in_flight_lock:
+            backlog = self._in_flight
+        if backlog + len(self._pending) >= self._telemetry_max_pending:
+            self.stats.telemetry_dropped += 1
+            return
+        self._pending.append((run_id, self._clock() if t is None else t, dict(sample)))
+        if len(self._pending) >= self._telemetry_batch:
+            self._enqueue_telemetry()
+
+    @property
+    def telemetry_pending(self) -> int:
+        return len(self._pending)
+
+    async def flush(self) -> None:
+        """Returns once everything handed over so far (telemetry included) is durable."""
+        self._enqueue_telemetry()
+        await self._submit(lambda _conn: None)
+
+    def _enqueue_telemetry(self) -> None:
+        if not self._pending or self._writer is None:
+            return
+        batch, self._pending = self._pending, []
+        with self._in_flight_lock:
+            self._in_flight += len(batch)
+        self.stats.telemetry_batches += 1
+
+        def work(conn: sqlite3.Connection) -> None:
+            try:
+                conn.executemany(
+                    "INSERT INTO telemetry (run_id, t, sample) VALUES (?, ?, ?)",
+                    [(run_id, t, _json(sample)) for run_id, t, sample in batch],
+                )
+            finally:
+                with self._in_flight_lock:
+                    self._in_flight -= len(batch)
+
+        self._writer.submit_nowait(work)
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._telemetry_flush_s)
+            self._enqueue_telemetry()
+
+    # -- plumbing --------------------------------------------------------------------------------
+    async def _submit(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        if self._writer is None:
+            raise RecordsError("run records are not open")
+        return await self._writer.submit(work)
+
+    def _event(
+        self, conn: sqlite3.Connection, t: float, run_id: int | None, kind: str, payload: Any
+    ) -> None:
+        # Runs on the writer thread, the only writer: MAX(seq) + 1 cannot race.
+        (seq,) = conn.execute(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE line = ?", (self.line,)
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO events (line, seq, t, run_id, kind, payload) VALUES (?, ?, ?, ?, ?, ?)",
+            (self.line, seq, t, run_id, kind, _json(payload)),
+        )
+
+    def _failed(self, error: RecordsUnavailable) -> None:
+        self.stats.failures += 1
+        if self._on_failure is not None:
+            try:
+                self._on_failure(error)
+            except Exception:
+                log.exception("records_on_failure_failed")

@@ -1,0 +1,458 @@
+"""The controller's local HTTP API (FastAPI): every operator action is a call here.
+
+Served on loopback by `povd serve`; the OpenAPI document is at /openapi.json (/docs renders it).
+
+Authentication: POST /api/login returns a bearer token; every other endpoint needs
+``Authorization: Bearer <token>`` (401 without a valid, unexpired one). A failed login says
+401 and never which part was wrong.
+
+Commands: POST /api/commands/{command} with ``{"args": {...}, "reason": "..."}``. The role is
+checked here, on the server, against `controller.service.roles.PERMISSIONS` before the service sees
+the command (the service checks again). The reply is always a CommandReply JSON body:
+- 200: accepted;
+- 403: refused for the user's role (the service was not asked);
+- 404: not a command the service executes (unknown, or a read with its own endpoint);
+- 409: refused by the controller (state, mode, interlock): a valid answer, with its reason.
+A given `reason` is passed to the service as ``args["reason"]`` unless args has one already.
+
+Audit: every login (success or failure), logout, command and refusal is appended to the audit
+trail, durably, before the reply is sent; if the trail cannot be written the reply is 503.
+One exception: a jog lease renewal (the same user sending the same jog again within
+`jog_renewal_window_s` of the last accepted one, ten times a second while a button is held) is
+not a new command, so only the first jog of a hold, its refusals and the jog_stop are recorded.
+
+Reads: GET /api/status, /api/alarms, /api/events?since=N, /api/runs, /api/runs/{id},
+/api/whoami; POST /api/recipes/validate {text} returns the forecast or every error."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Annotated, Any
+
+import structlog
+from fastapi import (
+    APIRouter,
+    Body,
+    Depends,
+    FastAPI,
+    HTTPException,
+    Query,
+    Request,
+    Response,
+    status,
+)
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from controller.config.line import LineConfig
+from controller.recipes.forecast import forecast
+from controller.recipes.recipe import RecipeError, parse_recipe
+from controller.records.audit import AuditError, AuditTrail, canonical
+from controller.records.reader import RecordsReader
+from controller.records.schema import RecordsUnavailable
+from controller.service.protocol import CommandReply, ControllerService
+from controller.service.roles import PERMISSIONS, SERVICE_COMMANDS, refusal
+from controller.service.users import TokenIssuer, User, UserStore
+
+log = structlog.get_logger(__name__)
+
+MAX_NAME = 64
+MAX_RECIPE_TEXT = 1_000_000
+
+
+def package_version() -> str:
+    try:
+        return version("povd")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+# --------------------------------------------------------------------------------------------
+# Bodies and replies (the OpenAPI document is built from these)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoginRequest(_Model):
+    username: str = Field(min_length=1, max_length=MAX_NAME)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class LoginReply(_Model):
+    token: str
+    expires_at: float = Field(description="Unix time when the token stops working")
+    role: str
+    username: str
+
+
+class WhoAmI(_Model):
+    username: str
+    role: str
+
+
+class OkReply(_Model):
+    ok: bool = True
+
+
+class ErrorReply(_Model):
+    detail: str
+
+
+class CommandRequest(_Model):
+    args: dict[str, Any] = Field(default_factory=dict,
+                                 description="the command's arguments, e.g. {'axis': 'carriage'}")
+    reason: str | None = Field(default=None, max_length=1000,
+                               description="why (recorded; required by some commands)")
+
+
+class CommandReplyModel(_Model):
+    command: str
+    accepted: bool
+    reason: str | None = None
+    state: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, reply: CommandReply) -> CommandReplyModel:
+        return cls(command=reply.command, accepted=reply.accepted, reason=reply.reason,
+                   state=reply.state, data=dict(reply.data))
+
+
+class EventModel(_Model):
+    seq: int
+    kind: str
+    t: float
+    payload: dict[str, Any]
+
+
+class ValidateRequest(_Model):
+    text: str = Field(max_length=MAX_RECIPE_TEXT, description="the recipe file's YAML text")
+    efficiency: float = Field(default=0.5, gt=0, le=1,
+                              description="deposition efficiency the forecast assumes")
+
+
+class RecipeIssueModel(_Model):
+    field: str
+    reason: str
+    line: int | None = None
+
+
+class ValidateReply(_Model):
+    valid: bool
+    errors: list[RecipeIssueModel] = Field(default_factory=list)
+    forecast: dict[str, Any] | None = None
+    name: str | None = None
+    sha256: str | None = None
+
+
+_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorReply, "description": "no valid token"},
+}
+_COMMAND_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_UNAUTHORIZED,
+    403: {"model": CommandReplyModel, "description": "refused for the user's role"},
+    404: {"model": CommandReplyModel, "description": "not a command the service executes"},
+    409: {"model": CommandReplyModel,
+          "description": "refused by the controller: state, mode or interlock"},
+    503: {"model": ErrorReply, "description": "the audit trail cannot be written"},
+}
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Context and dependencies
+
+
+@dataclasses.dataclass
+class _JogLease:
+    args: str
+    at: float
+
+
+class _CommandAudit:
+    """Decides which commands are recorded: all but jog lease renewals (module docstring)."""
+
+    def __init__(self, window_s: float, clock: Callable[[], float]) -> None:
+        self.window_s = window_s
+        self.clock = clock
+        self._jogs: dict[str, _JogLease] = {}
+
+    def is_renewal(self, user: str, command: str, args: dict[str, Any], accepted: bool) -> bool:
+        now = self.clock()
+        last = self._jogs.pop(user, None)
+        if command != "jog" or not accepted:
+            return False
+        key = canonical(args)
+        self._jogs[user] = _JogLease(key, now)
+        return last is not None and last.args == key and now - last.at <= self.window_s
+
+
+@dataclasses.dataclass
+class ApiContext:
+    """What the endpoints reach through `app.state.povd`."""
+
+    service: ControllerService
+    users: UserStore
+    tokens: TokenIssuer
+    audit: AuditTrail
+    line: LineConfig
+    records_path: Path | None
+    command_audit: _CommandAudit
+
+
+def _context(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.povd
+    return ctx
+
+
+Ctx = Annotated[ApiContext, Depends(_context)]
+_bearer = HTTPBearer(auto_error=False, description="the token from POST /api/login")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail,
+                         headers={"WWW-Authenticate": "Bearer"})
+
+
+async def _current_user(ctx: Ctx, creds: Credentials) -> User:
+    if creds is None or creds.scheme.lower() != "bearer":
+        raise _unauthorized("not logged in: POST /api/login for a token")
+    user = ctx.tokens.resolve(creds.credentials)
+    if user is None:
+        raise _unauthorized("token expired or revoked: log in again")
+    return user
+
+
+CurrentUser = Annotated[User, Depends(_current_user)]
+
+
+def session_of(creds: HTTPAuthorizationCredentials | None) -> str | None:
+    """A stable, non-secret name for the client session behind a token (rule 6: a lease
+    belongs to the session that took it)."""
+    if creds is None:
+        return None
+    return "http:" + hashlib.sha256(creds.credentials.encode()).hexdigest()[:16]
+
+
+def _may(action: str) -> Callable[[User], Awaitable[User]]:
+    async def check(user: CurrentUser) -> User:
+        why = refusal(user.role, action)
+        if why is not None:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, why)
+        return user
+
+    return check
+
+
+Reader = Annotated[User, Depends(_may("status"))]
+Validator = Annotated[User, Depends(_may("validate"))]
+
+
+async def _audit_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    detail = exc.detail if isinstance(exc, AuditError) else str(exc)
+    log.error("api.audit_unavailable", path=request.url.path, error=str(exc))
+    return JSONResponse(status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                        content={"detail": f"audit trail unavailable: {detail}"})
+
+
+# --------------------------------------------------------------------------------------------
+# Sessions
+
+sessions = APIRouter(prefix="/api", tags=["sessions"])
+
+
+@sessions.post("/login", responses=_UNAUTHORIZED)
+async def login(body: LoginRequest, ctx: Ctx) -> LoginReply:
+    user = await asyncio.to_thread(ctx.users.verify, body.username, body.password)
+    if user is None:
+        await ctx.audit.append_async(body.username, "login", {}, "failed", "bad credentials")
+        raise _unauthorized("wrong user name or password")
+    token = await asyncio.to_thread(ctx.tokens.issue, user)
+    expires_at = ctx.tokens.expires_at(token)
+    assert expires_at is not None
+    await ctx.audit.append_async(user.name, "login", {"role": user.role.value}, "ok")
+    return LoginReply(token=token, expires_at=expires_at, role=user.role.value,
+                      username=user.name)
+
+
+@sessions.post("/logout", responses=_UNAUTHORIZED)
+async def logout(user: CurrentUser, creds: Credentials, ctx: Ctx) -> OkReply:
+    assert creds is not None  # _current_user has checked it
+    await asyncio.to_thread(ctx.tokens.revoke, creds.credentials)
+    await ctx.audit.append_async(user.name, "logout", {}, "ok")
+    return OkReply()
+
+
+@sessions.get("/whoami", responses=_UNAUTHORIZED)
+async def whoami(user: CurrentUser) -> WhoAmI:
+    return WhoAmI(username=user.name, role=user.role.value)
+
+
+# --------------------------------------------------------------------------------------------
+# Reads
+
+reads = APIRouter(prefix="/api", tags=["reads"], responses=_UNAUTHORIZED)
+
+
+@reads.get("/status")
+async def get_status(user: Reader, ctx: Ctx) -> dict[str, Any]:
+    return ctx.service.status()
+
+
+@reads.get("/alarms")
+async def get_alarms(user: Reader, ctx: Ctx) -> list[dict[str, Any]]:
+    alarms: list[dict[str, Any]] = ctx.service.status().get("alarms", [])
+    return alarms
+
+
+@reads.get("/events")
+async def get_events(
+    user: Reader,
+    ctx: Ctx,
+    since: Annotated[int, Query(ge=0, description="events after this seq")] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> list[EventModel]:
+    events = await asyncio.to_thread(ctx.service.events_since, since, limit)
+    return [EventModel(seq=e.seq, kind=e.kind, t=e.t, payload=e.payload) for e in events]
+
+
+def _records(ctx: ApiContext) -> RecordsReader:
+    if ctx.records_path is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no run records configured")
+    return RecordsReader(ctx.records_path)
+
+
+@reads.get("/runs")
+async def list_runs(user: Reader, ctx: Ctx) -> list[dict[str, Any]]:
+    reader = _records(ctx)
+    try:
+        runs = await asyncio.to_thread(reader.list_runs)
+    except RecordsUnavailable:
+        return []  # nothing recorded yet
+    result: list[dict[str, Any]] = _plain(runs)
+    return result
+
+
+@reads.get("/runs/{run_id}", responses={404: {"model": ErrorReply}})
+async def get_run(run_id: int, user: Reader, ctx: Ctx) -> dict[str, Any]:
+    reader = _records(ctx)
+    try:
+        detail = await asyncio.to_thread(reader.get_run, run_id)
+    except RecordsUnavailable:
+        detail = None
+    if detail is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id}")
+    result: dict[str, Any] = _plain(detail)
+    return result
+
+
+def _validate(text: str, efficiency: float, line: LineConfig) -> ValidateReply:
+    try:
+        recipe = parse_recipe(text, line)
+    except RecipeError as exc:
+        return ValidateReply(valid=False, errors=[
+            RecipeIssueModel(field=i.field, reason=i.reason, line=i.line) for i in exc.errors
+        ])
+    prediction = forecast(recipe, line, efficiency=efficiency)
+    return ValidateReply(valid=True, forecast=prediction.to_json(), name=recipe.name,
+                         sha256=recipe.sha256)
+
+
+@reads.post("/recipes/validate")
+async def validate(body: ValidateRequest, user: Validator, ctx: Ctx) -> ValidateReply:
+    return await asyncio.to_thread(_validate, body.text, body.efficiency, ctx.line)
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+
+commands = APIRouter(prefix="/api", tags=["commands"])
+
+
+@commands.post(
+    "/commands/{command}",
+    responses=_COMMAND_RESPONSES,
+    description="Commands: " + ", ".join(sorted(SERVICE_COMMANDS)) + ".",
+)
+async def run_command(
+    command: str, user: CurrentUser, ctx: Ctx, response: Response, *, creds: Credentials,
+    body: Annotated[CommandRequest | None, Body()] = None,
+) -> CommandReplyModel:
+    body = body or CommandRequest()  # no body: no arguments (`curl -X POST .../hold`)
+    args = dict(body.args)
+    if body.reason is not None:
+        args.setdefault("reason", body.reason)
+    detail = {"args": args}
+    if command not in SERVICE_COMMANDS:
+        unknown = (f"unknown command {command!r}" if command not in PERMISSIONS
+                   else f"{command!r} is not a command of the service")
+        await ctx.audit.append_async(user.name, command[:MAX_NAME], detail, "refused", unknown)
+        response.status_code = status.HTTP_404_NOT_FOUND
+        return CommandReplyModel(command=command, accepted=False, reason=unknown)
+    why = refusal(user.role, command)
+    if why is not None:
+        ctx.command_audit.is_renewal(user.name, command, args, accepted=False)
+        await ctx.audit.append_async(user.name, command, detail, "refused", why)
+        log.info("api.refused_role", user=user.name, command=command, reason=why)
+        response.status_code = status.HTTP_403_FORBIDDEN
+        return CommandReplyModel(command=command, accepted=False, reason=why)
+    try:
+        reply = await ctx.service.execute(user.name, command, args,
+                                          session=session_of(creds))
+    except Exception as exc:
+        ctx.command_audit.is_renewal(user.name, command, args, accepted=False)
+        await ctx.audit.append_async(user.name, command, detail, "failed",
+                                     f"{type(exc).__name__}: {exc}")
+        raise
+    if not ctx.command_audit.is_renewal(user.name, command, args, reply.accepted):
+        await ctx.audit.append_async(user.name, command, detail,
+                                     "accepted" if reply.accepted else "refused", reply.reason)
+    if not reply.accepted:
+        response.status_code = status.HTTP_409_CONFLICT
+    return CommandReplyModel.of(reply)
+
+
+# --------------------------------------------------------------------------------------------
+# The app
+
+
+def create_app(
+    service: ControllerService,
+    users: UserStore,
+    tokens: TokenIssuer,
+    audit: AuditTrail,
+    line: LineConfig,
+    *,
+    records_path: Path | None = None,
+    jog_renewal_window_s: float = 1.0,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> FastAPI:
+    """The API over one running controller (see the module docstring for the contract)."""
+    app = FastAPI(title="povd", version=package_version(),
+                  description=(__doc__ or "").split("\n\n", 1)[-1])
+    app.state.povd = ApiContext(
+        service=service, users=users, tokens=tokens, audit=audit, line=line,
+        records_path=records_path,
+        command_audit=_CommandAudit(jog_renewal_window_s, monotonic),
+    )
+    app.add_exception_handler(AuditError, _audit_unavailable)
+    for router in (sessions, reads, commands):
+        app.include_router(router)
+    return app
