@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from controller.logging_setup import configure_logging
-from controller.states import State
+from controller.config.logging_setup import configure_logging
+from controller.safety.states import State
 from tests.system.rig import line_rig
 
 

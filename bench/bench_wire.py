@@ -23,9 +23,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from controller.config import load_line_config
-from controller.logging_setup import configure_logging
-from controller.machine import Machine, build_machine
+from controller.config.line import load_line_config
+from controller.config.logging_setup import configure_logging
+from controller.machine.devices import Machine, build_machine
 from simulators.line import LineSimulator
 
 SERIAL_PROTOCOLS = ("modbus-rtu", "alicat-ascii", "ascii")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from controller.logging_setup import configure_logging
+from controller.config.logging_setup import configure_logging
 from tests.system.fault_matrix import Case, Outcome, full_product, run_case
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "safety.md"

@@ -13,7 +13,7 @@ import zlib
 
 import structlog
 
-from controller.config import DiameterGaugeConfig
+from controller.config.line import DiameterGaugeConfig
 from drivers.codecs import diameter_gauge_ascii as codec
 from drivers.codecs.diameter_gauge_ascii import GaugeReading
 from simulators.faults import FaultBoard

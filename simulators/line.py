@@ -15,7 +15,7 @@ from typing import Any, Literal, Self
 
 import structlog
 
-from controller.config import (
+from controller.config.line import (
     BusConfig,
     DiameterGaugeConfig,
     LineConfig,

@@ -14,7 +14,7 @@ from enum import Enum
 
 import structlog
 
-from controller.config import PRECURSORS, MfcConfig
+from controller.config.line import PRECURSORS, MfcConfig
 from drivers.codecs import alicat_ascii as ac
 from drivers.codecs import alicat_modbus_map as mb
 from simulators.faults import FaultBoard

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from controller.config import MFC_NAMES, PRECURSORS, GeometryConfig, LineConfig, MfcConfig
-from controller.process_model import SIO2_PER_SICL4, grown_diameter_mm
+from controller.config.line import MFC_NAMES, PRECURSORS, GeometryConfig, LineConfig, MfcConfig
+from controller.recipes.process_model import SIO2_PER_SICL4, grown_diameter_mm
 from simulators.faults import FaultBoard
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from controller.config import RfGeneratorConfig
+from controller.config.line import RfGeneratorConfig
 from drivers.codecs import rf_generator_map as rf_map
 from drivers.codecs.rf_generator_map import RfStatus
 from simulators.faults import FaultBoard

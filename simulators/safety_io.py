@@ -25,7 +25,7 @@ import dataclasses
 
 import structlog
 
-from controller.config import SafetyIoConfig
+from controller.config.line import SafetyIoConfig
 from drivers.codecs import safety_io_map as io_map
 from drivers.codecs.safety_io_map import SafetyInputs, SafetyOutputs
 from simulators.faults import FaultBoard

@@ -20,8 +20,8 @@ from typing import Any
 
 import structlog
 
-from controller.config import ConfigError, load_line_config
-from controller.logging_setup import configure_logging
+from controller.config.line import ConfigError, load_line_config
+from controller.config.logging_setup import configure_logging
 from simulators.control import control_request
 from simulators.line import LineSimulator
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from controller.config import ServoAxisConfig
+from controller.config.line import ServoAxisConfig
 from drivers.codecs import servo_map
 from drivers.codecs.servo_map import AlarmCode, AxisMode, AxisStatus, Control
 from simulators.faults import FaultBoard
