@@ -124,10 +124,10 @@ async def _serve(
             await sup.make_idle("serve")
             await sup.reset_controller_loss(getpass.getuser())
             await sup.wait_healthy()
-            service = LineService(sup, users, db)
-            if service.status()["interrupted_runs"]:
-                await sup.make_safe("restart")  # a run died with the last controller
             with AuditTrail(audit_path(data_dir)) as audit:
+                service = LineService(sup, users, db, audit)
+                if service.status()["interrupted_runs"]:
+                    await sup.make_safe("restart")  # a run died with the last controller
                 app = create_app(service, users, tokens, audit, line, records_path=db)
                 config = uvicorn.Config(app, lifespan="off", log_config=None, ws="none",
                                         access_log=False)

@@ -6,20 +6,18 @@ Authentication: POST /api/login returns a bearer token; every other endpoint nee
 ``Authorization: Bearer <token>`` (401 without a valid, unexpired one). A failed login says
 401 and never which part was wrong.
 
-Commands: POST /api/commands/{command} with ``{"args": {...}, "reason": "..."}``. The role is
-checked here, on the server, against `controller.service.roles.PERMISSIONS` before the service sees
-the command (the service checks again). The reply is always a CommandReply JSON body:
+Commands: POST /api/commands/{command} with ``{"args": {...}, "reason": "..."}``. The service
+checks the role and keeps the audit trail (its gate, `controller.service.gate`, the same for
+every channel); here its reply only becomes a status code. The body is always a CommandReply:
 - 200: accepted;
-- 403: refused for the user's role (the service was not asked);
+- 403: refused for the user's role;
 - 404: not a command the service executes (unknown, or a read with its own endpoint);
 - 409: refused by the controller (state, mode, interlock): a valid answer, with its reason.
 A given `reason` is passed to the service as ``args["reason"]`` unless args has one already.
 
-Audit: every login (success or failure), logout, command and refusal is appended to the audit
-trail, durably, before the reply is sent; if the trail cannot be written the reply is 503.
-One exception: a jog lease renewal (the same user sending the same jog again within
-`jog_renewal_window_s` of the last accepted one, ten times a second while a button is held) is
-not a new command, so only the first jog of a hold, its refusals and the jog_stop are recorded.
+Audit: every login (success or failure) and logout is appended to the audit trail here; every
+command and refusal by the service's gate, durably, before the reply is sent; if the trail
+cannot be written the reply is 503.
 
 Reads: GET /api/status, /api/alarms, /api/events?since=N, /api/runs, /api/runs/{id},
 /api/whoami; POST /api/recipes/validate {text} returns the forecast or every error."""
@@ -29,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import time
 from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -54,11 +51,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from controller.config.line import LineConfig
 from controller.recipes.forecast import forecast
 from controller.recipes.recipe import RecipeError, parse_recipe
-from controller.records.audit import AuditError, AuditTrail, canonical
+from controller.records.audit import AuditError, AuditTrail
 from controller.records.reader import RecordsReader
 from controller.records.schema import RecordsUnavailable
 from controller.service.protocol import CommandReply, ControllerService
-from controller.service.roles import PERMISSIONS, SERVICE_COMMANDS, refusal
+from controller.service.roles import SERVICE_COMMANDS, refusal
 from controller.service.users import TokenIssuer, User, UserStore
 
 log = structlog.get_logger(__name__)
@@ -180,30 +177,6 @@ def _plain(value: Any) -> Any:
 
 
 @dataclasses.dataclass
-class _JogLease:
-    args: str
-    at: float
-
-
-class _CommandAudit:
-    """Decides which commands are recorded: all but jog lease renewals (module docstring)."""
-
-    def __init__(self, window_s: float, clock: Callable[[], float]) -> None:
-        self.window_s = window_s
-        self.clock = clock
-        self._jogs: dict[str, _JogLease] = {}
-
-    def is_renewal(self, user: str, command: str, args: dict[str, Any], accepted: bool) -> bool:
-        now = self.clock()
-        last = self._jogs.pop(user, None)
-        if command != "jog" or not accepted:
-            return False
-        key = canonical(args)
-        self._jogs[user] = _JogLease(key, now)
-        return last is not None and last.args == key and now - last.at <= self.window_s
-
-
-@dataclasses.dataclass
 class ApiContext:
     """What the endpoints reach through `app.state.povd`."""
 
@@ -213,7 +186,6 @@ class ApiContext:
     audit: AuditTrail
     line: LineConfig
     records_path: Path | None
-    command_audit: _CommandAudit
 
 
 def _context(request: Request) -> ApiContext:
@@ -399,34 +371,17 @@ async def run_command(
     args = dict(body.args)
     if body.reason is not None:
         args.setdefault("reason", body.reason)
-    detail = {"args": args}
-    if command not in SERVICE_COMMANDS:
-        unknown = (f"unknown command {command!r}" if command not in PERMISSIONS
-                   else f"{command!r} is not a command of the service")
-        await ctx.audit.append_async(user.name, command[:MAX_NAME], detail, "refused", unknown)
-        response.status_code = status.HTTP_404_NOT_FOUND
-        return CommandReplyModel(command=command, accepted=False, reason=unknown)
-    why = refusal(user.role, command)
-    if why is not None:
-        ctx.command_audit.is_renewal(user.name, command, args, accepted=False)
-        await ctx.audit.append_async(user.name, command, detail, "refused", why)
-        log.info("api.refused_role", user=user.name, command=command, reason=why)
-        response.status_code = status.HTTP_403_FORBIDDEN
-        return CommandReplyModel(command=command, accepted=False, reason=why)
-    try:
-        reply = await ctx.service.execute(user.name, command, args,
-                                          session=session_of(creds))
-    except Exception as exc:
-        ctx.command_audit.is_renewal(user.name, command, args, accepted=False)
-        await ctx.audit.append_async(user.name, command, detail, "failed",
-                                     f"{type(exc).__name__}: {exc}")
-        raise
-    if not ctx.command_audit.is_renewal(user.name, command, args, reply.accepted):
-        await ctx.audit.append_async(user.name, command, detail,
-                                     "accepted" if reply.accepted else "refused", reply.reason)
+    # The service checks the role and keeps the audit trail (its gate, for every channel);
+    # here a refusal only becomes a status code.
+    reply = await ctx.service.execute(user.name, command, args, session=session_of(creds))
     if not reply.accepted:
-        response.status_code = status.HTTP_409_CONFLICT
+        response.status_code = _REFUSAL_STATUS.get(reply.refused_by,
+                                                   status.HTTP_409_CONFLICT)
     return CommandReplyModel.of(reply)
+
+
+_REFUSAL_STATUS: dict[str | None, int] = {"unknown": status.HTTP_404_NOT_FOUND,
+                                          "role": status.HTTP_403_FORBIDDEN}
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,8 +396,6 @@ def create_app(
     line: LineConfig,
     *,
     records_path: Path | None = None,
-    jog_renewal_window_s: float = 1.0,
-    monotonic: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
     """The API over one running controller (see the module docstring for the contract)."""
     app = FastAPI(title="povd", version=package_version(),
@@ -450,7 +403,6 @@ def create_app(
     app.state.povd = ApiContext(
         service=service, users=users, tokens=tokens, audit=audit, line=line,
         records_path=records_path,
-        command_audit=_CommandAudit(jog_renewal_window_s, monotonic),
     )
     app.add_exception_handler(AuditError, _audit_unavailable)
     for router in (sessions, reads, commands):

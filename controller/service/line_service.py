@@ -1,11 +1,12 @@
 """The running controller as a service: the ``ControllerService`` the HTTP API and the MQTT
-bridge call. It owns the role check (again: the API checks first, MQTT only here), turns each
-named command into a supervisor action, and records every command and refusal durably before
-it answers (architecture: the command path)."""
+bridge call. Every command passes its gate (``service.gate``: the role check and the audit
+trail, once for every channel), is turned into a supervisor action, and is recorded durably,
+refusals included, before it answers (architecture: the command path)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import getpass
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ import structlog
 
 from controller.recipes.planning import plan_from_recipe
 from controller.recipes.recipe import RecipeError, parse_recipe
+from controller.records.audit import AuditTrail
 from controller.records.run_records import RecordsReader, RecordsUnavailable, RunHeader
 from controller.run.executor import Cursor
 from controller.run.maintenance import MaintenanceRefused
@@ -24,8 +26,9 @@ from controller.run.supervisor import SAFE_WARD_COMMANDS, CoolingRotationRefused
 from controller.safety.alarms import AlarmError
 from controller.safety.states import CommandRefused, Mode, State
 from controller.safety.writer import EnvelopeRefused
+from controller.service.gate import CommandGate
 from controller.service.protocol import CommandReply, Event
-from controller.service.roles import refusal as role_refusal
+from controller.service.roles import Role
 from controller.service.users import UserStore
 from drivers.errors import DeviceError
 
@@ -47,13 +50,16 @@ class RecordedRefusal(Refused):
 class LineService:
     """``ControllerService`` over a live supervisor."""
 
-    def __init__(self, sup: Supervisor, users: UserStore | None, records_db: Path) -> None:
+    def __init__(self, sup: Supervisor, users: UserStore | None, records_db: Path,
+                 audit: AuditTrail | None = None, *, renewal_window_s: float = 1.0) -> None:
         self.sup = sup
         self.users = users
         self.records_db = records_db
         self.line = sup.line.line
         self.machine = sup.line.machine
         self._lock = asyncio.Lock()  # one command at a time: the unit has one state
+        role_of = None if users is None else self._role_of
+        self.gate = CommandGate(audit, role_of, renewal_window_s=renewal_window_s)
         self._handlers: dict[str, Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
             "start": self._start,
             "retry": self._retry,
@@ -116,17 +122,23 @@ class LineService:
         args = dict(args)
         if command in ("jog", "move"):
             args["session"] = session or f"user:{user}"
-        if command == "abort":
-            # An abort never queues behind another command: it cuts into whatever is running.
-            return await self._execute(user, command, args)
-        async with self._lock:
-            return await self._execute(user, command, args)
+
+        async def refused(reply: CommandReply) -> None:
+            await self._record(user, command, args, False, reply.reason)
+
+        async def act() -> CommandReply:
+            if command == "abort":
+                # An abort never queues behind another command: it cuts into whatever runs.
+                return await self._execute(user, command, args)
+            async with self._lock:
+                return await self._execute(user, command, args)
+
+        reply = await self.gate.run(user, command, args, act, on_refused=refused)
+        if reply.state is None:
+            reply = dataclasses.replace(reply, state=self.sup.sm.state.value)
+        return reply
 
     async def _execute(self, user: str, command: str, args: dict[str, Any]) -> CommandReply:
-        reason = self._role_refusal(user, command)
-        if reason is not None:
-            await self._record(user, command, args, False, reason)
-            return self._reply(command, False, reason)
         if not self.sup.records_ok and command not in SAFE_WARD_COMMANDS:
             # Rule 9: nothing is done that cannot be recorded; hold, stop, abort still go.
             log.error("command.refused_no_records", user=user, command=command)
@@ -161,13 +173,9 @@ class LineService:
             return self._reply(command, False, reason)
         return self._reply(command, True, None, data)
 
-    def _role_refusal(self, user: str, command: str) -> str | None:
-        if self.users is None:
-            return None  # a local controller without user management (tests, `povd run`)
-        known = self.users.get(user)
-        if known is None:
-            return f"unknown user {user!r}"
-        return role_refusal(known.role, command)
+    def _role_of(self, user: str) -> Role | None:
+        known = self.users.get(user) if self.users is not None else None
+        return None if known is None else known.role
 
     def _reply(self, command: str, accepted: bool, reason: str | None,
                data: dict[str, Any] | None = None) -> CommandReply:

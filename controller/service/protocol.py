@@ -19,6 +19,9 @@ class CommandReply:
     reason: str | None = None  # why it was refused: state, mode, role or interlock
     state: str | None = None  # the unit's state after the command
     data: dict[str, Any] = field(default_factory=dict)
+    # Who refused: "unknown" (no such command), "role" (the user's role may not), None (the
+    # controller itself: state, mode, interlocks...). A channel maps it to its own terms.
+    refused_by: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"command": self.command, "accepted": self.accepted, "reason": self.reason,

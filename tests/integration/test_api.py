@@ -15,6 +15,7 @@ from argon2 import PasswordHasher
 from controller.config.line import load_line_config
 from controller.records.audit import AuditError, AuditTrail
 from controller.service.api import create_app
+from controller.service.gate import CommandGate
 from controller.service.protocol import CommandReply, Event
 from controller.service.roles import PERMISSIONS, SERVICE_COMMANDS, Role
 from controller.service.users import TokenIssuer, UserStore
@@ -30,7 +31,8 @@ def password(role: Role) -> str:
 
 
 class FakeService:
-    """A ControllerService that records what it was asked and refuses what it is told to."""
+    """A ControllerService that records what it was asked and refuses what it is told to,
+    behind the real command gate (the role check and the audit trail, as LineService has)."""
 
     line = "demo"
     machine = "lathe-1"
@@ -40,6 +42,7 @@ class FakeService:
         self.refuse: dict[str, str] = {}
         self.fail: set[str] = set()
         self.state = "IDLE"
+        self.gate: CommandGate | None = None
 
     def status(self) -> dict[str, Any]:
         return {"state": self.state, "mode": "production", "run_id": None,
@@ -58,6 +61,12 @@ class FakeService:
 
     async def execute(self, user: str, command: str, args: dict[str, Any],
                       session: str | None = None) -> CommandReply:
+        if self.gate is None:
+            return await self._act(user, command, args)
+        return await self.gate.run(user, command, args,
+                                   lambda: self._act(user, command, args))
+
+    async def _act(self, user: str, command: str, args: dict[str, Any]) -> CommandReply:
         self.calls.append((user, command, args))
         if command in self.fail:
             raise RuntimeError("device gone")
@@ -107,6 +116,8 @@ def make_app(tmp_path: Path, service: FakeService, clock: Clock,
         users.add(role.value, password(role), role)
     tokens = TokenIssuer(users, ttl_s=TTL_S, clock=clock)
     audit = AuditTrail(tmp_path / "audit.sqlite3", clock=clock)
+    service.gate = CommandGate(audit, lambda name: (u.role if (u := users.get(name)) else None),
+                               clock=clock)
     app = create_app(service, users, tokens, audit, LINE, records_path=records_path)
     return app, audit
 

@@ -25,6 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from controller.cli.service_client import ClientError, ServiceClient
+from controller.records.audit import AuditTrail
 from controller.records.run_records import RecordsReader
 from controller.records.schema import Outcome, RunDetail
 from tests.integration.mosquitto_fixture import CONTROLLER_USER, MosquittoBroker, start_broker
@@ -298,3 +299,11 @@ async def test_serve_with_the_mqtt_bridge(tmp_path: Path, broker: MosquittoBroke
                 for e in events if e.kind == "command"]
     assert recorded == [("alice", "ack", True), ("alice", "hold", False),
                         ("bob", "hold", False)]
+    # ... and in the audit trail, as a command over HTTP is: the role check and the audit are
+    # the service's, whatever the channel.
+    with AuditTrail(tmp_path / "data" / "audit.sqlite3") as audit:
+        audited = [(e.user, e.action, e.outcome) for e in audit.entries()
+                   if e.action in ("ack", "hold")]
+        assert audit.verify().ok
+    assert audited == [("alice", "ack", "accepted"), ("alice", "hold", "refused"),
+                       ("bob", "hold", "refused")]
