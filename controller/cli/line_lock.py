@@ -13,7 +13,8 @@ from typing import Self
 
 class LineLocked(Exception):
     def __init__(self, line: str, path: Path, holder: str) -> None:
-        super().__init__(f"another controller holds line {line} ({path}: {holder})")
+        super().__init__(f"another controller holds line {line} ({path}: {holder}); stop it "
+                         f"first (its pid is in {path})")
         self.line = line
         self.path = path
         self.holder = holder

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from typing import Any
 
 from controller.cli.output import EXIT_INVALID, EXIT_OK, out
 from controller.records.run_records import RecordsReader, RunDetail, records_path, resolve_data_dir
+from controller.records.schema import to_plain
 
 
 def _when(t: float | None) -> str:
     return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -36,7 +28,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.runs_command == "list":
         runs = reader.list_runs()
         if args.json:
-            out(json.dumps([_plain(r) for r in runs], indent=2, default=str))
+            out(json.dumps([to_plain(r) for r in runs], indent=2, default=str))
             return EXIT_OK
         out(f"{'id':>4}  {'recipe':<22} {'serial':<12} {'operator':<12} {'started':<19}  outcome")
         for r in runs:
@@ -56,7 +48,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
             print_report(report)
         return EXIT_OK
     if args.json:
-        out(json.dumps(_plain(detail), indent=2, default=str))
+        out(json.dumps(to_plain(detail), indent=2, default=str))
         return EXIT_OK
     r = detail.run
     out(f"run {r.id}: {r.recipe_name} ({r.recipe_hash[:12]}) on {r.line}/{r.machine}")
@@ -74,9 +66,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
     out(f"  alarms: {len(detail.alarms)}, commands: {len(detail.commands)}, "
         f"setpoints: {len(detail.setpoints)}")
     for a in detail.alarms:
-        out(f"    {_when(a.t)} {_plain(a)}")
+        out(f"    {_when(a.t)} {to_plain(a)}")
     for c in detail.commands:
-        out(f"    {_when(c.t)} {_plain(c)}")
+        out(f"    {_when(c.t)} {to_plain(c)}")
     return EXIT_OK
 
 

@@ -81,7 +81,7 @@ async def serve(args: argparse.Namespace) -> int:
     try:
         lock = take_line_lock(data_dir, line.line)
     except LineLocked as exc:
-        err(f"refused: {exc}; stop it first (its pid is in {exc.path})")
+        err(f"refused: {exc}")
         return EXIT_REFUSED
     try:
         sock = _bind(args.http)

@@ -5,6 +5,7 @@ Shared by the writer (`controller.records.run_records`) and the readers
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -298,3 +299,13 @@ class RunDetail:
     commands: list[CommandRecord] = field(default_factory=list)
     setpoints: list[SetpointRecord] = field(default_factory=list)
     last_checkpoint: Checkpoint | None = None
+
+
+def to_plain(value: Any) -> Any:
+    """A record (or a list of them) as JSON-ready dicts and lists: for every reader that
+    prints or serves the records (the CLI, the API)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: to_plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, list | tuple):
+        return [to_plain(v) for v in value]
+    return value

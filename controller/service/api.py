@@ -53,7 +53,7 @@ from controller.recipes.forecast import forecast
 from controller.recipes.recipe import RecipeError, parse_recipe
 from controller.records.audit import AuditError, AuditTrail
 from controller.records.reader import RecordsReader
-from controller.records.schema import RecordsUnavailable
+from controller.records.schema import RecordsUnavailable, to_plain
 from controller.service.protocol import CommandReply, ControllerService
 from controller.service.roles import SERVICE_COMMANDS, refusal
 from controller.service.users import TokenIssuer, User, UserStore
@@ -162,14 +162,6 @@ _COMMAND_RESPONSES: dict[int | str, dict[str, Any]] = {
           "description": "refused by the controller: state, mode or interlock"},
     503: {"model": ErrorReply, "description": "the audit trail cannot be written"},
 }
-
-
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,7 +310,7 @@ async def list_runs(user: Reader, ctx: Ctx) -> list[dict[str, Any]]:
         runs = await asyncio.to_thread(reader.list_runs)
     except RecordsUnavailable:
         return []  # nothing recorded yet
-    result: list[dict[str, Any]] = _plain(runs)
+    result: list[dict[str, Any]] = to_plain(runs)
     return result
 
 
@@ -331,7 +323,7 @@ async def get_run(run_id: int, user: Reader, ctx: Ctx) -> dict[str, Any]:
         detail = None
     if detail is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id}")
-    result: dict[str, Any] = _plain(detail)
+    result: dict[str, Any] = to_plain(detail)
     return result
 
 
