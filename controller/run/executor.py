@@ -124,6 +124,26 @@ class Executor:
         self._log = log.bind(recipe=plan.name)
         self._sicl4 = line.mfc("mfc_sicl4")
 
+    # -- what the supervisor may change (only through these) -------------------------------
+    def stop(self) -> None:
+        """Seen at the executor's next wait, whatever happens to its task's cancellation."""
+        self.stop_requested = True
+
+    def release(self, *, reignite_attempts: int | None = None) -> None:
+        """Ready to run again (resume, unhold, or the stop's own cool-down); with
+        ``reignite_attempts``, a re-ignition uses that many attempts."""
+        self.stop_requested = False
+        if reignite_attempts is not None:
+            self.reignite_attempts = reignite_attempts
+
+    def set_trim(self, *, power_kw: float | None = None,
+                 traverse_pct: float | None = None) -> None:
+        """Operator trims, like a feed override: power at once, traverse from the next pass."""
+        if power_kw is not None:
+            self.trim_power_kw = power_kw
+        if traverse_pct is not None:
+            self.trim_traverse_pct = traverse_pct
+
     # -- observations ----------------------------------------------------------------------
     @property
     def plasma_lit(self) -> bool:

@@ -392,7 +392,7 @@ class Supervisor(SupervisorReactions):
     def _launch_executor(self, *, resume: bool) -> None:
         assert self.executor is not None
         assert self._tg is not None
-        self.executor.stop_requested = False
+        self.executor.release()
         self._exec_task = self._tg.create_task(self._run_executor(resume), name="executor")
 
     async def _run_executor(self, resume: bool) -> None:
@@ -573,13 +573,13 @@ class Supervisor(SupervisorReactions):
         if executor is None:
             return
         if power_kw is not None:
-            executor.trim_power_kw = power_kw
+            executor.set_trim(power_kw=power_kw)
             self.record_setpoint("rf", "power_trim_kw", power_kw, f"trim:{user}")
             layer = executor.current_layer()
             if layer is not None and self.sm.state is State.EXECUTE:
                 await self.act.set_power_kw(executor.layer_power(layer), f"trim:{user}")
         if traverse_pct is not None:
-            executor.trim_traverse_pct = traverse_pct
+            executor.set_trim(traverse_pct=traverse_pct)
             self.record_setpoint("carriage", "traverse_trim_pct", traverse_pct, f"trim:{user}")
 
     def record_setpoint(self, device: str, quantity: str, value: float, source: str) -> None:

@@ -97,7 +97,7 @@ class SupervisorReactions:
         task = self._exec_task
         self._exec_task = None
         if self.executor is not None:
-            self.executor.stop_requested = True  # seen at its next wait, whatever happens
+            self.executor.stop()  # seen at its next wait, whatever happens
         if task is not None and not task.done():
             await cancel_and_wait([task])
 
@@ -169,7 +169,7 @@ class SupervisorReactions:
     async def _stop_work(self) -> None:
         try:
             if self.executor is not None:
-                self.executor.stop_requested = False  # the cool-down is the stop's own work
+                self.executor.release()  # the cool-down is the stop's own work
                 await self.executor.cool_down(self._cooldown_op())
             else:
                 await self._safe_posture(POSTURE_FOR_REACTION[Reaction.TRIP], "stop")
@@ -190,16 +190,25 @@ class SupervisorReactions:
             spindle_rpm=cooling_speed_rpm(self.line),
         )
 
+    async def _cut_in(self, posture: Posture, source: str, *, acting_too: bool = True,
+                      detected_at: float | None = None) -> None:
+        """The one way a reaction takes over from the run's tasks: cancel them without
+        awaiting (the RF-off write goes out first), stop the executor at its next wait, write
+        the posture, then wait for the tasks to be gone."""
+        tasks = (self._exec_task, self._acting_task) if acting_too else (self._exec_task,)
+        for task in tasks:
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        if self.executor is not None:
+            self.executor.stop()
+        await self._safe_posture(posture, source, detected_at)
+        await self._cancel_executor()
+        if acting_too:
+            await self._cancel_acting()
+
     async def _operator_abort(self, user: str) -> None:
         self.sm.apply(Command.ABORT, cause=f"operator {user}")
-        for task in (self._exec_task, self._acting_task):
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()  # no await: the RF-off write goes out first
-        if self.executor is not None:
-            self.executor.stop_requested = True
-        await self._safe_posture(POSTURE_FOR_REACTION[Reaction.TRIP], "abort")
-        await self._cancel_executor()
-        await self._cancel_acting()
+        await self._cut_in(POSTURE_FOR_REACTION[Reaction.TRIP], "abort")
         if self.sm.state is State.ABORTING:
             self.sm.complete(cause="safe state reached")
 
@@ -230,19 +239,12 @@ class SupervisorReactions:
         )
 
     async def _trip(self, interlock: Interlock, detected_at: float, running: bool) -> None:
-        posture = POSTURE_FOR_REACTION[interlock.reaction]
-        for task in (self._exec_task, self._acting_task):
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()  # no await: the RF-off write goes out first
-        if self.executor is not None:
-            self.executor.stop_requested = True  # no await: the RF-off write must go out first
         # Two reactions may race (the poller's and the executor's view of the same failure):
         # the first takes the abort, the second only adds its writes.
         if running and self.sm.can(Command.ABORT) is None:
             self.sm.apply(Command.ABORT, cause=f"interlock {interlock.id}")
-        await self._safe_posture(posture, f"trip:{interlock.id}", detected_at)
-        await self._cancel_executor()
-        await self._cancel_acting()
+        await self._cut_in(POSTURE_FOR_REACTION[interlock.reaction], f"trip:{interlock.id}",
+                           detected_at=detected_at)
         if self.sm.state is State.ABORTING:
             self.sm.complete(cause=f"safe state reached after {interlock.id}")
 
@@ -275,14 +277,8 @@ class SupervisorReactions:
 
     async def _suspend(self, interlock: Interlock) -> None:
         self.sm.apply(Command.SUSPEND, cause=interlock.id)
-        exec_task = self._exec_task
-        if exec_task is not None:
-            exec_task.cancel()
-        if self.executor is not None:
-            self.executor.stop_requested = True
-        posture = POSTURE_FOR_REACTION[Reaction.SUSPEND]
-        await self._safe_posture(posture, f"suspend:{interlock.id}")
-        await self._cancel_executor()
+        await self._cut_in(POSTURE_FOR_REACTION[Reaction.SUSPEND], f"suspend:{interlock.id}",
+                           acting_too=False)
         # The purge and the wait for recovery are the acting state's work, not the safety
         # reaction's: an operator may hold or stop the run meanwhile, and it gives way.
         self._begin_acting(self._suspended_work(interlock), "suspending")
@@ -308,7 +304,7 @@ class SupervisorReactions:
                 continue
             self.sm.apply(Command.UNSUSPEND, cause=f"{interlock.id} recovered")
             assert self.executor is not None
-            self.executor.reignite_attempts = self.line.supervision.reignite_attempts
+            self.executor.release(reignite_attempts=self.line.supervision.reignite_attempts)
             self._launch_executor(resume=True)
             return
 
