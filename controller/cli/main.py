@@ -28,6 +28,7 @@ from controller.cli.output import (
 )
 from controller.config.logging_setup import configure_logging
 from controller.recipes.forecast import forecast
+from controller.recipes.planning import plan_from_recipe
 from controller.recipes.recipe import (
     RecipeError,
     format_recipe_error,
@@ -108,7 +109,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         else:
             err(format_recipe_error(exc))
         return EXIT_INVALID
-    prediction = forecast(recipe, line, efficiency=args.efficiency)
+    prediction = forecast(plan_from_recipe(recipe, line), line, efficiency=args.efficiency)
     if args.json:
         out(json.dumps({"file": str(args.recipe), "valid": True,
                         "forecast": prediction.to_json()}, indent=2))

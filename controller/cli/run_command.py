@@ -193,7 +193,7 @@ async def _supervise(  # noqa: PLR0917 - one call site, each argument named ther
     if not result.accepted:
         err(f"refused: {result.reason}")
         return EXIT_REFUSED
-    prediction = forecast(recipe, line)
+    prediction = forecast(plan, line)
     out(f"run {sup.run_id} started: {recipe.name} v{recipe.version}, {plan.total_passes} passes, "
         f"forecast {prediction.duration_h:.2f} h process time at x{sup.clock.time_scale:g}")
     await _watch(sup, operator, prediction.duration_s, interrupts)

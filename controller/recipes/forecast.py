@@ -11,22 +11,18 @@ from typing import Any
 
 from controller.config.line import LineConfig
 from controller.recipes import process_model
-from controller.recipes.recipe import (
-    GAS_FIELDS,
-    CoolDownStep,
-    DepositStep,
-    DwellStep,
-    IgniteStep,
-    Layer,
-    PlasmaState,
-    PurgeStep,
-    RampStep,
-    Recipe,
-    Step,
-    format_loc,
-    plasma_states,
-    turning_points_mm,
+from controller.recipes.plan import (
+    CooldownOp,
+    DepositOp,
+    DwellOp,
+    IgniteOp,
+    LayerOp,
+    Op,
+    Plan,
+    PurgeOp,
+    RampOp,
 )
+from controller.recipes.recipe import GAS_FIELDS, format_loc
 
 
 @dataclass(frozen=True)
@@ -211,7 +207,7 @@ class _Tally:
         for field, slpm in flows.items():
             self.gas_l[self.gas_names[field]] += slpm * duration_s / 60.0
 
-    def layer(self, step_index: int, layer_index: int, layer: Layer) -> float:
+    def layer(self, step_index: int, layer_index: int, layer: LayerOp) -> float:
         pass_s = process_model.pass_duration_s(self.length_mm, layer.traverse_mm_min)
         start = self.diameter_mm
         per_pass_g = process_model.deposited_mass_g(self.efficiency, layer.sicl4_g_min, pass_s)
@@ -232,7 +228,7 @@ class _Tally:
             LayerForecast(
                 step_index=step_index,
                 layer_index=layer_index,
-                label=layer.label or "",
+                label=layer.name,
                 passes=layer.passes,
                 pass_duration_s=pass_s,
                 duration_s=duration_s,
@@ -246,47 +242,61 @@ class _Tally:
         return duration_s
 
 
-def _step_duration(
-    index: int, step: Step, before: PlasmaState, after: PlasmaState, tally: _Tally
-) -> float:
-    """A step's expected duration, tallying its consumption on the way."""
-    match step:
-        case PurgeStep() | DwellStep():
-            tally.flow(after.flows(), step.duration_s)
-            return step.duration_s
-        case IgniteStep():
-            tally.flow(after.flows(), step.expected_duration_s)
-            return step.expected_duration_s
-        case RampStep():
+def _flows(op: PurgeOp | IgniteOp | RampOp | CooldownOp | LayerOp) -> dict[str, float]:
+    return {"ar_slpm": op.ar_slpm, "o2_slpm": op.o2_slpm, "n2_slpm": op.n2_slpm}
+
+
+def _step_duration(index: int, op: Op, before: dict[str, float], tally: _Tally,
+                   ) -> tuple[float, dict[str, float]]:
+    """A step's expected duration, tallying its consumption on the way; and the process
+    gases it leaves flowing."""
+    match op:
+        case DwellOp():
+            tally.flow(before, op.duration_s)
+            return op.duration_s, before
+        case PurgeOp():
+            tally.flow(_flows(op), op.duration_s)
+            return op.duration_s, _flows(op)
+        case IgniteOp():
+            tally.flow(_flows(op), op.expected_duration_s)
+            return op.expected_duration_s, _flows(op)
+        case RampOp():
             # Linear ramps: the mean of the start and end flows.
-            mean = {f: (before.flows()[f] + v) / 2 for f, v in after.flows().items()}
-            tally.flow(mean, step.duration_s)
-            return step.duration_s
-        case DepositStep():
-            return sum(tally.layer(index, j, layer) for j, layer in enumerate(step.layers))
-        case CoolDownStep():
-            total_s = step.power_ramp_down_s + step.duration_s
-            tally.flow(after.flows(), total_s)
-            return total_s
-    raise AssertionError(f"unknown step {step!r}")  # pragma: no cover
+            after = _flows(op)
+            tally.flow({f: (before[f] + v) / 2 for f, v in after.items()}, op.duration_s)
+            return op.duration_s, after
+        case DepositOp():
+            duration = sum(tally.layer(index, j, layer) for j, layer in enumerate(op.layers))
+            return duration, _flows(op.layers[-1])
+        case CooldownOp():
+            total_s = op.power_ramp_down_s + op.duration_s
+            tally.flow(_flows(op), total_s)
+            return total_s, _flows(op)
+    raise AssertionError(f"unknown step {op!r}")  # pragma: no cover
 
 
-def forecast(recipe: Recipe, line: LineConfig, efficiency: float = 0.5) -> Forecast:
-    """Forecast a (validated) recipe on a line at a deposition efficiency."""
+def _stroke_mm(plan: Plan, line: LineConfig) -> tuple[float, float]:
+    deposit = next(iter(plan.deposit_steps), None)
+    if deposit is not None:
+        return deposit.turning_point_a_mm, deposit.turning_point_b_mm
+    return line.geometry.turning_point_a_mm, line.geometry.turning_point_b_mm
+
+
+def forecast(plan: Plan, line: LineConfig, efficiency: float = 0.5) -> Forecast:
+    """Forecast a plan on a line at a deposition efficiency: the very steps the executor runs."""
     if not 0 < efficiency <= 1:
         raise ValueError(f"efficiency must lie in (0, 1], got {efficiency}")
-    a_mm, b_mm = turning_points_mm(recipe, line)
+    a_mm, b_mm = _stroke_mm(plan, line)
     # The torch lays glass over the stroke between the turning points.
     tally = _Tally(line, efficiency, b_mm - a_mm)
     steps = []
-    for index, (step, (before, after)) in enumerate(
-        zip(recipe.steps, plasma_states(recipe), strict=True)
-    ):
-        duration_s = _step_duration(index, step, before, after, tally)
-        steps.append(StepForecast(index, step.step, step.label or "", duration_s))
+    flows = dict.fromkeys(GAS_FIELDS, 0.0)
+    for index, op in enumerate(plan.steps):
+        duration_s, flows = _step_duration(index, op, flows, tally)
+        steps.append(StepForecast(index, Plan.kind(op), op.label, duration_s))
     return Forecast(
-        recipe_name=recipe.name,
-        recipe_version=recipe.version,
+        recipe_name=plan.name,
+        recipe_version=plan.version,
         efficiency=efficiency,
         deposition_length_mm=b_mm - a_mm,
         start_diameter_mm=line.geometry.bait_rod_diameter_mm,
@@ -296,7 +306,7 @@ def forecast(recipe: Recipe, line: LineConfig, efficiency: float = 0.5) -> Forec
         sicl4_g=tally.sicl4_g,
         deposited_g=tally.deposited_g,
         final_diameter_mm=tally.diameter_mm,
-        target_diameter_mm=recipe.target_diameter_mm,
+        target_diameter_mm=plan.target_diameter_mm,
         steps=tuple(steps),
         layers=tuple(tally.layers),
         pass_end_diameters_mm=tuple(tally.pass_diameters),

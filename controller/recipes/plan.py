@@ -1,6 +1,7 @@
-"""The executor's plan: a recipe reduced to the operations the executor performs, in machine
-units. Keeping it apart from the recipe file's schema lets the file format evolve (validated,
-documented, migrated) without touching the code that moves the machine."""
+"""The Plan: a recipe reduced to the operations the executor performs, in machine units, with
+the plasma's state before each step. It is the only reading of a recipe: the executor runs it
+and the forecast predicts it, so the two cannot disagree. Keeping it apart from the recipe
+file's schema lets the file format evolve without touching the code that moves the machine."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class PurgeOp:
     n2_slpm: float
     spindle_rpm: float
     tolerances: Tolerances = Tolerances()
+    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class IgniteOp:
     attempts: int
     ramp_kw_s: float
     tolerances: Tolerances = Tolerances()
+    expected_duration_s: float = 0.0  # what the forecast counts on
+    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class RampOp:
     n2_slpm: float
     spindle_rpm: float | None
     tolerances: Tolerances = Tolerances()
+    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class LayerOp:
     coil_gap_mm: float
     power_trim_kw: tuple[float, float] = (0.0, 0.0)
     traverse_trim_pct: tuple[float, float] = (0.0, 0.0)
+    sicl4_trim_pct: tuple[float, float] = (0.0, 0.0)  # the recipe's authority over SiCl4
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class DepositOp:
     turning_point_a_mm: float
     turning_point_b_mm: float
     tolerances: Tolerances = Tolerances()
+    label: str = ""
 
     @property
     def total_passes(self) -> int:
@@ -82,6 +89,7 @@ class DepositOp:
 class DwellOp:
     duration_s: float
     spindle_rpm: float | None = None
+    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,17 +101,42 @@ class CooldownOp:
     n2_slpm: float
     spindle_rpm: float
     tolerances: Tolerances = Tolerances()
+    label: str = ""
 
 
 Op = PurgeOp | IgniteOp | RampOp | DepositOp | DwellOp | CooldownOp
 
 
+KINDS: dict[type, str] = {PurgeOp: "purge", IgniteOp: "ignite", RampOp: "ramp",
+                          DepositOp: "deposit", DwellOp: "dwell", CooldownOp: "cool_down"}
+
+
 @dataclass(frozen=True)
 class Plan:
     name: str
-    version: str
+    version: int
     steps: tuple[Op, ...]
     target_diameter_mm: float | None = None
+    # The plasma before each step, as the steps before it leave it: lit or not, and by which
+    # ignition step (to re-light it with after a loss).
+    lit_before: tuple[bool, ...] = ()
+    lit_by: tuple[int | None, ...] = ()
+
+    def needs_plasma(self, index: int) -> bool:
+        """The step expects the plasma burning when it begins (an ignition or a cool-down
+        brings its own)."""
+        op = self.steps[index]
+        return self.lit_before[index] and not isinstance(op, CooldownOp | IgniteOp)
+
+    def ignition_before(self, index: int) -> IgniteOp | None:
+        """The ignition that lit the plasma this step expects."""
+        by = self.lit_by[index]
+        op = None if by is None else self.steps[by]
+        return op if isinstance(op, IgniteOp) else None
+
+    @staticmethod
+    def kind(op: Op) -> str:
+        return KINDS[type(op)]
 
     @property
     def deposit_steps(self) -> list[DepositOp]:

@@ -216,28 +216,15 @@ class Executor:
         else:
             await self.cool_down(op)
 
-    def _needs_plasma(self, index: int) -> bool:
-        """A step needs the plasma if an ignition precedes it with no cool-down between."""
-        lit = False
-        for op in self.plan.steps[:index]:
-            if isinstance(op, IgniteOp):
-                lit = True
-            elif isinstance(op, CooldownOp):
-                lit = False
-        op = self.plan.steps[index]
-        return lit and not isinstance(op, CooldownOp | IgniteOp)
-
-    def _ignite_op_before(self, index: int) -> IgniteOp | None:
-        return next(
-            (op for op in reversed(self.plan.steps[:index]) if isinstance(op, IgniteOp)), None
-        )
-
     async def _resume_prelude(self, index: int) -> None:
         """Bring the process back to where the interrupted step expects it."""
         self.current_op = "resume"
         op = self.plan.steps[index]
-        if self._needs_plasma(index) and not self.plasma_lit:
-            ignite = self._ignite_op_before(index)
+        # A reading taken before the RF went off may still say lit: with the RF commanded off
+        # the plasma cannot be burning, whatever the last reading.
+        lit = self.act.commanded.rf_on and self.plasma_lit
+        if self.plan.needs_plasma(index) and not lit:
+            ignite = self.plan.ignition_before(index)
             if ignite is None:
                 raise StepFailed("resume", "no ignition step to re-light the plasma with")
             await self._ignite(ignite)
@@ -248,11 +235,16 @@ class Executor:
 
     # -- steps -----------------------------------------------------------------------------
     async def _set_gases(self, ar: float, o2: float, n2: float) -> None:
-        await asyncio.gather(
-            self.act.set_flow_slpm("mfc_ar", ar, "recipe"),
-            self.act.set_flow_slpm("mfc_o2", o2, "recipe"),
-            self.act.set_flow_slpm("mfc_n2", n2, "recipe"),
-        )
+        """Make before break: the flows that rise are set before those that fall, so switching
+        the plasma from argon to oxygen never starves it in between (the writes share a bus,
+        one after the other)."""
+        targets = {"mfc_ar": ar, "mfc_o2": o2, "mfc_n2": n2}
+        now = self.act.commanded.flows_slpm
+        rising = {d: v for d, v in targets.items() if v >= now.get(d, 0.0)}
+        falling = {d: v for d, v in targets.items() if d not in rising}
+        for group in (rising, falling):
+            await asyncio.gather(*(self.act.set_flow_slpm(d, v, "recipe")
+                                   for d, v in group.items()))
 
     async def _purge(self, op: PurgeOp) -> None:
         await self.act.set_outputs("recipe", gas_master_valve=True, exhaust_fan=True,

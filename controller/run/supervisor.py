@@ -410,6 +410,13 @@ class Supervisor(SupervisorReactions):
             self._exec_task = None
             await self._abort_with("step_failed", str(exc))
             return
+        except EnvelopeRefused as exc:
+            # The envelope forbade a step's write: a condition the judge is reacting to, or
+            # one it is not (then the run cannot go on as planned).
+            self._exec_task = None
+            if self._reaction is None or self._reaction.done():
+                await self._abort_with("step_failed", f"refused by the safety envelope: {exc}")
+            return
         except RecordsUnavailable as exc:
             self._exec_task = None
             await self._records_failed(exc)

@@ -79,7 +79,8 @@ class GapTarget:
     diameter_mm: float
 
 
-PLASMA_HELD_STATES = frozenset({State.EXECUTE, State.HOLDING, State.HELD, State.UNHOLDING})
+PLASMA_HELD_STATES = frozenset({State.EXECUTE, State.HOLDING, State.HELD, State.UNHOLDING,
+                                State.UNSUSPENDING, State.STARTING})
 
 
 class Judge:

@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controller.config.line import LineConfig
 from controller.recipes.forecast import forecast
+from controller.recipes.planning import plan_from_recipe
 from controller.recipes.recipe import RecipeError, parse_recipe
 from controller.records.audit import AuditError, AuditTrail
 from controller.records.reader import RecordsReader
@@ -334,7 +335,7 @@ def _validate(text: str, efficiency: float, line: LineConfig) -> ValidateReply:
         return ValidateReply(valid=False, errors=[
             RecipeIssueModel(field=i.field, reason=i.reason, line=i.line) for i in exc.errors
         ])
-    prediction = forecast(recipe, line, efficiency=efficiency)
+    prediction = forecast(plan_from_recipe(recipe, line), line, efficiency=efficiency)
     return ValidateReply(valid=True, forecast=prediction.to_json(), name=recipe.name,
                          sha256=recipe.sha256)
 

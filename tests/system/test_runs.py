@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from controller.recipes.forecast import forecast
+from controller.recipes.planning import plan_from_recipe
+from controller.recipes.recipe import load_recipe
 from controller.safety.states import State
-from tests.system.rig import Rig
+from tests.system.rig import RECIPES, Rig
 
 pytestmark = pytest.mark.slow
 
@@ -108,3 +111,35 @@ async def test_an_abort_cuts_into_a_stop_in_progress(rig: Rig) -> None:
     assert not rig.sim.plant.rf_on
     states = [t.to_state.value for t in rig.sup.sm.history][-3:]
     assert states == ["Stopping", "Aborting", "Aborted"]
+
+
+async def test_the_forecast_and_the_run_read_the_same_plan(rig: Rig) -> None:
+    """One reading of a recipe: the forecast predicts the very Plan the executor runs."""
+    plan = plan_from_recipe(load_recipe(RECIPES / "quick.yaml", rig.line), rig.line)
+    predicted = forecast(plan, rig.line, rig.line.supervision.nominal_efficiency)
+    items = rig.sup.fanout.subscribe()
+    executing: list[float] = []  # process time when the recipe's steps begin (after homing)
+    rig.sup.sm.add_listener(lambda t: executing.append(rig.sup.clock.now())
+                            if t.to_state is State.EXECUTE else None)
+    assert (await rig.start("quick")).accepted
+    await rig.wait_state(State.COMPLETE, timeout_s=60)
+    process_s = rig.sup.clock.now() - executing[0]
+    passes = []
+    while not items.empty():
+        item = items.get_nowait()
+        if item["kind"] == "pass":
+            passes.append(item)
+    assert len(passes) == predicted.passes == plan.total_passes
+    layers = [layer for op in plan.deposit_steps for layer in op.layers]
+    assert [p["layer_name"] for p in passes] == [
+        layer.name for layer in layers for _ in range(layer.passes)]
+    assert [p["sicl4_g_min"] for p in passes] == pytest.approx(
+        [layer.sicl4_g_min for layer in layers for _ in range(layer.passes)])
+    # The run spends what the forecast counts, plus what the forecast does not model yet: the
+    # time at each turning point and every settle (a wire round trip is seconds of process
+    # time at x200). Measured here: 50 g of SiCl4 for 36 g forecast, 314 s for 128 s. The
+    # process-quality issue (simulation fidelity at high time scales) is to close the gap and
+    # then tighten these bounds.
+    sicl4_g = sum(p["sicl4_g_min"] * p["duration_s"] / 60 for p in passes)
+    assert predicted.sicl4_g * 0.98 <= sicl4_g <= predicted.sicl4_g * 1.8
+    assert predicted.duration_s * 0.9 <= process_s <= predicted.duration_s * 3.5, process_s

@@ -16,11 +16,19 @@ from hypothesis import strategies as st
 
 from controller.config.line import load_line_config
 from controller.recipes import process_model
-from controller.recipes.forecast import forecast
+from controller.recipes.forecast import Forecast, forecast
+from controller.recipes.planning import plan_from_recipe
 from controller.recipes.recipe import Recipe, load_recipe, parse_recipe
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 LINE = load_line_config()
+
+
+def predict(recipe: Recipe, line: Any = None, efficiency: float = 0.5) -> Forecast:
+    """The forecast reads the Plan, as the executor does: the only reading of a recipe."""
+    line = line or LINE
+    return forecast(plan_from_recipe(recipe, line), line, efficiency)
+
 
 NOMINAL_LAYER: dict[str, Any] = {
     "passes": 100,
@@ -67,7 +75,7 @@ def with_layers(*layers: dict[str, Any], target: float | None = None) -> Recipe:
 
 
 def test_nominal_run() -> None:
-    result = forecast(recipe_of(NOMINAL), LINE)
+    result = predict(recipe_of(NOMINAL), LINE)
     (layer,) = result.layers
     assert layer.pass_duration_s == pytest.approx(240.0)  # 600 mm at 150 mm/min
     assert layer.duration_s / 3600 == pytest.approx(6.667, abs=0.001)
@@ -81,7 +89,7 @@ def test_nominal_run() -> None:
 
 
 def test_per_step_durations() -> None:
-    result = forecast(recipe_of(NOMINAL), LINE)
+    result = predict(recipe_of(NOMINAL), LINE)
     assert [s.kind for s in result.steps] == [
         "purge",
         "ignite",
@@ -95,7 +103,7 @@ def test_per_step_durations() -> None:
 
 
 def test_gas_consumption() -> None:
-    result = forecast(recipe_of(NOMINAL), LINE)
+    result = predict(recipe_of(NOMINAL), LINE)
     # Ar: purge 10 slpm x 1 min, ignite 30 x 8 s, the ramp from 30 to 0 over 1 min (mean 15).
     assert result.gas_l["Ar"] == pytest.approx(10 + 30 * 8 / 60 + 15)
     # O2: ramp 0 -> 80 over 1 min (mean 40), 400 min at 80, dwell 0.5 min at 80.
@@ -110,13 +118,13 @@ def test_dopant_consumption_per_layer() -> None:
     data = copy.deepcopy(NOMINAL)
     data["dopant_gas"] = "SF6"
     data["steps"][3]["layers"] = [{**NOMINAL_LAYER, "passes": 10}, doped]
-    result = forecast(recipe_of(data), LINE)
+    result = predict(recipe_of(data), LINE)
     assert [layer.dopant_l for layer in result.layers] == pytest.approx([0, 0.5 * 40])
     assert result.gas_l["SF6"] == pytest.approx(20)
 
 
 def test_layers_chain_their_diameters() -> None:
-    result = forecast(
+    result = predict(
         with_layers({**NOMINAL_LAYER, "passes": 40}, {**NOMINAL_LAYER, "passes": 60}), LINE
     )
     first, second = result.layers
@@ -124,7 +132,7 @@ def test_layers_chain_their_diameters() -> None:
     assert second.start_diameter_mm == first.end_diameter_mm
     # Growth adds cross-section: splitting the passes changes nothing.
     assert second.end_diameter_mm == pytest.approx(
-        forecast(recipe_of(NOMINAL), LINE).final_diameter_mm
+        predict(recipe_of(NOMINAL), LINE).final_diameter_mm
     )
     assert result.pass_end_diameters_mm[39] == first.end_diameter_mm
     assert result.pass_end_diameters_mm[-1] == result.final_diameter_mm
@@ -134,29 +142,29 @@ def test_layers_chain_their_diameters() -> None:
 def test_stroke_override_sets_the_deposition_length() -> None:
     data = copy.deepcopy(NOMINAL)
     data["stroke"] = {"turning_point_a_mm": 450, "turning_point_b_mm": 750}
-    result = forecast(recipe_of(data), LINE)
+    result = predict(recipe_of(data), LINE)
     assert result.deposition_length_mm == 300
     assert result.layers[0].pass_duration_s == pytest.approx(120)
     # Half the glass over half the length: the same cross-section growth.
     assert result.final_diameter_mm == pytest.approx(
-        forecast(recipe_of(NOMINAL), LINE).final_diameter_mm
+        predict(recipe_of(NOMINAL), LINE).final_diameter_mm
     )
 
 
 def test_target_reached_or_not() -> None:
-    assert forecast(with_layers(NOMINAL_LAYER, target=47.5), LINE).target_reached is True
-    assert forecast(with_layers(NOMINAL_LAYER, target=48), LINE).target_reached is False
-    assert forecast(with_layers(NOMINAL_LAYER, target=48), LINE, efficiency=0.6).target_reached
+    assert predict(with_layers(NOMINAL_LAYER, target=47.5), LINE).target_reached is True
+    assert predict(with_layers(NOMINAL_LAYER, target=48), LINE).target_reached is False
+    assert predict(with_layers(NOMINAL_LAYER, target=48), LINE, efficiency=0.6).target_reached
 
 
 def test_efficiency_must_be_a_fraction() -> None:
     for bad in (0.0, -0.1, 1.5):
         with pytest.raises(ValueError, match="efficiency"):
-            forecast(recipe_of(NOMINAL), LINE, efficiency=bad)
+            predict(recipe_of(NOMINAL), LINE, efficiency=bad)
 
 
 def test_shipped_f_doped_cladding_forecast() -> None:
-    result = forecast(load_recipe(RECIPES / "f-doped-cladding.yaml", LINE), LINE)
+    result = predict(load_recipe(RECIPES / "f-doped-cladding.yaml", LINE), LINE)
     assert result.final_diameter_mm == pytest.approx(47.6, abs=0.05)
     assert result.target_reached is True
     assert sum(layer.duration_s for layer in result.layers) / 3600 == pytest.approx(6.667, abs=0.01)
@@ -164,14 +172,14 @@ def test_shipped_f_doped_cladding_forecast() -> None:
 
 
 def test_smoke_test_is_short() -> None:
-    result = forecast(load_recipe(RECIPES / "smoke-test.yaml", LINE), LINE)
+    result = predict(load_recipe(RECIPES / "smoke-test.yaml", LINE), LINE)
     # About a minute or less of wall time at --time-scale 200.
     assert result.duration_s / 200 < 60
     assert 1 <= result.passes <= 12
 
 
 def test_text_report() -> None:
-    text = forecast(with_layers(NOMINAL_LAYER, target=47.5), LINE).to_text()
+    text = predict(with_layers(NOMINAL_LAYER, target=47.5), LINE).to_text()
     for fragment in (
         "nominal v1",
         "steps[3].layers[0]",
@@ -185,7 +193,7 @@ def test_text_report() -> None:
 
 
 def test_json_report() -> None:
-    report = json.loads(json.dumps(forecast(with_layers(NOMINAL_LAYER, target=50), LINE).to_json()))
+    report = json.loads(json.dumps(predict(with_layers(NOMINAL_LAYER, target=50), LINE).to_json()))
     assert report["recipe"] == {"name": "nominal", "version": 1}
     assert report["target_reached"] is False
     assert report["passes"] == 100
@@ -222,9 +230,9 @@ layers = st.fixed_dictionaries(
 def test_final_diameter_grows_with_passes(
     layer: dict[str, Any], extra: int, efficiency: float
 ) -> None:
-    fewer = forecast(with_layers({**NOMINAL_LAYER, **layer}), LINE, efficiency)
+    fewer = predict(with_layers({**NOMINAL_LAYER, **layer}), LINE, efficiency)
     more_layer = {**NOMINAL_LAYER, **layer, "passes": layer["passes"] + extra}
-    more = forecast(with_layers(more_layer), LINE, efficiency)
+    more = predict(with_layers(more_layer), LINE, efficiency)
     assert more.final_diameter_mm > fewer.final_diameter_mm
     assert more.deposited_g > fewer.deposited_g
     assert more.duration_s > fewer.duration_s
@@ -239,15 +247,15 @@ def test_final_diameter_grows_with_efficiency(
 ) -> None:
     recipe = with_layers({**NOMINAL_LAYER, **layer})
     assert (
-        forecast(recipe, LINE, high).final_diameter_mm
-        >= forecast(recipe, LINE, low).final_diameter_mm
+        predict(recipe, LINE, high).final_diameter_mm
+        >= predict(recipe, LINE, low).final_diameter_mm
     )
 
 
 @settings(max_examples=40, deadline=None)
 @given(layer=layers)
 def test_forecast_mass_matches_the_diameter(layer: dict[str, Any]) -> None:
-    result = forecast(with_layers({**NOMINAL_LAYER, **layer}), LINE)
+    result = predict(with_layers({**NOMINAL_LAYER, **layer}), LINE)
     mass = process_model.mass_for_diameter_g(
         result.start_diameter_mm, result.final_diameter_mm, result.deposition_length_mm
     )
