@@ -22,6 +22,7 @@ from simulators.diameter_gauge import DiameterGaugeSim
 from simulators.faults import FaultBoard
 from simulators.plant import Plant
 from simulators.pty_relay import PtyRelay
+from tests.waiting import eventually
 
 T = TypeVar("T")
 
@@ -79,21 +80,6 @@ async def any_rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
         yield r
 
 
-async def eventually(
-    call: Callable[[], Awaitable[T]], ok: Callable[[T], bool], deadline_s: float = 10.0
-) -> T:
-    end = time.monotonic() + deadline_s
-    while True:
-        try:
-            result = await call()
-            if ok(result):
-                return result
-        except DeviceError:
-            if time.monotonic() > end:
-                raise
-        if time.monotonic() > end:
-            raise AssertionError(f"condition not met within {deadline_s} s")
-        await asyncio.sleep(0.05)
 
 
 async def first_failure(

@@ -17,9 +17,10 @@ import pytest
 
 from controller.config.line import DEVICE_NAMES, LineConfig, load_line_config
 from controller.machine.devices import Machine, build_machine
-from drivers.errors import DeviceDisconnected, DeviceError
+from drivers.errors import DeviceDisconnected
 from simulators.control import control_request
 from simulators.line import LineSimulator
+from tests.waiting import answered, eventually
 
 T = TypeVar("T")
 
@@ -61,24 +62,8 @@ async def _raw_control(sim: LineSimulator, payload: bytes) -> dict[str, Any]:
     return reply
 
 
-async def _until(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
-    end = time.monotonic() + DEADLINE_S
-    while not await predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
-async def _eventually(attempt: Callable[[], Awaitable[T]]) -> T:
-    """Retry a device call until it succeeds (device errors swallowed) up to the deadline."""
-    end = time.monotonic() + DEADLINE_S
-    while True:
-        try:
-            return await attempt()
-        except DeviceError:
-            if time.monotonic() > end:
-                raise
-        await asyncio.sleep(0.05)
 
 
 async def _read_every_device(machine: Machine, line: LineConfig) -> None:
@@ -224,7 +209,7 @@ async def test_fault_with_duration_expires(sim: LineSimulator, machine: Machine)
         faults: list[Any] = (await _control(sim, {"cmd": "faults"}))["faults"]
         return not faults
 
-    await _until(expired, "the fault to expire")
+    await eventually(expired, what="the fault to expire", timeout_s=DEADLINE_S)
     assert (await machine.gauge.read()).valid
 
 
@@ -240,14 +225,15 @@ async def test_disconnect_fault_then_reconnect(sim: LineSimulator) -> None:
         async def bus_down() -> bool:
             return not bus.listening
 
-        await _until(bus_down, "the RF bus server to stop listening")
+        await eventually(bus_down, what="the RF bus server to stop listening", timeout_s=DEADLINE_S)
         with pytest.raises(DeviceDisconnected) as caught:
             await machine.rf.read()
         assert caught.value.device == rf_transport.name
         with pytest.raises(DeviceDisconnected):
             await machine.rf.read()  # stays down: refused or paced by the backoff
         await _control(sim, {"cmd": "clear", "device": "rf", "kind": "disconnect"})
-        status = await _eventually(machine.rf.read)  # the server restarts; the driver reconnects
+        # The server restarts; the driver reconnects.
+        status = await eventually(machine.rf.read, answered, timeout_s=DEADLINE_S)
         assert status.fault_code == 0
         assert rf_transport.connected
         # Devices on other buses were never affected.
@@ -269,7 +255,7 @@ async def test_rf_enable_follows_the_heartbeat(sim: LineSimulator, machine: Mach
         await machine.safety_io.heartbeat()
         return await rf_enable()
 
-    await _until(beating, "the RF enable with a live heartbeat")
+    await eventually(beating, what="the RF enable with a live heartbeat", timeout_s=DEADLINE_S)
     assert (await machine.safety_io.read()).heartbeat_ok
     assert (await machine.rf.read()).ready
 
@@ -278,7 +264,7 @@ async def test_rf_enable_follows_the_heartbeat(sim: LineSimulator, machine: Mach
 
     # The controller stops beating: the PLC drops the enable after its wall-time timeout.
     stopped_at = time.monotonic()
-    await _until(dropped, "the watchdog to drop the RF enable")
+    await eventually(dropped, what="the watchdog to drop the RF enable", timeout_s=DEADLINE_S)
     assert time.monotonic() - stopped_at >= sim.line.safety_io().heartbeat_timeout_s * 0.5
     inputs = await machine.safety_io.read()
     assert not inputs.heartbeat_ok
@@ -289,7 +275,8 @@ async def test_rf_enable_follows_the_heartbeat(sim: LineSimulator, machine: Mach
     assert not status.ready
 
     # Beats resuming do not clear the latch; a reset with beats arriving does.
-    await _until(beating_without_enable(machine, rf_enable), "beats seen, still latched")
+    await eventually(beating_without_enable(machine, rf_enable), what="beats seen, still latched",
+                     timeout_s=DEADLINE_S)
     assert (await machine.safety_io.read()).heartbeat_latched
 
     async def reset() -> bool:
@@ -297,7 +284,7 @@ async def test_rf_enable_follows_the_heartbeat(sim: LineSimulator, machine: Mach
         await machine.safety_io.reset_heartbeat_latch()
         return await rf_enable()
 
-    await _until(reset, "the latch reset to restore the RF enable")
+    await eventually(reset, what="the latch reset to restore the RF enable", timeout_s=DEADLINE_S)
     assert not (await machine.safety_io.read()).heartbeat_latched
 
 
@@ -325,4 +312,4 @@ async def test_o2_enrichment_fault_reads_at_the_room_o2_register(
         reading = (await machine.safety_io.read()).room_o2_pct
         return bool(reading == pytest.approx(25.0))  # trip 23.5 + 1.5 points
 
-    await _until(enriched, "the room O2 reading of the fault")
+    await eventually(enriched, what="the room O2 reading of the fault", timeout_s=DEADLINE_S)

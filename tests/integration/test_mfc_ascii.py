@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -26,6 +26,7 @@ from simulators.faults import FaultBoard
 from simulators.mfc import AlicatAsciiMfcSim
 from simulators.plant import Plant
 from simulators.pty_relay import PtyRelay
+from tests.waiting import eventually
 
 GAS_UNITS = {"mfc_ar": "A", "mfc_o2": "B", "mfc_n2": "C"}
 TIMEOUT_S = 0.2
@@ -85,14 +86,6 @@ async def gas_bus() -> AsyncIterator[GasBus]:
         await bus.stop()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    """Poll a condition until it holds; fail after a generous deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        await asyncio.sleep(0.02)
 
 
 # -- addressing ----------------------------------------------------------------------------

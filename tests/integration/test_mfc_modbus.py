@@ -3,9 +3,8 @@ one RTU bus, over TCP and over a pseudo-terminal, including link and value fault
 
 from __future__ import annotations
 
-import asyncio
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -28,6 +27,7 @@ from simulators.mfc import AlicatModbusMfcSim
 from simulators.modbus_bus import ModbusBusServer, RegisterDevice
 from simulators.plant import Plant
 from simulators.pty_relay import PtyRelay
+from tests.waiting import eventually
 
 PRECURSORS = ("mfc_sicl4", "mfc_dopant")
 TIMEOUT_S = 0.2
@@ -83,13 +83,6 @@ async def precursor_bus() -> AsyncIterator[PrecursorBus]:
         await bus.stop()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        await asyncio.sleep(0.02)
 
 
 # -- addressing and the map ----------------------------------------------------------------

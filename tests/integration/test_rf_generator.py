@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -32,6 +32,7 @@ from simulators.modbus_bus import ModbusBusServer
 from simulators.plant import Plant
 from simulators.rf_generator import RfGeneratorSim
 from simulators.safety_io import SafetyIoSim
+from tests.waiting import answered, eventually
 
 T = TypeVar("T")
 
@@ -78,18 +79,6 @@ async def rig() -> AsyncIterator[Rig]:
         await bus.stop()
 
 
-async def _eventually(
-    attempt: Callable[[], Awaitable[T]], *, deadline_s: float = 10.0
-) -> T:
-    """Retry `attempt` until it returns, swallowing device errors, up to a deadline."""
-    end = time.monotonic() + deadline_s
-    while True:
-        try:
-            return await attempt()
-        except DeviceError:
-            if time.monotonic() > end:
-                raise
-        await asyncio.sleep(0.05)
 
 
 async def _first_error(rig: Rig, *, deadline_s: float = 10.0) -> DeviceError:
@@ -334,7 +323,7 @@ async def test_disconnect_then_recovery(rig: Rig) -> None:
     assert isinstance(error, DeviceDisconnected)
 
     rig.faults.clear("rf", "disconnect")
-    status = await _eventually(rig.rf.read)
+    status = await eventually(rig.rf.read, answered)
     assert status.ready
     assert rig.transport.connected
 

@@ -35,6 +35,7 @@ from simulators.modbus_bus import ILLEGAL_VALUE, ModbusBusServer
 from simulators.plant import Plant
 from simulators.pty_relay import PtyRelay
 from simulators.servo_axis import ServoAxisSim, advance_to_position, advance_to_velocity
+from tests.waiting import eventually
 
 AXES = ("spindle", "carriage", "torch_slide")
 T = TypeVar("T")
@@ -117,22 +118,6 @@ async def any_rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
         yield r
 
 
-async def eventually(
-    call: Callable[[], Awaitable[T]], ok: Callable[[T], bool], deadline_s: float = 10.0
-) -> T:
-    """Retry a call until its result satisfies ``ok`` (errors count as not yet)."""
-    end = time.monotonic() + deadline_s
-    while True:
-        try:
-            result = await call()
-            if ok(result):
-                return result
-        except DeviceError:
-            if time.monotonic() > end:
-                raise
-        if time.monotonic() > end:
-            raise AssertionError(f"condition not met within {deadline_s} s")
-        await asyncio.sleep(0.05)
 
 
 async def first_failure(
