@@ -28,13 +28,9 @@ from controller.cli.output import (
 )
 from controller.config.logging_setup import configure_logging
 from controller.recipes.forecast import forecast
+from controller.recipes.loading import load_recipe
 from controller.recipes.planning import plan_from_recipe
-from controller.recipes.recipe import (
-    RecipeError,
-    format_recipe_error,
-    load_recipe,
-    recipe_json_schema,
-)
+from controller.recipes.recipe import RecipeError, format_recipe_error, recipe_json_schema
 
 
 def _parser() -> argparse.ArgumentParser:

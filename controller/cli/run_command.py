@@ -38,8 +38,9 @@ from controller.cli.sim_child import SimulatorChild
 from controller.config.line import LineConfig
 from controller.machine.devices import build_machine, load_endpoints
 from controller.recipes.forecast import forecast
+from controller.recipes.loading import load_recipe
 from controller.recipes.planning import plan_from_recipe
-from controller.recipes.recipe import Recipe, RecipeError, format_recipe_error, load_recipe
+from controller.recipes.recipe import Recipe, RecipeError, format_recipe_error
 from controller.records.run_records import (
     RecordsReader,
     RunHeader,

@@ -50,8 +50,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controller.config.line import LineConfig
 from controller.recipes.forecast import forecast
+from controller.recipes.loading import parse_recipe
 from controller.recipes.planning import plan_from_recipe
-from controller.recipes.recipe import RecipeError, parse_recipe
+from controller.recipes.recipe import RecipeError
 from controller.records.audit import AuditError, AuditTrail
 from controller.records.reader import RecordsReader
 from controller.records.schema import RecordsUnavailable, to_plain

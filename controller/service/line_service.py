@@ -15,8 +15,9 @@ from typing import Any
 
 import structlog
 
+from controller.recipes.loading import parse_recipe
 from controller.recipes.planning import plan_from_recipe
-from controller.recipes.recipe import RecipeError, parse_recipe
+from controller.recipes.recipe import RecipeError
 from controller.records.audit import AuditTrail
 from controller.records.run_records import RecordsReader, RecordsUnavailable, RunHeader
 from controller.run.executor import Cursor

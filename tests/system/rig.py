@@ -12,8 +12,8 @@ from pathlib import Path
 
 from controller.config.line import LineConfig, load_line_config
 from controller.machine.devices import build_machine
+from controller.recipes.loading import load_recipe
 from controller.recipes.planning import plan_from_recipe
-from controller.recipes.recipe import load_recipe
 from controller.records.run_records import RecordsReader, RunHeader, RunRecords
 from controller.records.writer import Connect
 from controller.run.process_clock import ProcessClock

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from controller.recipes.forecast import forecast
+from controller.recipes.loading import load_recipe
 from controller.recipes.planning import plan_from_recipe
-from controller.recipes.recipe import load_recipe
 from controller.safety.states import State
 from tests.system.rig import RECIPES, Rig
 

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 from controller.config.line import load_line_config
 from controller.recipes import process_model
 from controller.recipes.forecast import Forecast, forecast
+from controller.recipes.loading import load_recipe, parse_recipe
 from controller.recipes.planning import plan_from_recipe
-from controller.recipes.recipe import Recipe, load_recipe, parse_recipe
+from controller.recipes.recipe import Recipe
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 LINE = load_line_config()

@@ -9,9 +9,9 @@ from typing import Any
 import yaml
 
 from controller.config.line import load_line_config
+from controller.recipes.loading import parse_recipe
 from controller.recipes.plan import DepositOp, IgniteOp, PurgeOp
 from controller.recipes.planning import plan_from_recipe
-from controller.recipes.recipe import parse_recipe
 from tests.unit.test_forecast import NOMINAL
 
 LINE = load_line_config()

@@ -12,15 +12,14 @@ import pytest
 import yaml
 
 from controller.config.line import GeometryConfig, LineConfig, load_line_config
+from controller.recipes.checks import check_recipe
+from controller.recipes.loading import load_recipe, parse_recipe
 from controller.recipes.recipe import (
     STEP_KINDS,
     Recipe,
     RecipeError,
     RecipeIssue,
-    check_recipe,
     format_recipe_error,
-    load_recipe,
-    parse_recipe,
     recipe_hash,
     recipe_json_schema,
     turning_points_mm,
