@@ -33,6 +33,7 @@ from controller.records.run_records import PassRecord, RecordsUnavailable, RunHe
 from controller.run.executor import Cursor, Executor, IgnitionFailed, PassSummary, StepFailed
 from controller.run.maintenance import Maintenance
 from controller.run.process_clock import ProcessClock
+from controller.run.record_sink import RecordSink
 from controller.run.rest_keeper import RestKeeper
 from controller.run.supervisor_reactions import SupervisorReactions, cancel_and_wait
 from controller.safety.alarm_catalog import alarm_definitions
@@ -99,7 +100,6 @@ class Supervisor(SupervisorReactions):
         self.finished = asyncio.Event()
         self.trip_cause: str | None = None
         self.heartbeat_enabled = True
-        self.records_ok = True  # the last record write succeeded
         self.armed = False
         self._rf_off_wall = 0.0
         self._last_idle_posture = 0.0
@@ -109,7 +109,8 @@ class Supervisor(SupervisorReactions):
         self._exec_task: asyncio.Task[None] | None = None
         self._acting_task: asyncio.Task[None] | None = None
         self._reaction: asyncio.Task[None] | None = None
-        self._record_queue: asyncio.Queue[Callable[[], Awaitable[Any]]] = asyncio.Queue()
+        self.record_sink = RecordSink(timeout_s=RECORD_TIMEOUT_S,
+                                      on_unavailable=self._records_unavailable)
         self._reignite_failed = False
         self._log = log.bind(line=self.line.line)
         self._judge = Judge(self.line, self.telemetry, self.alarms, self.act)
@@ -132,7 +133,7 @@ class Supervisor(SupervisorReactions):
         for device in DEVICE_NAMES:
             self.telemetry.link(device).timeout_s = self.line.devices[device].link_timeout_s
         spawn = self._tg.create_task
-        self._tasks.append(spawn(self._record_writer(), name="records"))
+        self._tasks.append(spawn(self.record_sink.run(), name="records"))
         self._tasks.extend(self._pollers.spawn(spawn))
         self._tasks.append(spawn(self._telemetry_loop(), name="telemetry"))
         self._tasks.append(spawn(self.maintenance.watchdog(), name="jog-leases"))
@@ -155,7 +156,7 @@ class Supervisor(SupervisorReactions):
                 await asyncio.wait_for(asyncio.shield(reaction), timeout=5)
             reaction.cancel()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._record_queue.join(), timeout=10)
+            await self.record_sink.drain(timeout_s=10)
         self._pollers.stopping = True
         await cancel_and_wait([*self._tasks, *self._owned])
         assert self._tg is not None
@@ -603,48 +604,25 @@ class Supervisor(SupervisorReactions):
     # -- records and fan-out ---------------------------------------------------------------
     def _record(self, write: Callable[[], Awaitable[Any]]) -> None:
         """Queue a record behind the ones already queued; never waits (rule 9)."""
-        self._record_queue.put_nowait(write)
+        self.record_sink.put(write)
 
     async def _record_now(self, write: Callable[[], Awaitable[Any]]) -> None:
         """Queue a record in order and wait until it is durable; RecordsUnavailable if not."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        async def tracked() -> None:
-            try:
-                await write()
-            except Exception as exc:
-                if not done.done():
-                    done.set_exception(exc)
-                raise
-            if not done.done():
-                done.set_result(None)
-
-        self._record(tracked)
-        finished, _ = await asyncio.wait({done}, timeout=RECORD_TIMEOUT_S)
-        if not finished:
-            raise RecordsUnavailable(f"no answer from the records in {RECORD_TIMEOUT_S:g} s")
-        done.result()
+        await self.record_sink.durable(write)
 
     async def _record_flush(self) -> None:
-        await self._record_queue.join()
+        await self.record_sink.flush()
 
-    async def _record_writer(self) -> None:
-        while True:
-            write = await self._record_queue.get()
-            try:
-                await write()
-                self.records_ok = True
-            except RecordsUnavailable as exc:
-                self.records_ok = False
-                self._log.error("records.unavailable", error=str(exc))
-                if self.sm.state is State.EXECUTE and self._exec_task is not None:
-                    self._exec_task.cancel()
-                    assert self._tg is not None
-                    self._tg.create_task(self._records_failed(exc), name="records-failed")
-            except Exception:
-                self._log.exception("records.write_failed")
-            finally:
-                self._record_queue.task_done()
+    @property
+    def records_ok(self) -> bool:
+        """The last record write succeeded."""
+        return self.record_sink.ok
+
+    def _records_unavailable(self, exc: RecordsUnavailable) -> None:
+        if self.sm.state is State.EXECUTE and self._exec_task is not None:
+            self._exec_task.cancel()
+            assert self._tg is not None
+            self._tg.create_task(self._records_failed(exc), name="records-failed")
 
     def _on_transition(self, transition: Any) -> None:
         run_id = self.run_id
