@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable
 from typing import Protocol
 
 import structlog
 
+from simulators.bus_server import BusServer
 from simulators.faults import FaultBoard
 
 log = structlog.get_logger(__name__)
@@ -34,7 +36,7 @@ class AsciiDevice(Protocol):
         ...
 
 
-class AsciiBusServer:
+class AsciiBusServer(BusServer):
     def __init__(
         self,
         name: str,
@@ -62,18 +64,6 @@ class AsciiBusServer:
     def listening(self) -> bool:
         return self._server is not None
 
-    async def start(self) -> None:
-        await self._listen()
-        self._watch = asyncio.create_task(self._watch_disconnect(), name=f"bus-{self.name}")
-
-    async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
-            self._watch = None
-        await self._close()
-
     async def _listen(self) -> None:
         self._server = await asyncio.start_server(self._serve_client, self.host, self.port)
         self.port = int(self._server.sockets[0].getsockname()[1])
@@ -92,17 +82,8 @@ class AsciiBusServer:
             await self._server.wait_closed()
             self._server = None
 
-    def _disconnect_active(self) -> bool:
-        return any(self.faults.is_active(d.name, "disconnect") for d in self.devices)
-
-    async def _watch_disconnect(self) -> None:
-        while True:
-            await asyncio.sleep(0.02)
-            if self._disconnect_active() and self._server is not None:
-                self._log.info("ascii_bus.disconnected")
-                await self._close()
-            elif not self._disconnect_active() and self._server is None:
-                await self._listen()
+    def _device_names(self) -> Iterable[str]:
+        return [d.name for d in self.devices]
 
     async def _serve_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

@@ -9,10 +9,9 @@ units nobody owns, as a real RS-485 slave stays silent (pymodbus would answer ex
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
@@ -23,6 +22,7 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from simulators.bus_server import BusServer
 from simulators.faults import FaultBoard
 
 # pymodbus logs an ERROR with a traceback for every request to an absent unit; on a shared
@@ -147,7 +147,7 @@ def _sim_device(device: RegisterDevice, on_request: RequestHook) -> SimDevice:
     )
 
 
-class ModbusBusServer:
+class ModbusBusServer(BusServer):
     """One bus: a TCP listener speaking Modbus TCP (MBAP) or RTU framing."""
 
     def __init__(
@@ -185,18 +185,6 @@ class ModbusBusServer:
     def listening(self) -> bool:
         return self._server is not None
 
-    async def start(self) -> None:
-        await self._listen()
-        self._watch = asyncio.create_task(self._watch_disconnect(), name=f"bus-{self.name}")
-
-    async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
-            self._watch = None
-        await self._close()
-
     async def _listen(self) -> None:
         server = ModbusTcpServer(
             [_sim_device(d, self._on_request) for d in self.devices.values()],
@@ -216,18 +204,8 @@ class ModbusBusServer:
             await self._server.shutdown()  # type: ignore[no-untyped-call]
             self._server = None
 
-    def _disconnect_active(self) -> bool:
-        return any(self.faults.is_active(d.name, "disconnect") for d in self.devices.values())
-
-    async def _watch_disconnect(self) -> None:
-        """A 'disconnect' fault drops every connection and stops listening until it ends."""
-        while True:
-            await asyncio.sleep(0.02)
-            if self._disconnect_active() and self._server is not None:
-                self._log.info("modbus_bus.disconnected")
-                await self._close()
-            elif not self._disconnect_active() and self._server is None:
-                await self._listen()
+    def _device_names(self) -> Iterable[str]:
+        return [d.name for d in self.devices.values()]
 
     def _on_request(
         self,
