@@ -10,6 +10,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from controller.cli.output import err
+
 
 class LineLocked(Exception):
     def __init__(self, line: str, path: Path, holder: str) -> None:
@@ -64,3 +66,13 @@ class LineLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def line_lock_or_refusal(data_dir: Path, line: str) -> LineLock | None:
+    """The line lock, or None after saying on stderr why not (another controller holds it):
+    the refusal every `povd` command that drives the line gives (rule 8)."""
+    try:
+        return take_line_lock(data_dir, line)
+    except LineLocked as exc:
+        err(f"refused: {exc}")
+        return None

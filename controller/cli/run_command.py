@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from controller.cli.line_lock import LineLocked, take_line_lock
+from controller.cli.line_lock import line_lock_or_refusal
 from controller.cli.output import (
     EXIT_ENDED_OTHERWISE,
     EXIT_INVALID,
@@ -92,10 +92,8 @@ async def run_recipe(args: argparse.Namespace) -> int:
         err(format_recipe_error(exc))
         return EXIT_INVALID
     data_dir = resolve_data_dir(args.data_dir)
-    try:
-        lock = take_line_lock(data_dir, line.line)
-    except LineLocked as exc:
-        err(f"refused: {exc}")
+    lock = line_lock_or_refusal(data_dir, line.line)
+    if lock is None:
         return EXIT_REFUSED
     try:
         with _signals_queued() as interrupts:

@@ -19,7 +19,7 @@ import structlog
 import uvicorn
 
 from controller.cli.client_commands import audit_path, users_path
-from controller.cli.line_lock import LineLocked, take_line_lock
+from controller.cli.line_lock import line_lock_or_refusal
 from controller.cli.output import EXIT_INVALID, EXIT_OK, EXIT_REFUSED, err, load_config_or_exit, out
 from controller.cli.run_command import machine_endpoints
 from controller.config.line import ConfigError, LineConfig
@@ -78,10 +78,8 @@ async def serve(args: argparse.Namespace) -> int:
                 err(f"{exc.path}: {problem}")
             return EXIT_INVALID
     data_dir = resolve_data_dir(args.data_dir)
-    try:
-        lock = take_line_lock(data_dir, line.line)
-    except LineLocked as exc:
-        err(f"refused: {exc}")
+    lock = line_lock_or_refusal(data_dir, line.line)
+    if lock is None:
         return EXIT_REFUSED
     try:
         sock = _bind(args.http)
