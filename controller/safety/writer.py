@@ -234,8 +234,13 @@ class Actuators:
         self._check_speed("spindle", rpm, source)
         self._check_spindle_turns(rpm, source)
         spindle = self.machine.axes["spindle"]
-        await spindle.enable()  # a velocity on a disabled drive would not turn the rod
-        self.commanded.disabled_axes.discard("spindle")
+        if not urgent or "spindle" in self.commanded.disabled_axes:
+            # A velocity on a disabled drive would not turn the rod. An urgent write (a trip's
+            # cooling speed) is one frame ahead of the bus's queue: the drive is enabled
+            # already unless this controller disabled it (after an E-stop the operator's
+            # cool_rotation enables it first).
+            await spindle.enable()
+            self.commanded.disabled_axes.discard("spindle")
         self.commanded.spindle_rpm = rpm
         await self._axis_write("spindle", lambda: spindle.set_velocity(rpm, urgent=urgent))
         self._report("spindle", "velocity_rpm", rpm, source)
