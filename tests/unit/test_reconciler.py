@@ -13,6 +13,7 @@ from controller.safety.envelope import Envelope, EnvelopeInputs, compute
 from controller.safety.reconciler import Reconciler
 from controller.safety.states import Mode, State
 from controller.safety.writer import Actuators
+from drivers.codecs.servo_map import AxisMode, AxisStatus
 from drivers.mfc import MfcReading
 from drivers.rf_generator import RfStatus
 from drivers.safety_io import SafetyOutputs
@@ -136,3 +137,19 @@ async def test_the_exhaust_is_switched_on_while_gas_may_be_present() -> None:
     await h.cycle(0.0)
     (outputs,) = h.machine.calls("safety_io.write_outputs")
     assert outputs.args[0].exhaust_fan
+
+
+async def test_an_axis_that_does_not_slow_down_is_disabled_after_the_follow_timeout() -> None:
+    h = Harness(state=State.IDLE, mode=Mode.MAINTENANCE, doors_closed=False,
+                rod_temperature_c=25.0)
+    h.link("carriage")
+    h.telemetry.axes["carriage"] = AxisStatus(
+        enabled=True, moving=True, in_position=False, homed=True, limit_positive=False,
+        limit_negative=False, alarm=False, alarm_code=0, position_mm=500.0, velocity=2000.0,
+        mode=AxisMode.JOG)
+    await h.cycle(0.0)
+    assert h.machine.calls("carriage.stop"), "a stop first"
+    assert not h.machine.calls("carriage.disable")
+    await h.cycle(TIMEOUT + 0.5)  # still moving at 2000 mm/min: the drive is disabled
+    assert h.machine.calls("carriage.disable")
+    assert h.alarms["follow_axis"] is True
