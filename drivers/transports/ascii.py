@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from types import TracebackType
-from typing import Self
 
 import serial_asyncio_fast
-import structlog
 
 from drivers.errors import DeviceDisconnected, DeviceProtocolError, DeviceTimeout
 from drivers.transports.backoff import Backoff
+from drivers.transports.bus import BusTransport, RetryableError
 from drivers.transports.endpoint import Endpoint
-from drivers.transports.priority_lock import PriorityLock
-
-log = structlog.get_logger(__name__)
 
 MAX_LINE = 512  # longer than any reply of our devices: more is a runaway stream, not a frame
 
@@ -58,8 +53,10 @@ class _LineProtocol(asyncio.Protocol):
             self.lines.get_nowait()
 
 
-class AsciiTransport:
+class AsciiTransport(BusTransport):
     """An ASCII master for one line (point-to-point or multi-drop)."""
+
+    kind = "ascii"
 
     def __init__(
         self,
@@ -71,44 +68,14 @@ class AsciiTransport:
         terminator: bytes = b"\r",
         backoff: Backoff | None = None,
     ) -> None:
-        self.name = name
-        self.endpoint = endpoint
-        self.timeout_s = timeout_s
-        self.retries = retries
+        super().__init__(name, endpoint, timeout_s=timeout_s, retries=retries, backoff=backoff)
         self.terminator = terminator
-        self._backoff = backoff or Backoff()
-        self._lock = PriorityLock()
         self._transport: asyncio.Transport | None = None
         self._protocol: _LineProtocol | None = None
-        self.requests = 0
-        self.failures = 0
-        self._log = log.bind(bus=name, endpoint=endpoint.describe())
-
-    async def __aenter__(self) -> Self:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     @property
     def connected(self) -> bool:
         return self._protocol is not None and not self._protocol.closed.is_set()
-
-    @property
-    def queued(self) -> int:
-        """Requests waiting for the bus now (urgent and normal), the one in flight excluded."""
-        urgent, normal = self._lock.waiting
-        return urgent + normal
-
-    async def connect(self) -> None:
-        async with self._lock.hold():
-            await self._connect_locked()
 
     async def close(self) -> None:
         async with self._lock.hold():
@@ -126,12 +93,7 @@ class AsciiTransport:
         self._transport = None
         self._protocol = None
 
-    async def _connect_locked(self) -> None:
-        if self.connected:
-            return
-        self._drop()
-        if not self._backoff.ready():
-            raise DeviceDisconnected(self.name, "reconnect backoff in progress")
+    async def _open(self) -> None:
         protocol = _LineProtocol(self.terminator)
         loop = asyncio.get_running_loop()
         try:
@@ -147,60 +109,45 @@ class AsciiTransport:
             )
             transport, _ = await asyncio.wait_for(opening, timeout=max(1.0, self.timeout_s * 4))
         except (OSError, TimeoutError, ValueError) as exc:
-            self._backoff.failed()
             raise DeviceDisconnected(
                 self.name, f"cannot open {self.endpoint.describe()}: {exc}"
             ) from exc
-        self._backoff.succeeded()
         self._transport = transport
         self._protocol = protocol
-        self._log.info("ascii.connected")
 
     async def request(self, line: str, *, reply: bool = True, urgent: bool = False) -> str:
         """Send one line and return the reply line (without its terminator). ``urgent``: ahead
         of every request queued on the line (the one in flight finishes first)."""
-        async with self._lock.hold(urgent=urgent):
-            self.requests += 1
-            try:
-                return await self._request_locked(line, reply)
-            except Exception:
-                self.failures += 1
-                raise
+        return await self._exclusive(
+            lambda: self._retrying(line, lambda: self._attempt(line, reply)), urgent=urgent)
 
-    async def _request_locked(self, line: str, reply: bool) -> str:
-        last_error: Exception | None = None
-        for attempt in range(self.retries + 1):
-            await self._connect_locked()
-            protocol, transport = self._protocol, self._transport
-            assert protocol is not None
-            assert transport is not None
-            protocol.discard_pending()
-            transport.write(line.encode("ascii") + self.terminator)
-            if not reply:
-                return ""
-            get = asyncio.ensure_future(protocol.lines.get())
-            closed = asyncio.ensure_future(protocol.closed.wait())
-            try:
-                done, _ = await asyncio.wait(
-                    {get, closed}, timeout=self.timeout_s, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                get.cancel()
-                closed.cancel()
-            if get in done:
-                return self._decode(line, get.result())
-            if closed in done or protocol.closed.is_set():
-                self._drop()
-                raise DeviceDisconnected(self.name, "link closed during request")
-            if protocol.overflow or protocol.buffer:
-                last_error = DeviceProtocolError(
-                    self.name, repr(line), f"unterminated reply {bytes(protocol.buffer)[:40]!r}"
-                )
-            else:
-                last_error = DeviceTimeout(self.name, repr(line), self.timeout_s)
-            self._log.debug("ascii.retry", request=line, attempt=attempt)
-        assert last_error is not None
-        raise last_error
+    async def _attempt(self, line: str, reply: bool) -> str:
+        protocol, transport = self._protocol, self._transport
+        assert protocol is not None
+        assert transport is not None
+        protocol.discard_pending()
+        transport.write(line.encode("ascii") + self.terminator)
+        if not reply:
+            return ""
+        get = asyncio.ensure_future(protocol.lines.get())
+        closed = asyncio.ensure_future(protocol.closed.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {get, closed}, timeout=self.timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            get.cancel()
+            closed.cancel()
+        if get in done:
+            return self._decode(line, get.result())
+        if closed in done or protocol.closed.is_set():
+            self._drop()
+            raise DeviceDisconnected(self.name, "link closed during request")
+        if protocol.overflow or protocol.buffer:
+            raise RetryableError(DeviceProtocolError(
+                self.name, repr(line), f"unterminated reply {bytes(protocol.buffer)[:40]!r}"
+            ))
+        raise RetryableError(DeviceTimeout(self.name, repr(line), self.timeout_s))
 
     def _decode(self, line: str, raw: bytes) -> str:
         try:

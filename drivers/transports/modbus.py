@@ -9,12 +9,10 @@ typed errors of ``drivers.errors``."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
-from typing import Self
 
-import structlog
 from pymodbus import ModbusException
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
@@ -28,14 +26,12 @@ from drivers.errors import (
     DeviceTimeout,
 )
 from drivers.transports.backoff import Backoff
+from drivers.transports.bus import BusTransport, RetryableError
 from drivers.transports.endpoint import Endpoint
-from drivers.transports.priority_lock import PriorityLock
 
 # pymodbus logs every timeout and unknown frame at ERROR through its own logger; our typed
 # errors and structured logs already say it, once, with the device attached.
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-
-log = structlog.get_logger(__name__)
 
 ModbusClient = AsyncModbusTcpClient | AsyncModbusSerialClient
 # One write of a sequence: (address, value) is a single-register write (FC 6),
@@ -43,8 +39,10 @@ ModbusClient = AsyncModbusTcpClient | AsyncModbusSerialClient
 Write = tuple[int, int | list[int]]
 
 
-class ModbusTransport:
+class ModbusTransport(BusTransport):
     """A Modbus master for one bus (TCP link or RS-485 line)."""
+
+    kind = "modbus"
 
     def __init__(
         self,
@@ -57,49 +55,14 @@ class ModbusTransport:
     ) -> None:
         if endpoint.protocol not in ("modbus-tcp", "modbus-rtu"):
             raise ValueError(f"{name}: {endpoint.protocol} is not a Modbus protocol")
-        self.name = name
-        self.endpoint = endpoint
-        self.timeout_s = timeout_s
-        self.retries = retries
-        self._backoff = backoff or Backoff()
-        self._lock = PriorityLock()
+        super().__init__(name, endpoint, timeout_s=timeout_s, retries=retries, backoff=backoff)
         self._client: ModbusClient | None = None
         self._garbage_seen = False
-        self.requests = 0
-        self.failures = 0
-        self._log = log.bind(bus=name, endpoint=endpoint.describe())
 
     # -- lifecycle -------------------------------------------------------------------------
-    async def __aenter__(self) -> Self:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     @property
     def connected(self) -> bool:
         return self._client is not None and self._client.connected
-
-    @property
-    def queued(self) -> int:
-        """Requests waiting for the bus now (urgent and normal), the one in flight excluded."""
-        urgent, normal = self._lock.waiting
-        return urgent + normal
-
-    async def connect(self) -> None:
-        """Connect now; raises DeviceDisconnected if the bus cannot be reached."""
-        async with self._lock.hold():
-            await self._connect_locked()
-
-    async def close(self) -> None:
-        async with self._lock.hold():
-            self._drop_client()
 
     def _make_client(self) -> ModbusClient:
         common = {
@@ -141,12 +104,7 @@ class ModbusTransport:
             self._garbage_seen = True
         return data
 
-    async def _connect_locked(self) -> None:
-        if self.connected:
-            return
-        self._drop_client()
-        if not self._backoff.ready():
-            raise DeviceDisconnected(self.name, "reconnect backoff in progress")
+    async def _open(self) -> None:
         client = self._make_client()
         try:
             ok = await client.connect()
@@ -155,15 +113,12 @@ class ModbusTransport:
             self._log.debug("modbus.connect_error", error=str(exc))
         if not ok or not client.connected:
             client.close()
-            self._backoff.failed()
             raise DeviceDisconnected(
                 self.name, f"cannot connect to {self.endpoint.describe()}"
             )
-        self._backoff.succeeded()
         self._client = client
-        self._log.info("modbus.connected")
 
-    def _drop_client(self) -> None:
+    def _drop(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -208,7 +163,7 @@ class ModbusTransport:
                     if isinstance(value, int)
                     else self._multiple(unit, address, value)
                 )
-                await self._counted(request, send, None)
+                await self._counted(functools.partial(self._call_locked, request, send, None))
 
     @staticmethod
     def _single(
@@ -236,21 +191,8 @@ class ModbusTransport:
         expect: int | None,
         urgent: bool = False,
     ) -> list[int]:
-        async with self._lock.hold(urgent=urgent):
-            return await self._counted(request, send, expect)
-
-    async def _counted(
-        self,
-        request: str,
-        send: Callable[[ModbusClient], Awaitable[ModbusPDU]],
-        expect: int | None,
-    ) -> list[int]:
-        self.requests += 1
-        try:
-            return await self._call_locked(request, send, expect)
-        except Exception:
-            self.failures += 1
-            raise
+        return await self._exclusive(lambda: self._call_locked(request, send, expect),
+                                     urgent=urgent)
 
     async def _call_locked(
         self,
@@ -258,33 +200,33 @@ class ModbusTransport:
         send: Callable[[ModbusClient], Awaitable[ModbusPDU]],
         expect: int | None,
     ) -> list[int]:
-        last_error: Exception | None = None
-        for attempt in range(self.retries + 1):
-            await self._connect_locked()
-            assert self._client is not None
-            self._garbage_seen = False
-            try:
-                response = await send(self._client)
-            except ConnectionException as exc:
-                self._drop_client()
-                raise DeviceDisconnected(self.name, str(exc)) from exc
-            except ModbusIOException as exc:
-                if not self.connected:
-                    self._drop_client()
-                    raise DeviceDisconnected(self.name, "link closed during request") from exc
-                if self._garbage_seen:
-                    last_error = DeviceProtocolError(
-                        self.name, request, "reply discarded: bad CRC or malformed frame"
-                    )
-                else:
-                    last_error = DeviceTimeout(self.name, request, self.timeout_s)
-                self._log.debug("modbus.retry", request=request, attempt=attempt)
-                continue
-            except ModbusException as exc:
-                raise DeviceProtocolError(self.name, request, str(exc)) from exc
-            return self._check(request, response, expect)
-        assert last_error is not None
-        raise last_error
+        return await self._retrying(request, lambda: self._attempt(request, send, expect))
+
+    async def _attempt(
+        self,
+        request: str,
+        send: Callable[[ModbusClient], Awaitable[ModbusPDU]],
+        expect: int | None,
+    ) -> list[int]:
+        assert self._client is not None
+        self._garbage_seen = False
+        try:
+            response = await send(self._client)
+        except ConnectionException as exc:
+            self._drop()
+            raise DeviceDisconnected(self.name, str(exc)) from exc
+        except ModbusIOException as exc:
+            if not self.connected:
+                self._drop()
+                raise DeviceDisconnected(self.name, "link closed during request") from exc
+            if self._garbage_seen:
+                raise RetryableError(DeviceProtocolError(
+                    self.name, request, "reply discarded: bad CRC or malformed frame"
+                )) from exc
+            raise RetryableError(DeviceTimeout(self.name, request, self.timeout_s)) from exc
+        except ModbusException as exc:
+            raise DeviceProtocolError(self.name, request, str(exc)) from exc
+        return self._check(request, response, expect)
 
     def _check(self, request: str, response: ModbusPDU, expect: int | None) -> list[int]:
         if isinstance(response, ExceptionResponse) or response.isError():
