@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from controller.config.line import LineConfig
+from controller.recipes import process_model
+from controller.recipes.authority import layer_authority
+from controller.recipes.planning import plan_from_recipe
 from controller.recipes.recipe import (
     GAS_FIELDS,
     CoolDownStep,
@@ -367,6 +370,35 @@ def _check_ending(recipe: Recipe, final: PlasmaState) -> Iterator[Finding]:
         yield ("steps",), "the recipe ends with the plasma lit: end with a cool_down step"
 
 
+def _check_boundaries(recipe: Recipe, line: LineConfig) -> Iterator[Finding]:
+    """Each layer's planned boundary reachable at the nominal efficiency within the layer's
+    authority: the recipe must not plan what its own trims cannot make."""
+    plan = plan_from_recipe(recipe, line)
+    diameter = line.geometry.bait_rod_diameter_mm
+    efficiency = line.supervision.nominal_efficiency
+    for (i, _), op in zip(recipe.deposit_steps(), plan.deposit_steps, strict=True):
+        for k, layer in enumerate(op.layers):
+            loc: Loc = ("steps", i, "layers", k)
+            target = layer.target_diameter_mm
+            if target <= diameter:
+                yield ((*loc, "target_diameter_mm"),
+                       f"{num(round(target, 3))} mm does not exceed the diameter before this "
+                       f"layer ({num(round(diameter, 3))} mm)")
+                return
+            nominal = layer.passes * process_model.deposited_mass_g(
+                efficiency, layer.sicl4_g_min,
+                process_model.pass_duration_s(op.stroke_mm, layer.traverse_mm_min))
+            needed = process_model.mass_for_diameter_g(diameter, target, op.stroke_mm)
+            low, high = layer_authority(layer, line).mass_factor_range
+            wanted = needed / nominal if nominal > 0 else float("inf")
+            if not low * (1 - 1e-9) <= wanted <= high * (1 + 1e-9):
+                yield (loc,
+                       f"its boundary at {num(round(target, 3))} mm needs {wanted:.2f}x the "
+                       f"layer's glass at the nominal efficiency {num(efficiency)}; its trims "
+                       f"(sicl4_trim_pct, traverse_trim_pct) allow {low:.2f}-{high:.2f}x")
+            diameter = target
+
+
 def check_recipe(recipe: Recipe, line: LineConfig) -> list[RecipeIssue]:
     """Every limit and cross-field error of a structurally valid recipe (empty: valid)."""
     findings: list[Finding] = []
@@ -380,4 +412,6 @@ def check_recipe(recipe: Recipe, line: LineConfig) -> list[RecipeIssue]:
         _check_sequence,
     ):
         findings.extend(check(recipe, line))
+    if not findings:  # the plan is only meaningful for an otherwise valid recipe
+        findings.extend(_check_boundaries(recipe, line))
     return [RecipeIssue(format_loc(loc), reason) for loc, reason in findings]

@@ -10,9 +10,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Tolerances:
-    flow_pct: float = 5.0  # % of each MFC's full scale
-    power_kw: float = 2.0
-    settle_s: float = 30.0  # process seconds to reach setpoints before the step fails
+    flow_pct: float  # % of each MFC's full scale
+    power_kw: float
+    settle_s: float  # process seconds to reach setpoints before the step fails
+
+
+# The one home of the defaults: a recipe step that leaves a tolerance unset gets these.
+DEFAULT_TOLERANCES = Tolerances(flow_pct=5.0, power_kw=2.0, settle_s=30.0)
 
 
 @dataclass(frozen=True)
@@ -22,7 +26,7 @@ class PurgeOp:
     o2_slpm: float
     n2_slpm: float
     spindle_rpm: float
-    tolerances: Tolerances = Tolerances()
+    tolerances: Tolerances = DEFAULT_TOLERANCES
     label: str = ""
 
 
@@ -36,7 +40,7 @@ class IgniteOp:
     timeout_s: float
     attempts: int
     ramp_kw_s: float
-    tolerances: Tolerances = Tolerances()
+    tolerances: Tolerances = DEFAULT_TOLERANCES
     expected_duration_s: float = 0.0  # what the forecast counts on
     label: str = ""
 
@@ -49,7 +53,7 @@ class RampOp:
     o2_slpm: float
     n2_slpm: float
     spindle_rpm: float | None
-    tolerances: Tolerances = Tolerances()
+    tolerances: Tolerances = DEFAULT_TOLERANCES
     label: str = ""
 
 
@@ -70,6 +74,15 @@ class LayerOp:
     power_trim_kw: tuple[float, float] = (0.0, 0.0)
     traverse_trim_pct: tuple[float, float] = (0.0, 0.0)
     sicl4_trim_pct: tuple[float, float] = (0.0, 0.0)  # the recipe's authority over SiCl4
+    # Machine units and the product's geometry, computed by planning:
+    sicl4_slpm: float = 0.0  # the SiCl4 MFC's setpoint for sicl4_g_min
+    target_diameter_mm: float = 0.0  # the planned outer boundary of this layer
+    extra_passes_max: int = 0  # passes an operator may add (the recipe's extra_passes)
+
+    @property
+    def dopant_per_sicl4(self) -> float:
+        """The composition: dopant slpm per SiCl4 slpm, held whatever the SiCl4 scale."""
+        return self.dopant_slpm / self.sicl4_slpm if self.sicl4_slpm > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -77,12 +90,16 @@ class DepositOp:
     layers: tuple[LayerOp, ...]
     turning_point_a_mm: float
     turning_point_b_mm: float
-    tolerances: Tolerances = Tolerances()
+    tolerances: Tolerances = DEFAULT_TOLERANCES
     label: str = ""
 
     @property
     def total_passes(self) -> int:
         return sum(layer.passes for layer in self.layers)
+
+    @property
+    def stroke_mm(self) -> float:
+        return abs(self.turning_point_b_mm - self.turning_point_a_mm)
 
 
 @dataclass(frozen=True)
@@ -100,7 +117,7 @@ class CooldownOp:
     o2_slpm: float
     n2_slpm: float
     spindle_rpm: float
-    tolerances: Tolerances = Tolerances()
+    tolerances: Tolerances = DEFAULT_TOLERANCES
     label: str = ""
 
 

@@ -5,6 +5,7 @@ against power and gap, drift, noise): the forecast is a prediction, not a copy."
 
 from __future__ import annotations
 
+import itertools
 import math
 
 SIO2_PER_SICL4 = 0.354  # g of SiO2 per g of SiCl4 (SiO2 60.08 / SiCl4 169.9)
@@ -59,3 +60,31 @@ def efficiency_from_growth(
     if offered_g <= 0:
         raise ValueError("no SiCl4 offered: efficiency undefined")
     return mass_for_diameter_g(from_mm, to_mm, length_mm, density_g_cm3) / offered_g
+
+
+def interpolated_boundaries_mm(
+    start_mm: float,
+    masses_g: list[float],
+    anchors: dict[int, float],
+    length_mm: float,
+) -> list[float]:
+    """The outer diameter after each of a sequence of layers that lay down ``masses_g``.
+
+    Where ``anchors`` fixes a layer's outer diameter, the layers between two anchors share the
+    cross-section between them in proportion to their glass (a cross-section grows linearly
+    with the glass); after the last anchor, they grow as their glass says."""
+    area = [start_mm**2]
+    for mass in masses_g:
+        area.append(grown_diameter_mm(math.sqrt(area[-1]), mass, length_mm) ** 2)
+    fixed = {0: area[0], **{i + 1: d**2 for i, d in anchors.items()}}
+    points = sorted(fixed)
+    out = list(area)
+    for low, high in itertools.pairwise(points):
+        span_nominal = area[high] - area[low]
+        for k in range(low + 1, high + 1):
+            share = (area[k] - area[low]) / span_nominal if span_nominal > 0 else 1.0
+            out[k] = fixed[low] + (fixed[high] - fixed[low]) * share
+    last = points[-1]
+    for k in range(last + 1, len(area)):
+        out[k] = fixed[last] + area[k] - area[last]
+    return [math.sqrt(max(a, 0.0)) for a in out[1:]]

@@ -20,10 +20,12 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    field_validator,
     model_validator,
 )
 
 from controller.config.line import LineConfig, MfcConfig
+from controller.recipes.plan import DEFAULT_TOLERANCES
 
 Loc = tuple[str | int, ...]
 Finding = tuple[Loc, str]
@@ -32,6 +34,7 @@ STEP_KINDS = ("purge", "ignite", "ramp", "deposit", "dwell", "cool_down")
 # Which MFC of the line each gas field of a recipe sets.
 GAS_FIELDS = {"ar_slpm": "mfc_ar", "o2_slpm": "mfc_o2", "n2_slpm": "mfc_n2"}
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+MAX_EXTRA_PASSES = 100  # a layer may be given at most this many extra passes
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,16 +143,19 @@ class Stroke(_Strict):
 class _StepBase(_Strict):
     label: str | None = Field(default=None, description="a name shown to the operator")
     flow_tolerance_pct: float = Field(
-        default=5.0, gt=0, le=100, description="allowed flow deviation, % of each MFC's full scale"
+        default=DEFAULT_TOLERANCES.flow_pct, gt=0, le=100,
+        description="allowed flow deviation, % of each MFC's full scale"
     )
     settle_timeout_s: float = Field(
-        default=30.0, gt=0, description="time allowed to reach the setpoints before the step fails"
+        default=DEFAULT_TOLERANCES.settle_s, gt=0,
+        description="time allowed to reach the setpoints before the step fails"
     )
 
 
 class _PoweredStep(_StepBase):
     power_tolerance_kw: float = Field(
-        default=2.0, gt=0, description="allowed forward-power deviation from setpoint"
+        default=DEFAULT_TOLERANCES.power_kw, gt=0,
+        description="allowed forward-power deviation from setpoint"
     )
 
 
@@ -220,6 +226,25 @@ class Layer(_Strict):
     power_trim_kw: TrimKw = Field(default=(0.0, 0.0), description="[low, high] operator trim")
     traverse_trim_pct: TrimPct = Field(default=(0.0, 0.0), description="[low, high] in %")
     sicl4_trim_pct: TrimPct = Field(default=(0.0, 0.0), description="[low, high] in %")
+    target_diameter_mm: float | None = Field(
+        default=None, gt=0,
+        description="this layer's planned outer diameter; unset: from the recipe at the "
+        "line's nominal efficiency (scaled to the recipe's target)",
+    )
+    extra_passes: tuple[int, int] = Field(
+        default=(0, 0),
+        description="[0, N]: passes an operator may add to this layer when the trims cannot "
+        "reach its boundary",
+    )
+
+    @field_validator("extra_passes")
+    @classmethod
+    def _extra_from_zero(cls, bounds: tuple[int, int]) -> tuple[int, int]:
+        low, high = bounds
+        if low != 0 or not 0 <= high <= MAX_EXTRA_PASSES:
+            raise ValueError(f"extra passes are [0, N] with 0 <= N <= {MAX_EXTRA_PASSES}, "
+                             f"got [{low}, {high}]")
+        return bounds
 
 
 class DepositStep(_PoweredStep):

@@ -72,6 +72,10 @@ def with_layers(*layers: dict[str, Any], target: float | None = None) -> Recipe:
     data["steps"][3]["layers"] = list(layers)
     if target is not None:
         data["target_diameter_mm"] = target
+        # A target is only valid within the authority the layers grant the loop.
+        for layer in data["steps"][3]["layers"]:
+            layer.setdefault("sicl4_trim_pct", [-10, 10])
+            layer.setdefault("traverse_trim_pct", [-10, 10])
     return recipe_of(data)
 
 
