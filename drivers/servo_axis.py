@@ -3,7 +3,9 @@
 A thin facade over ``drivers.codecs.servo_map`` (docs/devices.md, "Servo drives"): it speaks
 mm, mm/min and rpm, checks every value against the axis limits before anything is sent, and
 holds no policy. Each motion follows the drive's pattern: setpoints (mode, target, speed,
-acceleration) in one write, then the trigger in the control word; ``read`` polls the status."""
+acceleration) in one write, then the trigger in the control word; ``read`` polls the status.
+A linear axis can also oscillate drive-side between two turning points (``oscillate``): the
+drive reverses by itself and counts strokes, so a turning point costs no wire round trip."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Literal
 import structlog
 
 from drivers.codecs import servo_map
-from drivers.codecs.servo_map import AxisMode, AxisStatus, Control
+from drivers.codecs.servo_map import AxisMode, AxisStatus, Control, Oscillation
 from drivers.errors import DeviceProtocolError, DeviceRangeError
 from drivers.transports.modbus import ModbusTransport
 
@@ -118,6 +120,71 @@ class ServoAxis:
     async def home(self) -> None:
         """Reference the axis: a linear axis runs to its negative end, a rotary one zeroes."""
         await self._control(Control.ENABLE | Control.HOME)
+
+    async def oscillate(
+        self,
+        first_mm: float,
+        second_mm: float,
+        speed: float,
+        strokes: int = 0,
+        acceleration: float | None = None,
+        *,
+        urgent: bool = False,
+    ) -> None:
+        """Oscillate between two turning points (linear axes, homed): travel to ``first_mm``,
+        then run ``strokes`` strokes between the two (0: until stopped), reversing drive-side
+        at each; a stroke is a travel from one turning point to the other (the approach to the
+        first one is not counted). ``speed`` (mm/min) is that of every pass until
+        ``set_oscillation_speed``. The status shows ``oscillating`` and ``strokes_done``; every
+        stop path (stop, disable, alarm, watchdog, limit, power loss) ends it at once. The
+        drive refuses turning points outside travel (exception 3). ``urgent``: both writes go
+        ahead of every request queued on the bus."""
+        self._check_position_move(first_mm)  # a rotary axis has no turning points
+        self._check("first_mm", first_mm, self.min_position_mm, self.max_position_mm)
+        self._check("second_mm", second_mm, self.min_position_mm, self.max_position_mm)
+        if abs(second_mm - first_mm) < 1 / servo_map.POSITION_SCALE:
+            # Turning points one count apart or closer: no stroke to run.
+            raise DeviceRangeError(
+                self.name, "second_mm", second_mm, self.min_position_mm, self.max_position_mm
+            )
+        self._check("speed", speed, 0.0, self.max_speed, low_open=True)
+        if not 0 <= strokes <= servo_map.MAX_STROKES:
+            raise DeviceRangeError(self.name, "strokes", strokes, 0, servo_map.MAX_STROKES)
+        accel = self._acceleration(acceleration)
+        block = servo_map.encode_oscillation_block(
+            Oscillation(first_mm, second_mm, speed, accel, strokes)
+        )
+        # The setpoints (FC 16) then the trigger (FC 6), holding the bus between them.
+        await self.transport.write_sequence(
+            self.unit,
+            [
+                (servo_map.HR_OSC_FIRST, block),
+                (servo_map.HR_CONTROL, int(Control.ENABLE | Control.OSCILLATE)),
+            ],
+            urgent=urgent,
+        )
+        self._log.debug(
+            "servo.oscillate", first_mm=first_mm, second_mm=second_mm, speed=speed,
+            strokes=strokes,
+        )
+
+    async def set_oscillation_speed(self, speed: float, *, urgent: bool = False) -> None:
+        """The speed (mm/min) of the next pass of a running oscillation: the drive takes it at
+        the next reversal (one pass, one speed). Zero is refused (here and by the drive)."""
+        self._check("speed", speed, 0.0, self.max_speed, low_open=True)
+        await self.transport.write_registers(
+            self.unit, servo_map.HR_OSC_SPEED, servo_map.encode_speed(speed), urgent=urgent
+        )
+
+    async def set_oscillation_strokes(self, strokes: int, *, urgent: bool = False) -> None:
+        """The stroke count of a running oscillation, read by the drive at every reversal: a
+        count at or below the strokes done ends it at the next turning point (0: until
+        stopped)."""
+        if not 0 <= strokes <= servo_map.MAX_STROKES:
+            raise DeviceRangeError(self.name, "strokes", strokes, 0, servo_map.MAX_STROKES)
+        await self.transport.write_register(
+            self.unit, servo_map.HR_OSC_STROKES, servo_map.encode_strokes(strokes), urgent=urgent
+        )
 
     async def stop(self, *, urgent: bool = False) -> None:
         """Decelerate to a stop at the commanded acceleration; the drive stays enabled.

@@ -31,6 +31,7 @@ PROCESS_FAULTS: frozenset[str] = frozenset(
         "supply_pressure_low",
         "safety_relay_open",
         "drive_alarm",
+        "limit_switch",  # a linear drive's limit switch (param side: positive / negative)
         "efficiency_drift",
         "gauge_invalid",
     }

@@ -6,6 +6,14 @@ and acceleration limits, integrated analytically phase by phase in process time,
 several seconds neither overshoots a target nor crosses a travel end. The drive writes what
 its motor does to the plant (spindle rpm, carriage or torch-slide position) by its name.
 
+Drive-side oscillation (HR 13-21, control bit 7): a homed linear axis travels to turning point
+1, then runs strokes between the two turning points, reversing by itself at each (the time left
+in a step after a reversal carries into the next stroke, so any step size integrates the same
+strokes). The speed (HR 17-18) and the stroke count (HR 21) are read at every reversal: a new
+speed applies from the next pass, a count at or below the strokes done ends the oscillation at
+the next turning point. Every stop path (stop, disable, alarm, watchdog, limit switch, power
+loss, any other motion command) ends it at once.
+
 Communication watchdog (HR 10-12): once armed, a drive that has heard no request for
 ``comm_watchdog_ms`` of WALL time (domain.md rule 7; ``step``'s ``wall_now``) raises alarm
 COMM_WATCHDOG: a linear axis decelerates to a stop and disables, a rotary axis (enabled) runs
@@ -31,6 +39,9 @@ log = structlog.get_logger(__name__)
 POSITION_TOLERANCE = 1e-6  # mm or degree: closer than this is "there" (the map resolves 0.001)
 VELOCITY_TOLERANCE = 1e-6  # mm/s or degree/s
 MAX_PHASES_PER_STEP = 32  # a profile has at most four phases; the rest is float slack
+# Reversals integrated within one step: turning points at least 0.001 mm apart take >= ~3 ms a
+# stroke at the demo carriage's acceleration, so a 50 ms step never needs more than a few dozen.
+MAX_REVERSALS_PER_STEP = 64
 DEGREES_PER_REV = 360.0
 # Cosmetic load model (IR 7): friction share, plus shares for speed and for acceleration.
 LOAD_BASE_PERCENT = 5.0
@@ -45,6 +56,7 @@ class Motion:
     position: float
     velocity: float
     arrived: bool = False
+    left_s: float = 0.0  # of the step, once arrived: an oscillation runs on with it
 
 
 def _phase_toward(
@@ -80,7 +92,7 @@ def advance_to_position(
     for _ in range(MAX_PHASES_PER_STEP):
         d = target - p
         if abs(d) <= POSITION_TOLERANCE and abs(v) <= VELOCITY_TOLERANCE:
-            return Motion(target, 0.0, arrived=True)
+            return Motion(target, 0.0, arrived=True, left_s=max(left, 0.0))
         if left <= 0:
             break
         if abs(d) > POSITION_TOLERANCE:
@@ -98,7 +110,7 @@ def advance_to_position(
         v = direction * u
         left -= h
         if lands and h >= duration:
-            return Motion(target, 0.0, arrived=True)
+            return Motion(target, 0.0, arrived=True, left_s=max(left, 0.0))
     return Motion(p, v)
 
 
@@ -120,7 +132,7 @@ class PositionProfile:
     target: float
     cruise: float  # internal units per second
     accel: float
-    ends: str  # "target", "home", "limit+", "limit-", "stop"
+    ends: str  # "target", "home", "limit+", "limit-", "stop", "oscillate"
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,16 @@ class VelocityProfile:
 
 
 Profile = PositionProfile | VelocityProfile
+
+
+@dataclass
+class OscillationRun:
+    """A running drive-side oscillation: internal units (mm, mm/s, mm/s^2)."""
+
+    turning_points: tuple[float, float]
+    accel: float
+    heading: int = 0  # index of the turning point travelled to
+    approaching: bool = True  # the travel to turning point 1 is not a stroke
 
 
 # -- the drive ---------------------------------------------------------------------------------
@@ -167,6 +189,8 @@ class ServoAxisSim(RegisterDevice):
         self.target_reached = False
         self.jog_direction = 0
         self.profile: Profile | None = None
+        self.oscillation: OscillationRun | None = None
+        self.strokes_done = 0
         self._commanded_accel = config.acceleration * self._accel_k
         self._drift = 0.0
         self._stuck_at: float | None = None
@@ -194,31 +218,39 @@ class ServoAxisSim(RegisterDevice):
         self._write_plant()
 
     def _advance(self, dt_s: float) -> None:
-        profile = self.profile
-        if profile is None:
-            return
-        if isinstance(profile, VelocityProfile):
-            moved = advance_to_velocity(
-                self.position, self.velocity, target=profile.target, accel=profile.accel, dt=dt_s
-            )
-        else:
-            moved = advance_to_position(
-                self.position,
-                self.velocity,
-                target=profile.target,
-                cruise=profile.cruise,
-                accel=profile.accel,
-                dt=dt_s,
-            )
-        self.position, self.velocity = moved.position, moved.velocity
-        if self.rotary:
-            self.position %= DEGREES_PER_REV
-        else:
-            self.position = min(
-                max(self.position, self.config.min_position_mm), self.config.max_position_mm
-            )
-        if moved.arrived:
+        left = dt_s
+        for _ in range(MAX_REVERSALS_PER_STEP):
+            profile = self.profile
+            if profile is None:
+                return
+            if isinstance(profile, VelocityProfile):
+                moved = advance_to_velocity(
+                    self.position, self.velocity, target=profile.target, accel=profile.accel,
+                    dt=left,
+                )
+            else:
+                moved = advance_to_position(
+                    self.position,
+                    self.velocity,
+                    target=profile.target,
+                    cruise=profile.cruise,
+                    accel=profile.accel,
+                    dt=left,
+                )
+            self.position, self.velocity = moved.position, moved.velocity
+            if self.rotary:
+                self.position %= DEGREES_PER_REV
+            else:
+                self.position = min(
+                    max(self.position, self.config.min_position_mm), self.config.max_position_mm
+                )
+            if not moved.arrived:
+                return
             self._arrive(profile)
+            # Only a reversal starts a new profile at once: it runs on with the rest of the step.
+            if self.profile is None or self.profile is profile or moved.left_s <= 0:
+                return
+            left = moved.left_s
 
     def _arrive(self, profile: Profile) -> None:
         if isinstance(profile, VelocityProfile):
@@ -229,7 +261,9 @@ class ServoAxisSim(RegisterDevice):
             return
         self.profile = None
         self.velocity = 0.0
-        if profile.ends == "home":
+        if profile.ends == "oscillate":
+            self._reverse()
+        elif profile.ends == "home":
             self.homed = True
             self.target_reached = True
             self._log.info("servo_sim.homed", position_mm=self.position)
@@ -241,6 +275,35 @@ class ServoAxisSim(RegisterDevice):
         elif profile.ends == "limit-":
             self.limit_negative = True
             self.jog_direction = 0
+
+    def _reverse(self) -> None:
+        """At a turning point: count the stroke, then end or run the next one."""
+        run = self.oscillation
+        if run is None:
+            return
+        if run.approaching:
+            run.approaching = False
+        else:
+            self.strokes_done += 1
+        strokes = self.holding[servo_map.HR_OSC_STROKES]
+        speed = self._osc_speed(self.holding) * self._speed_k
+        if (strokes and self.strokes_done >= strokes) or speed <= 0:
+            self._end_oscillation("strokes done")
+            self.target_reached = True
+            return
+        run.heading = 1 - run.heading
+        target = run.turning_points[run.heading]
+        self.profile = PositionProfile(target, speed, run.accel, "oscillate")
+
+    def _end_oscillation(self, reason: str) -> None:
+        if self.oscillation is not None:
+            self._log.info("servo_sim.oscillation_ended", reason=reason,
+                           strokes_done=self.strokes_done)
+        self.oscillation = None
+
+    @property
+    def oscillating(self) -> bool:
+        return self.oscillation is not None
 
     def _update_load(self, accel_now: float) -> None:
         max_speed = self.config.max_speed * self._speed_k
@@ -306,6 +369,26 @@ class ServoAxisSim(RegisterDevice):
             self._disable("alarm")
         if not self.plant.drives_powered and self.enabled:
             self._disable("power lost")
+        self._watch_limit_switch()
+
+    def _watch_limit_switch(self) -> None:
+        """A tripped limit switch stops motion toward it at the maximum deceleration and ends
+        an oscillation; moving away (backing off the switch) stays possible."""
+        fault = self.faults.active(self.name, "limit_switch")
+        if fault is None or self.rotary:
+            return
+        side = -1 if str(fault.params.get("side", "positive")) in ("negative", "-", "-1") else 1
+        if self.velocity * side <= VELOCITY_TOLERANCE and not self.oscillating:
+            return
+        profile = self.profile
+        if isinstance(profile, PositionProfile) and profile.ends == "stop":
+            return  # already braking
+        self._log.warning("servo_sim.limit_switch", side=side)
+        self._stop(self.config.acceleration * self._accel_k)
+        if side > 0:
+            self.limit_positive = True
+        else:
+            self.limit_negative = True
 
     def _disable(self, reason: str) -> None:
         """Power stage off: the motor ramps down at the drive's maximum deceleration."""
@@ -317,6 +400,7 @@ class ServoAxisSim(RegisterDevice):
     def _stop(self, accel: float) -> None:
         self.target_reached = False
         self.jog_direction = 0
+        self._end_oscillation("stopped")
         if abs(self.velocity) <= VELOCITY_TOLERANCE:
             self.velocity = 0.0
             self.profile = None
@@ -359,6 +443,8 @@ class ServoAxisSim(RegisterDevice):
             powered=self.plant.drives_powered,
             following_error_mm=reported - self.position,
             load_percent=self._load_percent if self.enabled or moving else 0.0,
+            oscillating=self.oscillating,
+            strokes_done=self.strokes_done,
         )
 
     def _reported_position(self) -> float:
@@ -394,12 +480,24 @@ class ServoAxisSim(RegisterDevice):
         jog = servo_map.decode_speed(image[servo_map.HR_JOG_SPEED : servo_map.HR_JOG_SPEED + 2])
         at = servo_map.HR_WATCHDOG_VELOCITY
         fallback = abs(servo_map.decode_velocity(image[at : at + 2])) * servo_map.VELOCITY_SCALE
+        osc_speed = round(self._osc_speed(image) * servo_map.VELOCITY_SCALE)
+        at = servo_map.HR_OSC_ACCELERATION
+        osc_accel = servo_map.decode_acceleration(image[at : at + 2]) * servo_map.ACCELERATION_SCALE
         return (
             round(velocity) <= max_counts
             and round(accel) <= max_accel_counts
             and round(jog * servo_map.VELOCITY_SCALE) <= max_counts
             and round(fallback) <= max_counts
+            and osc_speed <= max_counts
+            and round(osc_accel) <= max_accel_counts
+            # A running oscillation's next pass needs a speed: 0 would never reach its end.
+            and not (self.oscillating and osc_speed == 0)
         )
+
+    @staticmethod
+    def _osc_speed(image: list[int]) -> float:
+        at = servo_map.HR_OSC_SPEED
+        return servo_map.decode_speed(image[at : at + 2])
 
     @staticmethod
     def _read_velocity(image: list[int]) -> float:
@@ -423,7 +521,13 @@ class ServoAxisSim(RegisterDevice):
             return ILLEGAL_VALUE  # a command word carries the enable level, set
         motions = [
             c
-            for c in (Control.START, Control.HOME, Control.JOG_POSITIVE, Control.JOG_NEGATIVE)
+            for c in (
+                Control.START,
+                Control.HOME,
+                Control.JOG_POSITIVE,
+                Control.JOG_NEGATIVE,
+                Control.OSCILLATE,
+            )
             if c in control
         ]
         if len(motions) > 1:
@@ -442,6 +546,8 @@ class ServoAxisSim(RegisterDevice):
             return self._start()
         if motion is Control.HOME:
             return self._home()
+        if motion is Control.OSCILLATE:
+            return self._oscillate()
         return self._jog(1 if motion is Control.JOG_POSITIVE else -1)
 
     def _set_enabled(self, on: bool) -> int | None:
@@ -467,6 +573,7 @@ class ServoAxisSim(RegisterDevice):
         self.alarm_code = AlarmCode.NONE
 
     def _begin(self, mode: AxisMode, profile: Profile | None) -> None:
+        self._end_oscillation(f"new motion: {mode.name.lower()}")
         self.mode = mode
         self.profile = profile
         self.target_reached = False
@@ -496,6 +603,34 @@ class ServoAxisSim(RegisterDevice):
             return ILLEGAL_VALUE
         self._commanded_accel = accel
         self._begin(mode, PositionProfile(target, abs(velocity), accel, "target"))
+        return None
+
+    def _oscillate(self) -> int | None:
+        """Control bit 7: start the oscillation of HR 13-21 (a homed linear axis, turning
+        points inside travel and apart, a speed), from wherever the axis is."""
+        at = servo_map.HR_OSC_FIRST
+        block = servo_map.decode_oscillation_block(
+            self.holding[at : at + servo_map.OSCILLATION_BLOCK_COUNT]
+        )
+        low, high = self.config.min_position_mm, self.config.max_position_mm
+        valid = (
+            not self.rotary
+            and self.homed
+            and low <= block.first_mm <= high
+            and low <= block.second_mm <= high
+            and abs(block.second_mm - block.first_mm) >= 1 / servo_map.POSITION_SCALE
+            and block.speed > 0
+        )
+        if not valid:
+            return ILLEGAL_VALUE
+        accel = (block.acceleration or self.config.acceleration) * self._accel_k
+        self._commanded_accel = accel
+        speed = block.speed * self._speed_k
+        self._begin(AxisMode.OSCILLATE, PositionProfile(block.first_mm, speed, accel, "oscillate"))
+        self.oscillation = OscillationRun((block.first_mm, block.second_mm), accel)
+        self.strokes_done = 0
+        self._log.info("servo_sim.oscillating", first_mm=block.first_mm,
+                       second_mm=block.second_mm, speed=block.speed, strokes=block.strokes)
         return None
 
     def _run_velocity(self, mode: AxisMode, velocity: float, accel: float) -> None:

@@ -2,7 +2,8 @@
 
 One map serves the spindle (rotary) and the carriage and torch slide (linear). Positions are
 int32 in 0.001 mm (a rotary axis: 0.001 degree of shaft angle), velocities int32 in 0.01 rpm or
-0.01 mm/min, accelerations and the jog speed uint32 in 0.01 rpm/s, 0.01 mm/s^2 or 0.01 mm/min;
+0.01 mm/min, accelerations and the jog and oscillation speeds uint32 in 0.01 rpm/s,
+0.01 mm/s^2 or 0.01 mm/min;
 every 32-bit value spans two registers, high word first. The driver and the simulator both use
 this module, so they cannot disagree about an address, a bit or a scale."""
 
@@ -32,7 +33,17 @@ HR_ACCELERATION = 6  # uint32, 2 registers: 0 = the drive's configured maximum
 HR_JOG_SPEED = 8  # uint32, 2 registers
 HR_COMM_WATCHDOG = 10  # uint16, ms without a request before the watchdog acts; 0 = off
 HR_WATCHDOG_VELOCITY = 11  # int32, 2 registers: a rotary axis's speed once the watchdog acts
-HOLDING_COUNT = 13
+# Drive-side oscillation (a linear axis): the drive travels to turning point 1, then reverses by
+# itself at each turning point, counting strokes, so a turning point costs no wire round trip.
+HR_OSC_FIRST = 13  # int32, 2 registers: turning point 1 (the first one travelled to)
+HR_OSC_SECOND = 15  # int32, 2 registers: turning point 2
+HR_OSC_SPEED = 17  # uint32, 2 registers: read at the start and at every reversal
+HR_OSC_ACCELERATION = 19  # uint32, 2 registers: 0 = the drive's configured maximum
+HR_OSC_STROKES = 21  # uint16: strokes to run, then stop at the turning point; 0 = until stopped
+HOLDING_COUNT = 22
+OSCILLATION_BLOCK_COUNT = HOLDING_COUNT - HR_OSC_FIRST  # HR 13-21, written in one request
+OSC_SPEED_COUNT = 2  # HR 17-18 alone: the next pass's speed
+MAX_STROKES = 0xFFFF
 WATCHDOG_BLOCK_COUNT = 3  # HR 10-12, written in one request
 COMM_WATCHDOG_SCALE = 1000.0  # counts (ms) per second
 MAX_COMM_WATCHDOG_S = 0xFFFF / COMM_WATCHDOG_SCALE
@@ -46,7 +57,8 @@ IR_ACTUAL_VELOCITY = 4  # int32, 2 registers, signed
 IR_FOLLOWING_ERROR = 6  # int16, 0.01 mm (rotary: 0.01 degree), actual - commanded
 IR_LOAD = 7  # uint16, 0.1 % of rated torque
 IR_ACTIVE_MODE = 8  # the mode the drive is running (or last ran), AxisMode
-INPUT_COUNT = 9
+IR_STROKES_DONE = 9  # uint16: strokes completed by the oscillation running (or last run)
+INPUT_COUNT = 10
 
 POSITION_SCALE = 1000.0  # counts per mm (rotary: per degree)
 VELOCITY_SCALE = 100.0  # counts per rpm or per mm/min
@@ -65,6 +77,7 @@ class Control(IntFlag):
     RESET_ALARM = 1 << 4
     JOG_POSITIVE = 1 << 5
     JOG_NEGATIVE = 1 << 6
+    OSCILLATE = 1 << 7  # start the oscillation set in HR 13-21
 
 
 COMMAND_BITS = (
@@ -74,6 +87,7 @@ COMMAND_BITS = (
     | Control.RESET_ALARM
     | Control.JOG_POSITIVE
     | Control.JOG_NEGATIVE
+    | Control.OSCILLATE
 )
 CONTROL_MASK = Control.ENABLE | COMMAND_BITS
 
@@ -89,6 +103,10 @@ class Status(IntFlag):
     LIMIT_NEGATIVE = 1 << 5  # a motion was stopped at the negative end of travel
     ALARM = 1 << 6
     POWERED = 1 << 7  # the power stage has power (off on E-stop)
+    OSCILLATING = 1 << 8  # a drive-side oscillation is running (cleared by every stop path)
+
+
+STATUS_MASK = 0x1FF  # bits 9-15 are reserved and read 0
 
 
 class AxisMode(IntEnum):
@@ -98,6 +116,7 @@ class AxisMode(IntEnum):
     POSITION_RELATIVE = 3
     HOMING = 4
     JOG = 5
+    OSCILLATE = 6  # reported while oscillating; started by the control word's bit 7
 
 
 class AlarmCode(IntEnum):
@@ -132,6 +151,8 @@ class AxisStatus:
     powered: bool = True
     following_error_mm: float = 0.0
     load_percent: float = 0.0
+    oscillating: bool = False
+    strokes_done: int = 0  # of the oscillation running, or the last one (0 before any)
 
 
 # -- scalar conversions ------------------------------------------------------------------------
@@ -218,6 +239,46 @@ def encode_watchdog_block(timeout_s: float, fallback_velocity: float) -> list[in
     return [encode_comm_watchdog_ms(timeout_s), *encode_velocity(fallback_velocity)]
 
 
+@dataclass(frozen=True)
+class Oscillation:
+    """HR 13-21: what the drive runs on the oscillate command (mm, mm/min, mm/s^2)."""
+
+    first_mm: float
+    second_mm: float
+    speed: float
+    acceleration: float  # 0 = the axis maximum
+    strokes: int  # 0 = until stopped
+
+
+def encode_strokes(strokes: int) -> int:
+    if not 0 <= strokes <= MAX_STROKES:
+        raise ValueError(f"a stroke count of {strokes} does not fit 0-{MAX_STROKES}")
+    return strokes
+
+
+def encode_oscillation_block(oscillation: Oscillation) -> list[int]:
+    """HR 13-21 in one write: turning points 1 and 2, speed, acceleration, strokes."""
+    return [
+        *encode_position(oscillation.first_mm),
+        *encode_position(oscillation.second_mm),
+        *encode_speed(oscillation.speed),
+        *encode_acceleration(oscillation.acceleration),
+        encode_strokes(oscillation.strokes),
+    ]
+
+
+def decode_oscillation_block(words: list[int] | tuple[int, ...]) -> Oscillation:
+    if len(words) != OSCILLATION_BLOCK_COUNT:
+        raise ValueError(f"expected {OSCILLATION_BLOCK_COUNT} registers, got {len(words)}")
+    return Oscillation(
+        first_mm=decode_position(words[0:2]),
+        second_mm=decode_position(words[2:4]),
+        speed=decode_speed(words[4:6]),
+        acceleration=decode_acceleration(words[6:8]),
+        strokes=words[8],
+    )
+
+
 def decode_watchdog_block(words: list[int] | tuple[int, ...]) -> tuple[float, float]:
     """(timeout_s, fallback velocity) from HR 10-12."""
     if len(words) != WATCHDOG_BLOCK_COUNT:
@@ -248,6 +309,7 @@ def encode_status_word(status: AxisStatus) -> int:
         (Status.LIMIT_NEGATIVE, status.limit_negative),
         (Status.ALARM, status.alarm),
         (Status.POWERED, status.powered),
+        (Status.OSCILLATING, status.oscillating),
     ):
         if on:
             flags |= flag
@@ -255,7 +317,7 @@ def encode_status_word(status: AxisStatus) -> int:
 
 
 def encode_inputs(status: AxisStatus) -> list[int]:
-    """The whole input-register image, IR 0 to IR 8."""
+    """The whole input-register image, IR 0 to IR 9."""
     words = [0] * INPUT_COUNT
     words[IR_STATUS] = encode_status_word(status)
     words[IR_ALARM_CODE] = status.alarm_code
@@ -264,14 +326,15 @@ def encode_inputs(status: AxisStatus) -> list[int]:
     words[IR_FOLLOWING_ERROR] = encode_following_error(status.following_error_mm)
     words[IR_LOAD] = encode_load(status.load_percent)
     words[IR_ACTIVE_MODE] = int(status.mode)
+    words[IR_STROKES_DONE] = min(status.strokes_done, MAX_STROKES)
     return words
 
 
 def decode_inputs(words: list[int] | tuple[int, ...]) -> AxisStatus:
-    """IR 0 to IR 8 as read in one request; raises ValueError on an unknown mode."""
+    """IR 0 to IR 9 as read in one request; raises ValueError on an unknown mode."""
     if len(words) != INPUT_COUNT:
         raise ValueError(f"expected {INPUT_COUNT} input registers, got {len(words)}")
-    flags = Status(words[IR_STATUS] & 0xFF)
+    flags = Status(words[IR_STATUS] & STATUS_MASK)
     try:
         mode = AxisMode(words[IR_ACTIVE_MODE])
     except ValueError as exc:
@@ -291,4 +354,6 @@ def decode_inputs(words: list[int] | tuple[int, ...]) -> AxisStatus:
         powered=Status.POWERED in flags,
         following_error_mm=decode_following_error(words[IR_FOLLOWING_ERROR]),
         load_percent=decode_load(words[IR_LOAD]),
+        oscillating=Status.OSCILLATING in flags,
+        strokes_done=words[IR_STROKES_DONE],
     )

@@ -740,3 +740,250 @@ async def test_urgent_set_velocity_and_ordinary_writes_wait(rig: Rig) -> None:
     assert seen[:3] == [READ_STATUS, (1, 16, servo_map.HR_MODE), (1, 6, servo_map.HR_CONTROL)]
     assert seen[3:6] == [READ_STATUS] * 3
     assert seen[6:] == [(1, 16, servo_map.HR_MODE), (1, 6, servo_map.HR_CONTROL)]
+
+
+# -- drive-side oscillation (docs/devices.md, "Servo drives": HR 13-21) ---------------------------
+def oscillating(sim: ServoAxisSim) -> bool:
+    return sim.oscillating
+
+
+async def test_pinned_oscillation_frames(rig: Rig) -> None:
+    await home_carriage(rig)
+    # Unit 2, FC 16 at HR 13, 9 registers: 300 mm, 900 mm, 1500 mm/min, 0 (max), 2 strokes.
+    block = bytes.fromhex("02 10 00 0d 00 09 12 000493e0 000dbba0 000249f0 00000000 0002 f9 f4")
+    assert await _exchange(rig.bus.port, block, 8) == bytes.fromhex("02 10 00 0d 00 09 91 ff")
+    # FC 6, HR 0 = ENABLE | OSCILLATE (0x81): echoed, and the drive oscillates.
+    trigger = bytes.fromhex("02 06 00 00 00 81 49 99")
+    assert await _exchange(rig.bus.port, trigger, 8) == trigger
+    assert rig.sims["carriage"].oscillating
+    # The status read is now 10 registers: oscillating (bit 8) and the stroke counter (IR 9).
+    reply = await _exchange(rig.bus.port, bytes.fromhex("02 04 00 00 00 0a 70 3e"), 25)
+    assert reply[3:5] == bytes.fromhex("0189")  # oscillating, powered, homed, enabled
+    assert reply[19:23] == bytes.fromhex("0006 0000")  # mode 6, no stroke yet
+
+
+async def test_oscillation_counts_strokes_and_stops_after_n(rig: Rig) -> None:
+    carriage = await home_carriage(rig)
+    before = rig.transport.requests
+    await carriage.oscillate(300.0, 900.0, 3000.0, strokes=3)
+    assert rig.transport.requests == before + 2  # the block, then the trigger
+    status = await carriage.read()
+    assert status.oscillating
+    assert status.mode is AxisMode.OSCILLATE
+    assert status.strokes_done == 0
+    assert not status.in_position
+    # The approach (0 -> 300 mm) is not a stroke; then 300 -> 900 -> 300 -> 900.
+    sim = rig.sims["carriage"]
+    counted: list[tuple[int, float]] = []  # (strokes done, position) at every 0.05 s
+    while sim.oscillating:
+        rig.step(0.05)
+        counted.append((sim.strokes_done, sim.position))
+    assert len(counted) * 0.05 == pytest.approx(6 + 3 * 12, abs=0.5)  # 300 mm, then 3 x 600
+    assert [n for n, _ in counted] == sorted(n for n, _ in counted)
+    assert {n for n, _ in counted} == {0, 1, 2, 3}
+    # Never past a turning point once there; stroke 2 runs 900 -> 300.
+    assert all(300.0 <= p <= 900.0 for n, p in counted if n > 0)
+    stroke_2 = [p for n, p in counted if n == 1]
+    assert stroke_2 == sorted(stroke_2, reverse=True)
+    status = await carriage.read()
+    assert not status.oscillating
+    assert status.strokes_done == 3
+    assert status.in_position
+    assert not status.moving
+    assert status.position_mm == 900.0
+    rig.run(10.0, 1.0)
+    assert rig.sims["carriage"].position == 900.0  # it stays stopped
+
+
+async def test_oscillation_speed_change_applies_at_the_next_reversal(rig: Rig) -> None:
+    carriage = await home_carriage(rig)
+    await carriage.oscillate(300.0, 900.0, 600.0)  # 0 strokes: until stopped
+    sim = rig.sims["carriage"]
+    rig.run(40.0, 0.5)  # the approach (300 mm at 10 mm/s), then 10 s into stroke 1
+    assert sim.position == pytest.approx(400.0, abs=0.5)  # less the ramps at 500 mm/s^2
+    await carriage.set_oscillation_speed(1800.0)
+    rig.run(20.0, 0.5)
+    assert sim.velocity == pytest.approx(600.0 / 60)  # this pass keeps its speed
+    assert sim.strokes_done == 0
+    run_until(rig, "carriage", lambda s: s.strokes_done == 1, 0.5, 120)
+    rig.run(1.0, 0.5)
+    assert sim.velocity == pytest.approx(-1800.0 / 60)  # the next pass runs at the new speed
+    status = await carriage.read()
+    assert status.oscillating
+    assert status.velocity == pytest.approx(-1800.0)
+    # A zero speed for the next pass is refused: by the driver, and by the drive.
+    with pytest.raises(DeviceRangeError):
+        await carriage.set_oscillation_speed(0.0)
+    with pytest.raises(DeviceExceptionResponse):
+        await rig.transport.write_registers(2, servo_map.HR_OSC_SPEED, [0, 0])
+
+
+async def test_large_steps_oscillate_as_small_ones(rig: Rig) -> None:
+    """The time left after a reversal runs on into the next stroke: at 3 s steps the carriage
+    is where 0.01 s steps put it (a high time scale integrates like a low one)."""
+    carriage = await home_carriage(rig)
+    sim = rig.sims["carriage"]
+    ends = []
+    for dt_s in (3.0, 0.01):
+        await carriage.move_absolute(0.0, 3000.0)  # both runs start at rest at 0 mm
+        run_until(rig, "carriage", at_rest, 0.5, 60)
+        await carriage.oscillate(300.0, 900.0, 3000.0)
+        rig.run(120.0, dt_s)
+        ends.append((sim.position, sim.strokes_done))
+    (coarse_mm, coarse_strokes), (fine_mm, fine_strokes) = ends
+    assert coarse_strokes == fine_strokes > 5
+    assert coarse_mm == pytest.approx(fine_mm, abs=1e-3)
+
+
+async def _stop_with_command(rig: Rig, axis: ServoAxis) -> None:
+    await axis.stop()
+
+
+async def _stop_with_disable(rig: Rig, axis: ServoAxis) -> None:
+    await axis.disable()
+
+
+async def _stop_with_watchdog(rig: Rig, axis: ServoAxis) -> None:
+    for _ in range(12):  # the controller falls silent for 1.2 s of wall time
+        rig.tick(0.1)
+
+
+async def _stop_with_limit_switch(rig: Rig, axis: ServoAxis) -> None:
+    rig.faults.inject("carriage", "limit_switch", params={"side": "positive"})
+
+
+async def _stop_with_drive_alarm(rig: Rig, axis: ServoAxis) -> None:
+    rig.faults.inject("carriage", "drive_alarm", params={"code": 5})
+
+
+async def _stop_with_estop(rig: Rig, axis: ServoAxis) -> None:
+    rig.plant.drives_powered = False
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [
+        _stop_with_command,
+        _stop_with_disable,
+        _stop_with_watchdog,
+        _stop_with_limit_switch,
+        _stop_with_drive_alarm,
+        _stop_with_estop,
+    ],
+)
+async def test_every_stop_path_ends_the_oscillation_at_once(
+    rig: Rig, stop: Callable[[Rig, ServoAxis], Awaitable[None]]
+) -> None:
+    carriage = await home_carriage(rig)
+    await carriage.configure_comm_watchdog(1.0)
+    await carriage.oscillate(300.0, 900.0, 3000.0)
+    rig.tick(0.1)
+    run_until(rig, "carriage", lambda s: s.strokes_done == 1, 0.5, 120)
+    rig.run(3.0, 0.5)  # mid-stroke, heading for 300 mm at 50 mm/s
+    await stop(rig, carriage)
+    rig.step(0.001)  # the next drive cycle: stop paths act on it, whatever their source
+    sim = rig.sims["carriage"]
+    assert not sim.oscillating
+    # It brakes to rest (50 mm/s at <= 500 mm/s^2: within 2.5 mm) and does not reverse.
+    braking_from = sim.position
+    seen = run_until(rig, "carriage", at_rest, 0.01, 5)
+    assert all(b <= a for a, b in itertools.pairwise(seen))
+    assert braking_from - sim.position <= 2.5 + 1e-6
+    assert 300.0 < sim.position < 900.0
+    rig.run(30.0, 1.0)
+    assert rig.sims["carriage"].position == seen[-1]  # nothing restarts it
+    assert sim.strokes_done == 1
+    rig.faults.clear()
+    rig.plant.drives_powered = True
+
+
+async def test_limit_switch_flags_its_side(rig: Rig) -> None:
+    carriage = await home_carriage(rig)
+    await carriage.oscillate(300.0, 900.0, 3000.0)
+    rig.run(2.0, 0.5)
+    rig.faults.inject("carriage", "limit_switch", params={"side": "positive"})
+    rig.run(1.0, 0.1)
+    status = await carriage.read()
+    assert status.limit_positive
+    assert not status.oscillating
+    assert not status.moving
+    assert status.enabled
+
+
+async def test_turning_points_outside_travel_are_refused(rig: Rig) -> None:
+    carriage = rig.axes["carriage"]
+    await carriage.enable()
+    # The driver checks first: nothing is sent.
+    before = rig.transport.requests
+    for call in (
+        carriage.oscillate(-1.0, 900.0, 150.0),
+        carriage.oscillate(300.0, 1200.5, 150.0),
+        carriage.oscillate(300.0, 300.0, 150.0),
+        carriage.oscillate(300.0, 900.0, 0.0),
+        carriage.oscillate(300.0, 900.0, 3001.0),
+        carriage.oscillate(300.0, 900.0, 150.0, strokes=-1),
+        carriage.oscillate(300.0, 900.0, 150.0, strokes=70_000),
+        carriage.oscillate(300.0, 900.0, 150.0, acceleration=501.0),
+        rig.axes["spindle"].oscillate(0.0, 10.0, 10.0),
+    ):
+        with pytest.raises(DeviceRangeError):
+            await call
+    assert rig.transport.requests == before
+    # Not homed: the drive refuses to oscillate (absolute turning points need a reference).
+    with pytest.raises(DeviceExceptionResponse) as refused:
+        await carriage.oscillate(300.0, 900.0, 150.0)
+    assert refused.value.exception_code == ILLEGAL_VALUE
+    await home_carriage(rig)
+    # The drive refuses turning points outside its travel, whoever wrote them.
+    for first, second in ((300.0, 1300.0), (-5.0, 900.0), (500.0, 500.0)):
+        await rig.transport.write_registers(
+            2,
+            servo_map.HR_OSC_FIRST,
+            servo_map.encode_oscillation_block(
+                servo_map.Oscillation(first, second, 150.0, 0.0, 2)
+            ),
+        )
+        with pytest.raises(DeviceExceptionResponse) as refused:
+            await rig.transport.write_register(2, servo_map.HR_CONTROL, 0x81)
+        assert refused.value.exception_code == ILLEGAL_VALUE
+        assert not rig.sims["carriage"].oscillating
+    # A speed beyond the axis maximum is refused at the register.
+    with pytest.raises(DeviceExceptionResponse):
+        await rig.transport.write_registers(2, servo_map.HR_OSC_SPEED, [0x0004, 0x93E1])
+    # A rotary axis has no turning points.
+    spindle = rig.axes["spindle"]
+    await spindle.enable()
+    with pytest.raises(DeviceExceptionResponse):
+        await rig.transport.write_register(1, servo_map.HR_CONTROL, 0x81)
+
+
+async def test_a_new_motion_or_oscillation_replaces_the_running_one(rig: Rig) -> None:
+    carriage = await home_carriage(rig)
+    await carriage.oscillate(300.0, 900.0, 3000.0)
+    run_until(rig, "carriage", lambda s: s.strokes_done == 2, 0.5, 120)
+    await carriage.move_absolute(600.0, 3000.0)
+    status = await carriage.read()
+    assert not status.oscillating
+    assert status.mode is AxisMode.POSITION_ABSOLUTE
+    assert status.strokes_done == 2  # the last oscillation's count stays readable
+    run_until(rig, "carriage", at_rest, 0.5, 60)
+    assert rig.sims["carriage"].position == 600.0
+    await carriage.oscillate(700.0, 400.0, 3000.0, strokes=1)
+    assert (await carriage.read()).strokes_done == 0
+    seen = run_until(rig, "carriage", lambda s: not s.oscillating, 0.5, 120)
+    assert 690.0 < max(seen) <= 700.0  # up to turning point 1 first, then one stroke
+    assert rig.sims["carriage"].position == 400.0
+
+
+async def test_writing_the_stroke_count_ends_at_the_next_turning_point(rig: Rig) -> None:
+    carriage = await home_carriage(rig)
+    await carriage.oscillate(300.0, 900.0, 3000.0)
+    run_until(rig, "carriage", lambda s: s.strokes_done == 2, 0.5, 120)
+    rig.run(3.0, 0.5)
+    await carriage.set_oscillation_strokes(1)  # at or below the strokes done: this pass ends it
+    seen = run_until(rig, "carriage", lambda s: not s.oscillating, 0.5, 60)
+    assert max(seen) == 900.0
+    status = await carriage.read()
+    assert status.strokes_done == 3
+    assert status.position_mm == 900.0
+    assert status.in_position

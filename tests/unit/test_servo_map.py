@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from drivers.codecs import servo_map
-from drivers.codecs.servo_map import AxisMode, AxisStatus, Control, Status
+from drivers.codecs.servo_map import AxisMode, AxisStatus, Control, Oscillation, Status
 
 
 def test_position_is_int32_thousandths_high_word_first() -> None:
@@ -53,7 +53,8 @@ def test_control_bits_are_pinned() -> None:
     assert int(Control.ENABLE | Control.RESET_ALARM) == 0x11
     assert int(Control.ENABLE | Control.JOG_POSITIVE) == 0x21
     assert int(Control.ENABLE | Control.JOG_NEGATIVE) == 0x41
-    assert int(servo_map.CONTROL_MASK) == 0x7F
+    assert int(Control.ENABLE | Control.OSCILLATE) == 0x81
+    assert int(servo_map.CONTROL_MASK) == 0xFF
 
 
 def _status(**overrides: object) -> AxisStatus:
@@ -127,6 +128,7 @@ def test_input_image_is_pinned_and_round_trips() -> None:
         0xFFFE,  # -2 (0.01 mm)
         125,
         5,
+        0,  # no strokes
     ]  # fmt: skip
     assert servo_map.decode_inputs(words) == status
 
@@ -155,7 +157,6 @@ def test_decode_refuses_unknown_mode_and_wrong_length() -> None:
 def test_watchdog_registers_are_pinned() -> None:
     assert (servo_map.HR_JOG_SPEED, servo_map.HR_COMM_WATCHDOG) == (8, 10)
     assert servo_map.HR_WATCHDOG_VELOCITY == 11
-    assert servo_map.HOLDING_COUNT == 13
     assert servo_map.WATCHDOG_BLOCK_COUNT == 3
     assert int(servo_map.AlarmCode.COMM_WATCHDOG) == 7
 
@@ -178,3 +179,59 @@ def test_watchdog_timeout_extremes() -> None:
     assert servo_map.encode_comm_watchdog_ms(0.001) == 1
     assert servo_map.encode_comm_watchdog_ms(65.535) == 0xFFFF
     assert servo_map.decode_comm_watchdog_s(0xFFFF) == servo_map.MAX_COMM_WATCHDOG_S == 65.535
+
+
+# -- drive-side oscillation (HR 13-21, control bit 7, status bit 8, IR 9) ---------------------
+def test_oscillation_registers_are_pinned() -> None:
+    assert servo_map.HR_OSC_FIRST == 13
+    assert servo_map.HR_OSC_SECOND == 15
+    assert servo_map.HR_OSC_SPEED == 17
+    assert servo_map.HR_OSC_ACCELERATION == 19
+    assert servo_map.HR_OSC_STROKES == 21
+    assert servo_map.HOLDING_COUNT == 22
+    assert servo_map.OSCILLATION_BLOCK_COUNT == 9
+    assert servo_map.IR_STROKES_DONE == 9
+    assert servo_map.INPUT_COUNT == 10
+    assert int(Status.OSCILLATING) == 0x100
+    assert int(AxisMode.OSCILLATE) == 6
+
+
+def test_oscillation_block_is_pinned_and_round_trips() -> None:
+    oscillation = Oscillation(
+        first_mm=300.0, second_mm=900.0, speed=150.0, acceleration=0.0, strokes=20
+    )
+    block = servo_map.encode_oscillation_block(oscillation)
+    assert block == [
+        0x0004, 0x93E0,  # 300,000 (0.001 mm)
+        0x000D, 0xBBA0,  # 900,000
+        0x0000, 0x3A98,  # 15,000 (0.01 mm/min)
+        0x0000, 0x0000,  # 0: the axis maximum
+        0x0014,  # 20 strokes
+    ]  # fmt: skip
+    assert servo_map.decode_oscillation_block(block) == oscillation
+    assert servo_map.HR_OSC_FIRST + len(block) == servo_map.HOLDING_COUNT
+
+
+def test_oscillation_block_refuses_what_does_not_fit() -> None:
+    with pytest.raises(ValueError, match="stroke"):
+        servo_map.encode_oscillation_block(Oscillation(0.0, 1.0, 1.0, 0.0, 0x10000))
+    with pytest.raises(ValueError):
+        servo_map.encode_oscillation_block(Oscillation(0.0, 1.0, -1.0, 0.0, 1))
+    with pytest.raises(ValueError, match="registers"):
+        servo_map.decode_oscillation_block([0] * 8)
+
+
+def test_oscillating_status_and_stroke_counter_are_pinned() -> None:
+    status = _status(
+        enabled=True, moving=True, homed=True, position_mm=600.0, velocity=-150.0,
+        mode=AxisMode.OSCILLATE, oscillating=True, strokes_done=7,
+    )
+    words = servo_map.encode_inputs(status)
+    assert words[servo_map.IR_STATUS] == 0x018B  # oscillating, powered, homed, moving, enabled
+    assert words[servo_map.IR_ACTIVE_MODE] == 6
+    assert words[servo_map.IR_STROKES_DONE] == 7
+    assert servo_map.decode_inputs(words) == status
+    # Reserved bits 9-15 are ignored; the counter saturates rather than wraps.
+    words[servo_map.IR_STATUS] |= 0xFE00
+    assert servo_map.decode_inputs(words) == status
+    assert servo_map.encode_inputs(_status(strokes_done=70_000))[9] == 0xFFFF
