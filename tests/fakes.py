@@ -148,6 +148,15 @@ class FakeServoAxis(RecordingDevice):
     async def jog(self, direction: int, speed: float) -> None:
         await self._record("jog", direction, speed)
 
+    async def oscillate(self, first_mm: float, second_mm: float, speed: float, strokes: int = 0,
+                        acceleration: float | None = None, *, urgent: bool = False) -> None:
+        extra = () if acceleration is None else (acceleration,)
+        await self._record("oscillate", first_mm, second_mm, speed, strokes, *extra,
+                           urgent=urgent)
+
+    async def set_oscillation_speed(self, speed: float, *, urgent: bool = False) -> None:
+        await self._record("set_oscillation_speed", speed, urgent=urgent)
+
     async def home(self) -> None:
         await self._record("home")
 
