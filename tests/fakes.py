@@ -157,6 +157,9 @@ class FakeServoAxis(RecordingDevice):
     async def set_oscillation_speed(self, speed: float, *, urgent: bool = False) -> None:
         await self._record("set_oscillation_speed", speed, urgent=urgent)
 
+    async def set_oscillation_strokes(self, strokes: int, *, urgent: bool = False) -> None:
+        await self._record("set_oscillation_strokes", strokes, urgent=urgent)
+
     async def home(self) -> None:
         await self._record("home")
 
