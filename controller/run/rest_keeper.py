@@ -39,7 +39,9 @@ class RestingLine(Protocol):
     telemetry: Telemetry
     act: Actuators
     reconciler: Reconciler
-    trip_cause: str | None
+
+    @property
+    def trip_cause(self) -> str | None: ...
 
     def link_alive(self, device: str) -> bool: ...
     def envelope_inputs(self) -> EnvelopeInputs: ...

@@ -20,10 +20,11 @@ from controller.recipes.planning import plan_from_recipe
 from controller.recipes.recipe import RecipeError
 from controller.records.audit import AuditTrail
 from controller.records.run_records import RecordsReader, RecordsUnavailable, RunHeader
+from controller.run.commands import SAFE_WARD_COMMANDS, CoolingRotationRefused
 from controller.run.executor import Cursor
 from controller.run.maintenance import MaintenanceRefused
 from controller.run.rest_keeper import PurgeRefused
-from controller.run.supervisor import SAFE_WARD_COMMANDS, CoolingRotationRefused, Supervisor
+from controller.run.supervisor import Supervisor
 from controller.safety.alarms import AlarmError
 from controller.safety.states import CommandRefused, Mode, State
 from controller.safety.writer import EnvelopeRefused

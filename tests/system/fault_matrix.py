@@ -241,7 +241,7 @@ async def run_case(case: Case, tmp_path: Path, time_scale: float = 200.0) -> Out
                         first is None or first.definition.id != expected):
                     got = first.definition.id if first else None
                     problems.append(f"first-out {got}, expected {expected}")
-            await rig.sup._record_flush()
+            await rig.sup.record_flush()
             recorded = {e.payload.get("alarm_id") for e in rig.reader().events_since(0)
                         if e.kind == "alarm"}
             expected_id = FAULTS[case.first]

@@ -16,8 +16,9 @@ from controller.recipes.loading import load_recipe
 from controller.recipes.planning import plan_from_recipe
 from controller.records.run_records import RecordsReader, RunHeader, RunRecords
 from controller.records.writer import Connect
+from controller.run.commands import CommandResult
 from controller.run.process_clock import ProcessClock
-from controller.run.supervisor import CommandResult, Supervisor
+from controller.run.supervisor import Supervisor
 from controller.safety.states import State
 from simulators.line import LineSimulator
 

@@ -68,7 +68,7 @@ async def test_a_scrubber_or_exhaust_trip_does_not_purge(rig: Rig, fault: str) -
     plant = rig.sim.plant
     await rig.wait_for(lambda: not plant.master_valve_open and not gases_flowing(rig), 5,
                        "every gas off")
-    await rig.sup._record_flush()
+    await rig.sup.record_flush()
     postures = [e.payload for e in rig.reader().events_since(0) if e.kind == "posture"]
     assert postures and postures[0]["posture"] == "trip_gas", postures
     # Then the acid-gas detector: still nothing flows, and the fan stays on.

@@ -65,7 +65,7 @@ async def assert_safe_state(rig: Rig, *, estop: bool, gas_off: bool,
         assert not plant.drives_powered
     elif rod_was_hot:
         # The trip turned the hot rod at its cooling speed (recorded), whatever came after.
-        await rig.sup._record_flush()
+        await rig.sup.record_flush()
         detail = rig.reader().get_run(rig.sup.run_id or 0)
         assert detail is not None
         cooling = cooling_speed_rpm(rig.line)

@@ -22,7 +22,7 @@ async def test_quick_recipe_completes_with_a_full_record(rig: Rig) -> None:
     assert not plant.rf_on and not plant.plasma_lit
     assert plant.gas_flow_slpm["mfc_sicl4"] < 0.01
     assert plant.rod_diameter_mm > 30.05  # glass was deposited
-    await rig.sup._record_flush()
+    await rig.sup.record_flush()
     await rig.records.flush()
     detail = rig.reader().get_run(rig.sup.run_id or 0)
     assert detail is not None
@@ -41,7 +41,7 @@ async def test_start_is_refused_while_a_trip_condition_is_present(rig: Rig) -> N
     assert not result.accepted
     assert "water_flow_low" in (result.reason or "")
     assert rig.sup.sm.state is State.IDLE
-    await rig.sup._record_flush()
+    await rig.sup.record_flush()
 
 
 async def test_hold_parks_at_a_turning_point_and_unhold_resumes_the_pass(rig: Rig) -> None:
@@ -74,7 +74,7 @@ async def test_operator_stop_ends_in_a_controlled_way(rig: Rig) -> None:
     await rig.wait_state(State.STOPPED)
     plant = rig.sim.plant
     assert not plant.rf_on and plant.gas_flow_slpm["mfc_sicl4"] < 0.05
-    await rig.sup._record_flush()
+    await rig.sup.record_flush()
     await rig.records.flush()
     detail = rig.reader().get_run(rig.sup.run_id or 0)
     assert detail is not None and detail.run.outcome is not None

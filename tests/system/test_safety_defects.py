@@ -54,7 +54,7 @@ async def test_a_trip_during_the_completing_cool_down_ends_in_aborted(rig: Rig) 
     assert rig.sup.sm.state is State.ABORTED
     assert rig.sup.trip_cause == "water_flow_low"
     assert rig.sup.executor is not None and rig.sup.executor.current_op == "cooldown"
-    assert rig.sup._exec_task is None or rig.sup._exec_task.done()
+    assert rig.sup.run_tasks.executor_gone
 
 
 async def test_a_flame_out_while_held_stops_the_oxygen(rig: Rig) -> None:
@@ -71,11 +71,11 @@ async def test_a_flame_out_while_held_stops_the_oxygen(rig: Rig) -> None:
 
 
 async def test_a_failed_start_aborts_to_the_safe_state(rig: Rig) -> None:
-    rig.sup._homing_budget_s = lambda axis: 0.0  # type: ignore[method-assign]
+    rig.sup.run.homing_budget_s = lambda axis: 0.0  # type: ignore[method-assign]
     result = await rig.start("long")
     assert rig.sup.sm.state is State.ABORTED, result
     await rig.wait_for(lambda: not rig.sim.plant.master_valve_open, 10, "master valve closed")
-    await rig.sup._record_flush()
+    await rig.sup.record_flush()
     run = rig.reader().get_run(rig.sup.run_id or 0)
     assert run is not None and run.run.outcome == "aborted"
 
@@ -83,7 +83,7 @@ async def test_a_failed_start_aborts_to_the_safe_state(rig: Rig) -> None:
 async def test_clear_resets_no_latch_unless_it_is_accepted_and_records_first(rig: Rig) -> None:
     refused = await rig.sup.command("clear", "alice")  # Idle: nothing to clear
     assert not refused.accepted
-    await rig.sup._record_flush()
+    await rig.sup.record_flush()
     events = rig.reader().events_since(0)
     assert not any(e.kind == "setpoint" and e.payload.get("quantity") == "fault_reset"
                    for e in events)
@@ -94,7 +94,7 @@ async def test_clear_resets_no_latch_unless_it_is_accepted_and_records_first(rig
     for _ in range(20):
         if (await rig.sup.command("clear", "alice")).accepted:
             break
-    await rig.sup._record_flush()
+    await rig.sup.record_flush()
     kinds = [(e.kind, e.payload.get("command") or e.payload.get("quantity"))
              for e in rig.reader().events_since(0)]
     reset_command = kinds.index(("command", "reset_latches"))

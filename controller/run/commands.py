@@ -1,0 +1,265 @@
+"""The operator's commands to the supervisor, an object it holds: start, hold, unhold, stop,
+abort, clear, reset (checked by the state machine, recorded durably, then carried out), the
+trims, and the restarts after a controller died (latches reset, cooling rotation).
+
+Moving towards the safe state never waits on a disk (``SAFE_WARD_COMMANDS``). What the commands
+need of the supervisor is ``CommandedLine``; the run and the reactions are given explicitly."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from controller.config.line import LineConfig
+from controller.machine.polling import poll_hz
+from controller.machine.telemetry import Telemetry
+from controller.recipes.plan import Plan
+from controller.records.run_records import RecordsUnavailable, RunHeader
+from controller.run.current_run import CurrentRun
+from controller.run.executor import Cursor
+from controller.run.reactions import Reactions
+from controller.safety.alarms import AlarmManager
+from controller.safety.envelope import Envelope
+from controller.safety.interlocks import Reaction, Signals, evaluate
+from controller.safety.states import Command, State, StateMachine
+from controller.safety.writer import Actuators
+from drivers.codecs.servo_map import AlarmCode
+
+log = structlog.get_logger(__name__)
+
+# Commands that move the line towards its safe state: never refused for want of a record.
+SAFE_WARD_COMMANDS = frozenset({"hold", "stop", "abort", "jog_stop", "cool_rotation"})
+OPERATOR_COMMANDS = ("start", "hold", "unhold", "stop", "abort", "reset", "clear")
+
+
+class CoolingRotationRefused(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    command: str
+    accepted: bool
+    reason: str | None = None
+    state: str | None = None
+
+
+class CommandedLine(Protocol):
+    """What the commands need of the supervisor (which holds them): no import of it, so no
+    circle."""
+
+    @property
+    def line(self) -> LineConfig: ...
+    @property
+    def sm(self) -> StateMachine: ...
+    @property
+    def telemetry(self) -> Telemetry: ...
+    @property
+    def alarms(self) -> AlarmManager: ...
+    @property
+    def act(self) -> Actuators: ...
+    @property
+    def records_ok(self) -> bool: ...
+
+    def signals(self) -> Signals: ...
+    def start_blockers(self) -> list[str]: ...
+    def envelope_now(self) -> Envelope: ...
+    def record_setpoint(self, device: str, quantity: str, value: float, source: str) -> None: ...
+    async def record_command(self, user: str, command: str, args: dict[str, Any],
+                             accepted: bool, reason: str | None) -> None: ...
+    async def record_flush(self) -> None: ...
+
+
+class Commands:
+    def __init__(self, sup: CommandedLine, run: CurrentRun, reactions: Reactions) -> None:
+        self._sup = sup
+        self._run = run
+        self._reactions = reactions
+        self._log = log.bind(line=sup.line.line)
+
+    async def command(self, command: str, user: str, *, reason: str | None = None,
+                      plan: Plan | None = None, header: RunHeader | None = None,
+                      cursor: Cursor | None = None, run_id: int | None = None) -> CommandResult:
+        """An operator command: checked, recorded durably, then carried out."""
+        sup = self._sup
+        refusal = self._refusal(command, plan)
+        if refusal is None and command == "clear":
+            # Clearing resets the devices' own latches (RF fault, drive alarms) first, so the
+            # check of the trip conditions sees the truth; the reset itself is recorded first.
+            refusal = await self._clear_latches_then_check(user)
+        if not (refusal is None and command == "start"):  # a start is recorded in its run
+            refusal = await self._record(command, user, reason, refusal)
+        if refusal is not None:
+            self._log.warning("command.refused", command=command, user=user, reason=refusal)
+            return CommandResult(command, False, refusal, sup.sm.state.value)
+        self._log.info("command.accepted", command=command, user=user)
+        if command == "start":
+            assert plan is not None
+            assert header is not None
+            await self._run.start(plan, header, cursor, run_id)
+        else:
+            await self._carry_out(command, user)
+        await sup.record_flush()
+        return CommandResult(command, True, None, sup.sm.state.value)
+
+    async def _record(self, command: str, user: str, reason: str | None,
+                      refusal: str | None) -> str | None:
+        """Record the command durably; the refusal, or a new one if it could not be recorded
+        and it does not move towards the safe state."""
+        accepted = refusal is None
+        try:
+            await self._sup.record_command(user, command, {"reason": reason},
+                                           accepted, refusal)
+        except RecordsUnavailable as exc:
+            # Rule 9: no glass made that cannot be accounted for; moving towards the safe
+            # state (hold, stop, abort) never waits on a disk.
+            self._log.error("command.not_recorded", command=command, error=str(exc))
+            if accepted and command not in SAFE_WARD_COMMANDS:
+                return f"run records unavailable, not carried out: {exc.detail}"
+        return refusal
+
+    async def _carry_out(self, command: str, user: str) -> None:
+        """An accepted command other than start."""
+        sm = self._sup.sm
+        reactions = self._reactions
+        if command == "hold":
+            await reactions.hold(cause=f"operator {user}")
+        elif command == "unhold":
+            sm.apply(Command.UNHOLD, cause=f"operator {user}")
+            reactions.clear_reignite_failure()
+            self._run.launch_executor(resume=True)
+        elif command == "stop":
+            await reactions.stop(cause=f"operator {user}")
+        elif command == "abort":
+            await reactions.operator_abort(user)
+        elif command == "clear":
+            sm.apply(Command.CLEAR, cause=f"operator {user}")
+            self._sup.alarms.clear_latches(user, time.time())
+            reactions.clear()
+            sm.complete(cause="latches cleared")
+        elif command == "reset":
+            sm.apply(Command.RESET, cause=f"operator {user}")
+            sm.complete(cause="reset")
+
+    async def _clear_latches_then_check(self, user: str) -> str | None:
+        """Reset the devices' latches (recorded before they are touched), wait for fresh
+        readings, then refuse the clear while a trip condition persists."""
+        sup = self._sup
+        await sup.record_command(user, "reset_latches", {"for": "clear"},
+                                 accepted=True, reason=None)
+        source = f"clear:{user}"
+        resets = [sup.act.reset_rf_fault(source)]
+        resets += [sup.act.reset_axis_alarm(name, source)
+                   for name, status in sup.telemetry.axes.items() if status.alarm]
+        io = sup.telemetry.safety
+        if io is not None and io.heartbeat_latched:
+            resets.append(sup.act.reset_heartbeat_latch(source))
+        await asyncio.gather(*resets, return_exceptions=True)
+        await asyncio.sleep(3 / min(poll_hz(sup.line, "rf"), poll_hz(sup.line, "carriage")))
+        active = [i.id for i in evaluate(sup.signals(), sup.line)
+                  if i.reaction is not Reaction.ALARM]
+        if active:
+            return "cannot clear while trip conditions persist: " + ", ".join(active)
+        return None
+
+    def _refusal(self, command: str, plan: Plan | None) -> str | None:
+        sup = self._sup
+        if command not in OPERATOR_COMMANDS:
+            return f"{command!r} is not an operator command"
+        if not sup.records_ok and command not in SAFE_WARD_COMMANDS:
+            return "run records unavailable: only hold, stop and abort are accepted"
+        if self._reactions.busy and command != "abort":
+            return "a safety reaction is in progress; wait for it to finish"
+        refused = sup.sm.can(command)
+        if refused is not None:
+            return refused.reason
+        if command == "start" and plan is None:
+            return "start needs a validated recipe"
+        blockers = sup.start_blockers() if command in ("start", "unhold") else []
+        if command == "unhold":
+            blockers = [b for b in blockers if not b.startswith("alarm")]
+        if blockers:
+            return "interlocks not healthy: " + "; ".join(blockers)
+        return None
+
+    # -- trims -----------------------------------------------------------------------------
+    def trim_refusal(self, power_kw: float | None, traverse_pct: float | None) -> str | None:
+        """Trims apply to a depositing run, within the bounds its current layer declares."""
+        executor = self._run.executor
+        state = self._sup.sm.state
+        if executor is None or state not in (State.EXECUTE, State.HELD):
+            return f"trim applies to a running deposition, not in {state.value}"
+        layer = executor.current_layer()
+        if layer is None:
+            return "trim applies during a deposit step"
+        low, high = layer.power_trim_kw
+        if power_kw is not None and not low <= power_kw <= high:
+            return f"power trim {power_kw:g} kW outside the recipe's [{low:g}, {high:g}] kW"
+        if traverse_pct is not None and not (
+            layer.traverse_trim_pct[0] <= traverse_pct <= layer.traverse_trim_pct[1]
+        ):
+            low, high = layer.traverse_trim_pct
+            return f"traverse trim {traverse_pct:g} % outside the recipe's [{low:g}, {high:g}] %"
+        return None
+
+    async def set_trim(self, power_kw: float | None, traverse_pct: float | None,
+                       user: str) -> None:
+        """Like a feed override: power at once, traverse from the next pass; recorded."""
+        executor = self._run.executor
+        if executor is None:
+            return
+        sup = self._sup
+        if power_kw is not None:
+            executor.set_trim(power_kw=power_kw)
+            sup.record_setpoint("rf", "power_trim_kw", power_kw, f"trim:{user}")
+            layer = executor.current_layer()
+            if layer is not None and sup.sm.state is State.EXECUTE:
+                await sup.act.set_power_kw(executor.layer_power(layer), f"trim:{user}")
+        if traverse_pct is not None:
+            executor.set_trim(traverse_pct=traverse_pct)
+            sup.record_setpoint("carriage", "traverse_trim_pct", traverse_pct, f"trim:{user}")
+
+    # -- after a restart -------------------------------------------------------------------
+    async def reset_controller_loss(self, user: str) -> list[str]:
+        """After a controller died, the hardware latched what it did alone: the PLC's
+        heartbeat loss, each drive's communication-watchdog alarm. Restarting needs a
+        recorded command (rule 11): the operator's ``povd run`` / ``povd serve`` is it, and
+        the resets are recorded before they are written. Returns what was reset."""
+        sup = self._sup
+        io = sup.telemetry.safety
+        axes = [name for name, status in sup.telemetry.axes.items()
+                if status.alarm and status.alarm_code == AlarmCode.COMM_WATCHDOG]
+        latched = io is not None and io.heartbeat_latched
+        if not axes and not latched:
+            return []
+        what = [*axes, *(["heartbeat_latch"] if latched else [])]
+        await sup.record_command(user, "reset_after_controller_loss", {"reset": what},
+                                 accepted=True, reason=None)
+        source = f"restart:{user}"
+        resets = [sup.act.reset_axis_alarm(axis, source) for axis in axes]
+        if latched:
+            resets.append(sup.act.reset_heartbeat_latch(source))
+        await asyncio.gather(*resets, return_exceptions=True)
+        await asyncio.sleep(3 / poll_hz(sup.line, "carriage"))  # fresh readings
+        return what
+
+    async def restart_cooling_rotation(self, user: str) -> float:
+        """Turn a hot rod at its cooling speed again, by command (after an E-stop reset the
+        drives have power again but nothing restarts by itself); CoolingRotationRefused with
+        the reason when there is nothing to do or it cannot be done now."""
+        env = self._sup.envelope_now()
+        if not env.rod_hot:
+            raise CoolingRotationRefused("the rod has cooled: no cooling rotation is needed")
+        if env.spindle_min_rpm <= 0:
+            raise CoolingRotationRefused(
+                "the spindle cannot turn now: " + env.reasons.get("spindle", "no power"))
+        source = f"cool_rotation:{user}"
+        await self._sup.act.enable_axis("spindle", source)
+        await self._sup.act.spindle_rpm(env.spindle_min_rpm, source)
+        return env.spindle_min_rpm
