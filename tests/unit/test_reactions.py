@@ -99,7 +99,7 @@ async def test_a_hold_that_cannot_reach_the_generator_is_not_an_unconfirmed_rf_o
 
 
 # -- targets inside the envelope ------------------------------------------------------------
-CASES = {
+CASES: dict[str, dict[str, Any]] = {
     "hot rod": {},
     "cold rod": {"rod_temperature_c": 25.0},
     "door open": {"doors_closed": False},
