@@ -1,4 +1,5 @@
-"""The `povd` commands that are clients of a running service, and the line PC's admin commands.
+"""The `povd` commands that are clients of a running service (the admin commands on the line
+PC's own files are ``admin_commands``).
 
 Client commands (each takes --url, else $POVD_URL, else http://127.0.0.1:8470):
     povd login [USERNAME]            povd logout            povd status [--json]
@@ -10,11 +11,6 @@ Client commands (each takes --url, else $POVD_URL, else http://127.0.0.1:8470):
     povd jog AXIS +|- [--speed S] [--for SECONDS] [--renew-every SECONDS]
     povd home AXIS          povd move AXIS POSITION_MM [--speed S]
 Exit codes: 0 accepted / ok, 1 connection or other error, 2 bad input, 3 refused.
-
-Admin commands, on the line PC's files (no service needed):
-    povd users add NAME --role ROLE | passwd NAME | role NAME ROLE | remove NAME | list
-    povd audit verify | audit list [--last N] [--json]
-Each user change is appended to the audit trail as done by ``local:<os user>``.
 
 The arguments each command sends to the service (`ControllerService.execute`):
     start   {recipe_text, recipe_path, preform_serial, operator, bait_rod_lot, precursor_lot,
@@ -30,13 +26,13 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
-from argon2 import PasswordHasher
-
+from controller.cli.output import EXIT_ERROR, EXIT_INVALID, EXIT_OK, EXIT_REFUSED
+from controller.cli.output import err as _err
+from controller.cli.output import out as _out
 from controller.cli.service_client import (
     ClientError,
     ServiceClient,
@@ -45,42 +41,21 @@ from controller.cli.service_client import (
     resolve_url,
     save_token,
 )
-from controller.records.audit import AuditError, AuditTrail, cmd_audit_verify
 from controller.service.protocol import CommandReply
-from controller.service.roles import Role
-from controller.service.users import UserError, UserStore
 
-EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_REFUSED = 0, 1, 2, 3
 SIMPLE_COMMANDS = ("hold", "unhold", "stop", "abort", "reset", "clear", "cool_rotation",
                    "purge")
 CLIENT_COMMANDS = ("status", "start", *SIMPLE_COMMANDS, "alarms", "mode", "trim", "jog",
                    "home", "move", "login", "logout")
 JOG_RENEW_S = 0.1
-
-
-def _out(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
-
-
-def _err(text: str) -> None:
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
-
-
-def users_path(data_dir: Path) -> Path:
-    return data_dir / "users.json"
-
-
-def audit_path(data_dir: Path) -> Path:
-    return data_dir / "audit.sqlite3"
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 # --------------------------------------------------------------------------------------------
 # Parsers
 
 
-def _client_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+def _client_parser(sub: Subparsers, name: str,
                    help_text: str, *, reason: bool = True) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=help_text)
     parser.set_defaults(client_command=name)
@@ -91,12 +66,32 @@ def _client_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], nam
     return parser
 
 
-def add_client_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_client_commands(subparsers: Subparsers) -> None:
     """Add the client commands; each sets `client_command` for `run_client_command`."""
     status = _client_parser(subparsers, "status", "the service's state, run and alarms",
                             reason=False)
     status.add_argument("--json", action="store_true")
+    _add_start(subparsers)
+    for name in SIMPLE_COMMANDS:
+        what = {"cool_rotation": "turn a hot rod at its cooling speed again (after an E-stop)",
+                "purge": "purge after a trip that forbade it, once exhaust and scrubber are "
+                         "back"}.get(name, f"{name} the run")
+        _client_parser(subparsers, name, what)
+    _add_alarms(subparsers)
+    mode = _client_parser(subparsers, "mode", "change the unit mode")
+    mode.add_argument("mode", choices=["production", "maintenance"])
+    trim = _client_parser(subparsers, "trim",
+                          "trim power and traverse speed within the recipe's bounds")
+    trim.add_argument("--power-kw", type=float, default=None)
+    trim.add_argument("--traverse-pct", type=float, default=None)
+    _add_motion(subparsers)
+    login = _client_parser(subparsers, "login", "log in to the service", reason=False)
+    login.add_argument("username", nargs="?", default=None,
+                       help="default: your login name on this computer")
+    _client_parser(subparsers, "logout", "log out of the service", reason=False)
 
+
+def _add_start(subparsers: Subparsers) -> None:
     start = _client_parser(subparsers, "start", "start a recipe on the service's line")
     start.add_argument("recipe", type=Path)
     start.add_argument("--serial", default=None, help="preform serial number")
@@ -109,12 +104,8 @@ def add_client_commands(subparsers: argparse._SubParsersAction[argparse.Argument
     interrupted.add_argument("--abandon", type=int, default=None, metavar="RUN_ID",
                              help="record an interrupted run as abandoned, then start anew")
 
-    for name in SIMPLE_COMMANDS:
-        what = {"cool_rotation": "turn a hot rod at its cooling speed again (after an E-stop)",
-                "purge": "purge after a trip that forbade it, once exhaust and scrubber are "
-                         "back"}.get(name, f"{name} the run")
-        _client_parser(subparsers, name, what)
 
+def _add_alarms(subparsers: Subparsers) -> None:
     alarms = _client_parser(subparsers, "alarms", "list, acknowledge or shelve alarms",
                             reason=False)
     alarms.add_argument("--json", action="store_true")
@@ -127,14 +118,8 @@ def add_client_commands(subparsers: argparse._SubParsersAction[argparse.Argument
     shelve.add_argument("--for", dest="for_s", type=float, required=True, metavar="SECONDS")
     shelve.add_argument("--reason", required=True)
 
-    mode = _client_parser(subparsers, "mode", "change the unit mode")
-    mode.add_argument("mode", choices=["production", "maintenance"])
 
-    trim = _client_parser(subparsers, "trim",
-                          "trim power and traverse speed within the recipe's bounds")
-    trim.add_argument("--power-kw", type=float, default=None)
-    trim.add_argument("--traverse-pct", type=float, default=None)
-
+def _add_motion(subparsers: Subparsers) -> None:
     jog = _client_parser(subparsers, "jog", "jog an axis while held (maintenance mode)")
     jog.add_argument("axis")
     jog.add_argument("direction", choices=["+", "-"])
@@ -143,49 +128,12 @@ def add_client_commands(subparsers: argparse._SubParsersAction[argparse.Argument
                      help="stop after this long (default: until Ctrl-C)")
     jog.add_argument("--renew-every", type=float, default=JOG_RENEW_S, metavar="SECONDS",
                      help="lease renewal period (default 0.1)")
-
     home = _client_parser(subparsers, "home", "home an axis (maintenance mode)")
     home.add_argument("axis")
-
     move = _client_parser(subparsers, "move", "move an axis to a position (maintenance mode)")
     move.add_argument("axis")
     move.add_argument("position_mm", type=float)
     move.add_argument("--speed", type=float, default=None)
-
-    login = _client_parser(subparsers, "login", "log in to the service", reason=False)
-    login.add_argument("username", nargs="?", default=None,
-                       help="default: your login name on this computer")
-    _client_parser(subparsers, "logout", "log out of the service", reason=False)
-
-
-def add_admin_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`povd users ...` and `povd audit ...`; each sets `admin_command`."""
-    users = subparsers.add_parser("users", help="manage the line PC's users")
-    users.set_defaults(admin_command="users")
-    users_sub = users.add_subparsers(dest="users_action", required=True)
-    add = users_sub.add_parser("add", help="add a user")
-    add.add_argument("name")
-    add.add_argument("--role", required=True, choices=[r.value for r in Role])
-    add.add_argument("--password-stdin", action="store_true",
-                     help="read the password from the first line of stdin")
-    passwd = users_sub.add_parser("passwd", help="set a user's password")
-    passwd.add_argument("name")
-    passwd.add_argument("--password-stdin", action="store_true")
-    role = users_sub.add_parser("role", help="change a user's role")
-    role.add_argument("name")
-    role.add_argument("role", choices=[r.value for r in Role])
-    remove = users_sub.add_parser("remove", help="remove a user (their sessions end)")
-    remove.add_argument("name")
-    listing = users_sub.add_parser("list", help="list users and roles")
-    listing.add_argument("--json", action="store_true")
-
-    audit = subparsers.add_parser("audit", help="the audit trail")
-    audit.set_defaults(admin_command="audit")
-    audit_sub = audit.add_subparsers(dest="audit_action", required=True)
-    audit_sub.add_parser("verify", help="check the hash chain (exit 1 if tampered)")
-    audit_list = audit_sub.add_parser("list", help="print the newest entries")
-    audit_list.add_argument("--last", type=int, default=50)
-    audit_list.add_argument("--json", action="store_true")
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,86 +343,3 @@ def run_client_command(args: argparse.Namespace,
     finally:
         if owned:
             client.close()
-
-
-# --------------------------------------------------------------------------------------------
-# Admin commands
-
-
-def _actor() -> str:
-    return f"local:{getpass.getuser()}"
-
-
-def _new_password(args: argparse.Namespace) -> str:
-    if args.password_stdin:
-        return sys.stdin.readline().rstrip("\n")
-    first = getpass.getpass(f"new password for {args.name}: ")
-    if getpass.getpass("again: ") != first:
-        raise UserError(args.name, "the passwords differ")
-    return first
-
-
-def _users(args: argparse.Namespace, store: UserStore, trail: AuditTrail) -> int:
-    action = args.users_action
-    if action == "list":
-        users = store.list()
-        if args.json:
-            _out(json.dumps([{"name": u.name, "role": u.role.value} for u in users], indent=2))
-        elif not users:
-            _out(f"no users yet ({store.path}): povd users add NAME --role ROLE")
-        for user in [] if args.json else users:
-            _out(f"{user.name:<32} {user.role.value}")
-        return EXIT_OK
-    detail: dict[str, Any] = {"name": args.name}
-    try:
-        if action == "add":
-            detail["role"] = args.role
-            store.add(args.name, _new_password(args), args.role)
-        elif action == "passwd":
-            store.set_password(args.name, _new_password(args))
-        elif action == "role":
-            detail["role"] = args.role
-            store.set_role(args.name, args.role)
-        else:
-            store.remove(args.name)
-    except UserError as exc:
-        trail.append(_actor(), f"users.{action}", detail, "failed", exc.reason)
-        _err(f"povd users {action}: {exc}")
-        return EXIT_INVALID
-    trail.append(_actor(), f"users.{action}", detail, "ok")
-    _out(f"users {action} {args.name}: done")
-    return EXIT_OK
-
-
-def _audit_list(path: Path, last: int, as_json: bool) -> int:
-    if not path.exists():
-        _out(f"no audit trail at {path}")
-        return EXIT_OK
-    with AuditTrail(path) as trail:
-        entries = trail.entries()[-last:] if last > 0 else []
-    if as_json:
-        _out(json.dumps([e.to_json() for e in entries], indent=2))
-        return EXIT_OK
-    for e in entries:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.t))
-        why = f" ({e.reason})" if e.reason else ""
-        _out(f"{e.seq:>6} {when} {e.user:<20} {e.action:<14} {e.outcome}{why} "
-             f"{json.dumps(e.detail)}")
-    return EXIT_OK
-
-
-def run_admin_command(args: argparse.Namespace, data_dir: Path, *,
-                      hasher: PasswordHasher | None = None) -> int:
-    """`povd users ...` / `povd audit ...` on data_dir's users.json and audit.sqlite3.
-
-    `hasher` is for tests (cheap parameters); the default is UserStore's."""
-    try:
-        if args.admin_command == "audit":
-            if args.audit_action == "verify":
-                return cmd_audit_verify(audit_path(data_dir))
-            return _audit_list(audit_path(data_dir), args.last, args.json)
-        with AuditTrail(audit_path(data_dir)) as trail:
-            return _users(args, UserStore(users_path(data_dir), hasher=hasher), trail)
-    except (AuditError, UserError) as exc:
-        _err(f"povd {args.admin_command}: {exc}")
-        return EXIT_ERROR

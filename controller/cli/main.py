@@ -18,6 +18,7 @@ import json
 import sys
 from importlib.metadata import version
 from pathlib import Path
+from typing import TypeAlias
 
 from controller.cli.output import (
     EXIT_INVALID,
@@ -32,6 +33,8 @@ from controller.recipes.loading import load_recipe
 from controller.recipes.planning import plan_from_recipe
 from controller.recipes.recipe import RecipeError, format_recipe_error, recipe_json_schema
 
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="povd", description=__doc__,
@@ -42,17 +45,33 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-json", action="store_true", help="JSON logs on stderr")
     parser.add_argument("--log-level", default="WARNING")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_recipe_commands(sub)
+    _add_run_command(sub)
 
+    # Imported here, not at the top: they pull in the HTTP stack, which validate does not need.
+    from controller.cli.admin_commands import add_admin_commands  # noqa: PLC0415
+    from controller.cli.client_commands import add_client_commands  # noqa: PLC0415
+    from controller.cli.serve_command import add_serve_command  # noqa: PLC0415
+
+    add_serve_command(sub)
+    add_client_commands(sub)
+    add_admin_commands(sub)
+    _add_runs_command(sub)
+    return parser
+
+
+def _add_recipe_commands(sub: Subparsers) -> None:
     validate = sub.add_parser("validate", help="validate a recipe and print its forecast")
     validate.add_argument("recipe", type=Path)
     validate.add_argument("--config", type=Path, default=None, help="line configuration")
     validate.add_argument("--json", action="store_true")
     validate.add_argument("--efficiency", type=float, default=0.5)
-
     recipe = sub.add_parser("recipe", help="recipe tools")
     recipe_sub = recipe.add_subparsers(dest="recipe_command", required=True)
     recipe_sub.add_parser("schema", help="print the JSON Schema of recipe files")
 
+
+def _add_run_command(sub: Subparsers) -> None:
     run = sub.add_parser("run", help="run a recipe on the line")
     run.add_argument("recipe", type=Path)
     run.add_argument("--config", type=Path, default=None)
@@ -75,13 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--link-wait", type=float, default=15.0,
                      help="seconds to wait for every device to answer")
 
-    from controller.cli.client_commands import add_admin_commands, add_client_commands  # noqa: PLC0415
-    from controller.cli.serve_command import add_serve_command  # noqa: PLC0415
 
-    add_serve_command(sub)
-    add_client_commands(sub)
-    add_admin_commands(sub)
-
+def _add_runs_command(sub: Subparsers) -> None:
     runs = sub.add_parser("runs", help="read the run records")
     runs_sub = runs.add_subparsers(dest="runs_command", required=True)
     runs_list = runs_sub.add_parser("list")
@@ -92,7 +106,6 @@ def _parser() -> argparse.ArgumentParser:
     runs_report = runs_sub.add_parser("report", help="a run's report: product, passes, events")
     runs_report.add_argument("run_id", type=int)
     runs_report.add_argument("--json", action="store_true")
-    return parser
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -123,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(run_client_command(args))
     if getattr(args, "admin_command", None):
-        from controller.cli.client_commands import run_admin_command  # noqa: PLC0415
+        from controller.cli.admin_commands import run_admin_command  # noqa: PLC0415
         from controller.records.run_records import resolve_data_dir  # noqa: PLC0415
 
         sys.exit(run_admin_command(args, resolve_data_dir(args.data_dir)))

@@ -9,6 +9,7 @@ from pathlib import Path
 from controller.config.line import ConfigError, LineConfig, load_line_config
 
 EXIT_OK, EXIT_ENDED_OTHERWISE, EXIT_INVALID, EXIT_REFUSED = 0, 1, 2, 3
+EXIT_ERROR = EXIT_ENDED_OTHERWISE  # a client or admin command: connection or other error
 
 
 def out(text: str) -> None:

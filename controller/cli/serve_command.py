@@ -18,7 +18,7 @@ from pathlib import Path
 import structlog
 import uvicorn
 
-from controller.cli.client_commands import audit_path, users_path
+from controller.cli.admin_commands import audit_path, users_path
 from controller.cli.line_lock import line_lock_or_refusal
 from controller.cli.output import EXIT_INVALID, EXIT_OK, EXIT_REFUSED, err, load_config_or_exit, out
 from controller.cli.run_command import machine_endpoints

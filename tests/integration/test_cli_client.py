@@ -17,18 +17,14 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from controller.cli.client_commands import (
-    EXIT_ERROR,
-    EXIT_INVALID,
-    EXIT_OK,
-    EXIT_REFUSED,
+from controller.cli.admin_commands import (
     add_admin_commands,
-    add_client_commands,
     audit_path,
     run_admin_command,
-    run_client_command,
     users_path,
 )
+from controller.cli.client_commands import add_client_commands, run_client_command
+from controller.cli.output import EXIT_ERROR, EXIT_INVALID, EXIT_OK, EXIT_REFUSED
 from controller.cli.service_client import (
     DEFAULT_URL,
     ServiceClient,
