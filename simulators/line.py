@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import time
 from types import TracebackType
@@ -73,6 +74,7 @@ class LineSimulator:
         tick_s: float = 0.01,
         clock: Clock | None = None,
         serve_ptys: bool = True,
+        autostep: bool = True,
     ) -> None:
         self.line = line
         self.clock = clock or ScaledClock(time_scale)
@@ -80,11 +82,21 @@ class LineSimulator:
         self.host = host
         self.tick_s = tick_s
         self.serve_ptys = serve_ptys
+        # False: no tick loop; the caller steps the line (a test on a manual clock, which the
+        # loop would otherwise step a second time by the same wall advance).
+        self.autostep = autostep
         self.faults = FaultBoard(self.clock.wall)
         self.plant = Plant.from_line(line, self.faults)
         self.devices: dict[str, SimDevice] = {
             name: build_device(name, line, self.plant, self.faults) for name in line.devices
         }
+        # Devices with process dynamics (motion, flow response, power slew) advance with the
+        # plant at the fixed sub-step; the rest (the safety PLC's logic and timers, the gauge's
+        # drift) once per tick by the whole step, which keeps a sub-step cheap.
+        dynamic = (RfGeneratorSim, AlicatAsciiMfcSim, AlicatModbusMfcSim, ServoAxisSim)
+        self._dynamic = [d for d in self.devices.values() if isinstance(d, dynamic)]
+        self._per_tick = [d for d in self.devices.values() if not isinstance(d, dynamic)]
+        self.max_step_s = self.plant.config.max_step_s
         self.buses: dict[str, BusServer] = {}
         self.relays: dict[str, PtyRelay] = {}
         ports = bus_ports or {}
@@ -132,7 +144,8 @@ class LineSimulator:
                     await relay.start()
                     self.relays[name] = relay
         await self.control.start()
-        self._ticker = asyncio.create_task(self._tick_loop(), name="plant-ticker")
+        if self.autostep:
+            self._ticker = asyncio.create_task(self._tick_loop(), name="plant-ticker")
         log.info("line_sim.started", line=self.line.line, time_scale=self.time_scale)
 
     async def stop(self) -> None:
@@ -149,10 +162,17 @@ class LineSimulator:
             await bus.stop()
 
     def step(self, dt_s: float, wall_now: float) -> None:
-        """Advance every device, then the plant, by dt_s of process time."""
-        for device in self.devices.values():
+        """Advance the line by dt_s of process time: the per-tick devices once, then the
+        dynamic devices and the plant together in equal sub-steps of at most ``max_step_s``,
+        so the physics integrate the same at any time scale (x200: 2 s a tick, 20 sub-steps)."""
+        for device in self._per_tick:
             device.step(dt_s, wall_now)
-        self.plant.step(dt_s)
+        substeps = max(1, math.ceil(dt_s / self.max_step_s - 1e-9))
+        h = dt_s / substeps
+        for _ in range(substeps):
+            for device in self._dynamic:
+                device.step(h, wall_now)
+            self.plant.step(h)
         self.ticks += 1
 
     async def _tick_loop(self) -> None:

@@ -3,8 +3,17 @@
 Device simulators write what their hardware does to the plant (actual gas flows, forward RF
 power, axis positions) and read what they sense from it (plasma lit, rod temperature,
 diameter). ``Plant.step`` then advances ignition, flame-out, rod heating and the preform's
-growth by one process-time step. Figures come from the line configuration's ``plant`` section
-(estimates from domain.md), never from constants here."""
+growth by one process-time step; ``LineSimulator`` calls it (and the devices' dynamics) at a
+fixed process sub-step (``max_step_s``), so a run at x200 integrates like one at x10.
+Figures come from the line configuration's ``plant`` section (estimates from domain.md, with
+their sources there), never from constants here.
+
+Growth spreads over the stroke the carriage actually travels over the rod (between its last
+two reversal points), not a configured length: glass laid down during a stroke is spread over
+an estimate (the previous stroke, or ``deposition_length_mm`` before there is one) while it is
+being laid, and the stroke's mass is re-spread over the span really travelled at the reversal
+that ends it. The rod heats toward the plasma's temperature while lit, and cools by radiation
+plus natural convection over its heat capacity otherwise (minutes, not seconds)."""
 
 from __future__ import annotations
 
@@ -12,7 +21,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controller.config.line import MFC_NAMES, PRECURSORS, GeometryConfig, LineConfig, MfcConfig
 from controller.recipes.process_model import SIO2_PER_SICL4, grown_diameter_mm
@@ -22,8 +31,18 @@ from simulators.faults import FaultBoard
 class PlantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # The fixed process step the line's physics (device dynamics, then the plant) advances by,
+    # whatever the time scale: a tick of 2 process seconds at x200 is 20 sub-steps.
+    max_step_s: float = Field(default=0.1, gt=0, le=1.0)
     mfc_time_constant_s: float = Field(default=0.5, gt=0)
-    rod_thermal_time_constant_s: float = Field(default=30.0, gt=0)
+    # Heating while lit: first order toward the plasma's surface temperature.
+    rod_heating_time_constant_s: float = Field(default=30.0, gt=0)
+    # Cooling when the plasma does not heat the rod: radiation plus natural convection.
+    rod_emissivity: float = Field(default=0.9, gt=0, le=1)
+    rod_convection_w_m2_k: float = Field(default=10.0, ge=0)
+    # Silica's specific heat, linear between two temperatures and flat outside them.
+    silica_specific_heat_j_kg_k: tuple[float, float] = (750.0, 1200.0)
+    silica_specific_heat_at_c: tuple[float, float] = (25.0, 1200.0)
     ignition_min_power_kw: float = 10.0
     ignition_min_argon_slpm: float = 20.0
     ignition_failure_probability: float = Field(default=0.0, ge=0, le=1)
@@ -32,7 +51,10 @@ class PlantConfig(BaseModel):
     efficiency_nominal: float = Field(default=0.5, gt=0, le=1)
     efficiency_power_window_kw: tuple[float, float] = (30.0, 80.0)
     efficiency_gap_window_mm: tuple[float, float] = (25.0, 35.0)
+    # The span glass spreads over until the carriage has reversed twice (then: the stroke run).
     deposition_length_mm: float = Field(default=600.0, gt=0)
+    # The narrowest span a stroke's glass spreads over: the plasma plume's deposition zone.
+    deposition_min_length_mm: float = Field(default=40.0, gt=0)
     silica_density_g_cm3: float = Field(default=2.203, gt=0)
     rod_temperature_lit_c: float = 1500.0
     ambient_c: float = 25.0
@@ -43,6 +65,26 @@ class PlantConfig(BaseModel):
     gas_supply_bar: float = 5.0
     seed: int = 1
 
+    @model_validator(mode="after")
+    def _specific_heat_table(self) -> PlantConfig:
+        low, high = self.silica_specific_heat_at_c
+        if high <= low or min(self.silica_specific_heat_j_kg_k) <= 0:
+            raise ValueError("silica_specific_heat: two positive values at rising temperatures")
+        return self
+
+    def specific_heat_j_kg_k(self, temperature_c: float) -> float:
+        (c_low, c_high), (t_low, t_high) = (
+            self.silica_specific_heat_j_kg_k,
+            self.silica_specific_heat_at_c,
+        )
+        fraction = min(1.0, max(0.0, (temperature_c - t_low) / (t_high - t_low)))
+        return c_low + (c_high - c_low) * fraction
+
+
+STEFAN_BOLTZMANN_W_M2_K4 = 5.670374e-8  # a physical constant, not a figure of the line
+KELVIN = 273.15
+REVERSAL_HYSTERESIS_MM = 0.01  # travel back from the furthest point that makes a reversal
+
 
 def _window_factor(value: float, low: float, high: float, fall: float) -> float:
     """1 inside [low, high], falling linearly to 0 over ``fall`` outside it."""
@@ -51,6 +93,43 @@ def _window_factor(value: float, low: float, high: float, fall: float) -> float:
     if value > high:
         return max(0.0, 1 - (value - high) / fall)
     return 1.0
+
+
+@dataclass
+class StrokeTracker:
+    """The carriage's reversal points over the rod, from the positions it passes through, and
+    the glass laid down since the last one."""
+
+    rod: tuple[float, float]  # the carriage positions over the rod (turning points A and B)
+    position: float
+    extreme: float  # the furthest point of the travel under way
+    direction: int = 0  # +1 / -1 once the carriage has moved
+    reversal: float | None = None  # the last reversal point (over the rod)
+    length_mm: float | None = None  # the span glass spreads over now (None: the configured)
+    grams: float = 0.0  # laid down since the last reversal, over ``spread_mm``
+    spread_mm: float | None = None
+
+    def follow(self, position: float) -> tuple[bool, float | None]:
+        """Track a new carriage position: (a reversal now, the span of the stroke it ends, or
+        None for the first reversal, which has no measured stroke behind it)."""
+        self.position = position
+        moved = position - self.extreme
+        if self.direction == 0:
+            if abs(moved) > REVERSAL_HYSTERESIS_MM:
+                self.direction = 1 if moved > 0 else -1
+                self.extreme = position
+            return False, None
+        if moved * self.direction > 0:
+            self.extreme = position
+            return False, None
+        if abs(moved) <= REVERSAL_HYSTERESIS_MM:
+            return False, None
+        low, high = self.rod
+        point = min(max(self.extreme, low), high)
+        previous, self.reversal = self.reversal, point
+        self.direction = -self.direction
+        self.extreme = position
+        return True, None if previous is None else abs(point - previous)
 
 
 @dataclass
@@ -82,6 +161,7 @@ class Plant:
     process_time_s: float = 0.0
     efficiency_drift: float = 0.0
     _rng: random.Random = field(default_factory=random.Random)
+    _strokes: StrokeTracker | None = None
 
     @classmethod
     def from_line(cls, line: LineConfig, faults: FaultBoard) -> Plant:
@@ -98,6 +178,20 @@ class Plant:
         plant.torch_slide_mm = line.axis("torch_slide").park_position_mm or 0.0
         plant._rng = random.Random(config.seed)
         return plant
+
+    def _stroke_tracker(self) -> StrokeTracker:
+        if self._strokes is None:
+            a, b = self.geometry.turning_point_a_mm, self.geometry.turning_point_b_mm
+            self._strokes = StrokeTracker(
+                (min(a, b), max(a, b)), self.carriage_mm, self.carriage_mm
+            )
+        return self._strokes
+
+    @property
+    def deposition_span_mm(self) -> float:
+        """The span the glass being laid down now spreads over."""
+        length = self._stroke_tracker().length_mm
+        return self.config.deposition_length_mm if length is None else length
 
     # -- derived quantities ----------------------------------------------------------------
     @property
@@ -149,6 +243,7 @@ class Plant:
         self.process_time_s += dt_s
         self._step_plasma()
         self._step_rod_temperature(dt_s)
+        self._follow_carriage()
         self._step_growth(dt_s)
 
     def _step_plasma(self) -> None:
@@ -189,10 +284,53 @@ class Plant:
             target = cfg.ambient_c + (cfg.rod_temperature_lit_c - cfg.ambient_c) * min(
                 1.0, self.rf_forward_kw / 50.0
             )
-        else:
-            target = cfg.ambient_c
-        alpha = 1 - math.exp(-dt_s / cfg.rod_thermal_time_constant_s)
-        self.rod_temperature_c += (target - self.rod_temperature_c) * alpha
+            alpha = 1 - math.exp(-dt_s / cfg.rod_heating_time_constant_s)
+            self.rod_temperature_c += (target - self.rod_temperature_c) * alpha
+            return
+        # Explicit steps of at most max_step_s: the cooling rate changes slowly against them
+        # (its time constant is tens of seconds even for a bare 30 mm rod at 1500 C).
+        left = dt_s
+        while left > 0:
+            h = min(left, cfg.max_step_s)
+            self.rod_temperature_c -= self.cooling_rate_c_s() * h
+            left -= h
+        self.rod_temperature_c = max(self.rod_temperature_c, cfg.ambient_c)
+
+    def cooling_rate_c_s(self) -> float:
+        """dT/dt (C/s, positive = cooling) of the rod's deposited length by radiation and natural
+        convection from its surface (pi D L) over its heat capacity (rho pi D^2 L / 4 x c(T)):
+        the length cancels, leaving 4 q / (rho c D)."""
+        cfg = self.config
+        t, ambient = self.rod_temperature_c, cfg.ambient_c
+        if t <= ambient:
+            return 0.0
+        t_k, ambient_k = t + KELVIN, ambient + KELVIN
+        flux_w_m2 = (
+            cfg.rod_emissivity * STEFAN_BOLTZMANN_W_M2_K4 * (t_k**4 - ambient_k**4)
+            + cfg.rod_convection_w_m2_k * (t - ambient)
+        )
+        density_kg_m3 = cfg.silica_density_g_cm3 * 1000.0
+        diameter_m = self.rod_diameter_mm / 1000.0
+        return 4 * flux_w_m2 / (density_kg_m3 * cfg.specific_heat_j_kg_k(t) * diameter_m)
+
+    def _follow_carriage(self) -> None:
+        """At each reversal, re-spread the stroke just ended over the span it really covered."""
+        strokes = self._stroke_tracker()
+        reversed_now, span = strokes.follow(self.carriage_mm)
+        if not reversed_now:
+            return
+        if span is not None:
+            span = max(span, self.config.deposition_min_length_mm)
+            if strokes.grams > 0 and strokes.spread_mm is not None:
+                self._respread(strokes.grams, strokes.spread_mm, span)
+            strokes.length_mm = span
+        strokes.grams = 0.0
+        strokes.spread_mm = None
+
+    def _respread(self, grams: float, laid_over_mm: float, span_mm: float) -> None:
+        density = self.config.silica_density_g_cm3
+        bare = grown_diameter_mm(self.rod_diameter_mm, -grams, laid_over_mm, density)
+        self.rod_diameter_mm = grown_diameter_mm(bare, grams, span_mm, density)
 
     def _step_growth(self, dt_s: float) -> None:
         if not (self.plasma_lit and self.torch_over_rod):
@@ -201,11 +339,13 @@ class Plant:
         if grams <= 0:
             return
         self.deposited_g += grams
+        strokes = self._stroke_tracker()
+        # One spread per stroke: the estimate at its first gram (it changes only at reversals).
+        span = strokes.spread_mm or self.deposition_span_mm
+        strokes.spread_mm = span
+        strokes.grams += grams
         self.rod_diameter_mm = grown_diameter_mm(
-            self.rod_diameter_mm,
-            grams,
-            self.config.deposition_length_mm,
-            self.config.silica_density_g_cm3,
+            self.rod_diameter_mm, grams, span, self.config.silica_density_g_cm3
         )
 
     def snapshot(self) -> dict[str, object]:
@@ -223,6 +363,7 @@ class Plant:
             "rod_diameter_mm": round(self.rod_diameter_mm, 4),
             "rod_temperature_c": round(self.rod_temperature_c, 2),
             "deposited_g": round(self.deposited_g, 4),
+            "deposition_span_mm": round(self.deposition_span_mm, 3),
             "efficiency": round(self.efficiency(), 4),
             "flame_outs": self.flame_outs,
             "heaters_on": list(self.heaters_on),
