@@ -4,7 +4,8 @@ deadband, delay and hysteresis, and first-out latching of trip alarms.
 
 Time is injected: every call that can change an alarm takes `now` (seconds, any monotonic
 origin the caller chooses), so the logic is deterministic and testable. Every visible change is
-published as an `AlarmEvent` to the subscribers (the run records store them).
+published as an `AlarmEvent` to the subscribers (the run records store them). The data (states,
+definitions, events, statuses, errors) live in ``alarm_model``; its names are exported here too.
 
 Choices made here:
 - Trip alarms latch: once active they stay annunciated after the condition returns, until
@@ -19,10 +20,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 import structlog
 
+from controller.safety.alarm_model import (
+    ANNUNCIATED,
+    PRIORITY_RANK,
+    AlarmDefinition,
+    AlarmError,
+    AlarmEvent,
+    AlarmListener,
+    AlarmRefused,
+    AlarmState,
+    AlarmStatus,
+    Category,
+    Priority,
+    UnknownAlarm,
+)
 from controller.safety.deviation import DeviationMonitor, DeviationSpec
 
 log = structlog.get_logger(__name__)
@@ -43,111 +57,6 @@ __all__ = [
     "Priority",
     "UnknownAlarm",
 ]
-
-
-class Priority(StrEnum):
-    CRITICAL = "critical"
-    HIGH = "high"
-    MEDIUM = "medium"
-    LOW = "low"
-
-
-_PRIORITY_RANK = {Priority.CRITICAL: 0, Priority.HIGH: 1, Priority.MEDIUM: 2, Priority.LOW: 3}
-
-
-class Category(StrEnum):
-    TRIP = "trip"
-    DEVIATION = "deviation"
-    DEVICE = "device"
-    PROCESS = "process"
-    SYSTEM = "system"
-
-
-class AlarmState(StrEnum):
-    NORMAL = "normal"
-    UNACK_ACTIVE = "unack_active"
-    ACK_ACTIVE = "ack_active"
-    RTN_UNACK = "rtn_unack"
-    SHELVED = "shelved"
-    SUPPRESSED = "suppressed"  # suppressed by design (state-based)
-    OUT_OF_SERVICE = "out_of_service"
-
-
-# The states an operator sees in the alarm summary.
-ANNUNCIATED: frozenset[AlarmState] = frozenset(
-    {AlarmState.UNACK_ACTIVE, AlarmState.ACK_ACTIVE, AlarmState.RTN_UNACK}
-)
-
-
-@dataclass(frozen=True, slots=True)
-class AlarmDefinition:
-    """One alarm, as data (pydantic can validate a list of these from YAML via a TypeAdapter)."""
-
-    id: str
-    tag: str
-    message: str
-    priority: Priority
-    category: Category
-    deviation: DeviationSpec | None = None
-    suppressed_in: frozenset[str] = frozenset()  # machine (PackML) states, e.g. {"Idle"}
-
-    def __post_init__(self) -> None:
-        if self.category is Category.DEVIATION and self.deviation is None:
-            raise ValueError(f"deviation alarm {self.id} needs a deviation spec")
-
-    @property
-    def latching(self) -> bool:
-        return self.category is Category.TRIP
-
-
-@dataclass(frozen=True, slots=True)
-class AlarmEvent:
-    alarm_id: str
-    tag: str
-    from_state: AlarmState
-    to_state: AlarmState
-    priority: Priority
-    category: Category
-    message: str
-    time: float
-    action: str  # activate, return, acknowledge, shelve, unshelve, shelve_expired, ...
-    user: str | None = None
-    value: float | None = None
-    first_out: bool = False
-    note: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AlarmStatus:
-    definition: AlarmDefinition
-    state: AlarmState
-    condition: bool
-    latched: bool
-    first_out: bool
-    value: float | None
-    since: float | None
-    acked_by: str | None
-    shelved_until: float | None
-
-
-AlarmListener = Callable[[AlarmEvent], None]
-
-
-class AlarmError(Exception):
-    """Base of the alarm manager's errors."""
-
-
-class UnknownAlarm(AlarmError, KeyError):
-    def __init__(self, key: str) -> None:
-        super().__init__(f"no alarm defined for {key!r}")
-        self.key = key
-
-
-class AlarmRefused(AlarmError):
-    def __init__(self, alarm_id: str, reason: str) -> None:
-        super().__init__(f"{alarm_id}: {reason}")
-        self.alarm_id = alarm_id
-        self.reason = reason
 
 
 @dataclass(slots=True)
@@ -315,7 +224,7 @@ class AlarmManager:
     def active(self) -> list[AlarmStatus]:
         """The alarm summary: annunciated alarms, most urgent first, then oldest first."""
         shown = [self._status(rt) for rt in self._alarms.values() if rt.state in ANNUNCIATED]
-        return sorted(shown, key=lambda s: (_PRIORITY_RANK[s.definition.priority], s.since or 0))
+        return sorted(shown, key=lambda s: (PRIORITY_RANK[s.definition.priority], s.since or 0))
 
     def status(self, alarm_id: str) -> AlarmStatus:
         return self._status(self._runtime(alarm_id))
