@@ -35,3 +35,19 @@ async def eventually(call: Callable[[], Awaitable[T]], ok: Callable[[T], bool] =
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
         await asyncio.sleep(period_s)
+
+
+async def first_failure(call: Callable[[], Awaitable[Any]], *, timeout_s: float = 10.0,
+                        what: str = "the call to fail",
+                        period_s: float = 0.02) -> DeviceError:
+    """Repeat a call until it raises a device error (a fault takes effect on the next frame)
+    and return that error; fail with what was awaited after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await call()
+        except DeviceError as exc:
+            return exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        await asyncio.sleep(period_s)
