@@ -31,6 +31,34 @@ _SUMMARY_COLUMNS = (
 )
 
 
+_PASSES_COLUMNS = "layer, pass_index, diameter_mm, deposited_g, duration_s, started_at, ended_at"
+_STATE_COLUMNS = "t, from_state, to_state, reason"
+_COMMAND_COLUMNS = "t, user, command, args, accepted, reason"
+_SETPOINT_COLUMNS = "t, device, quantity, value, source"
+_ALARM_COLUMNS = ("t, alarm_time, alarm_id, tag, from_state, to_state, action, priority, "
+                  "category, message, user, value, first_out, note")
+
+
+class _RunRows:
+    """One run's rows of a table, in the order they were written."""
+
+    def __init__(self, conn: sqlite3.Connection, run_id: int) -> None:
+        self._conn = conn
+        self._run_id = run_id
+
+    def of(self, table: str, columns: str) -> list[sqlite3.Row]:
+        return self._conn.execute(
+            f"SELECT {columns} FROM {table} WHERE run_id = ? ORDER BY id",  # noqa: S608 - fixed names
+            (self._run_id,),
+        ).fetchall()
+
+
+def _command(row: sqlite3.Row) -> CommandRecord:
+    return CommandRecord(t=row["t"], user=row["user"], command=row["command"],
+                         args=json.loads(row["args"]), accepted=bool(row["accepted"]),
+                         reason=row["reason"])
+
+
 def _summary(row: sqlite3.Row) -> RunSummary:
     return _summary_from(dict(row))
 
@@ -81,47 +109,14 @@ class RecordsReader:
                 return None
             values = dict(row)
             recipe_text = values.pop("recipe_text")
-
-            def rows(table: str, columns: str) -> list[sqlite3.Row]:
-                return conn.execute(
-                    f"SELECT {columns} FROM {table} WHERE run_id = ? ORDER BY id",  # noqa: S608
-                    (run_id,),
-                ).fetchall()
-
-            passes = [
-                PassRecord(**dict(r))
-                for r in rows(
-                    "passes",
-                    "layer, pass_index, diameter_mm, deposited_g, duration_s, started_at, ended_at",
-                )
-            ]
-            states = [
-                StateRecord(**dict(r))
-                for r in rows("state_changes", "t, from_state, to_state, reason")
-            ]
-            commands = [
-                CommandRecord(
-                    t=r["t"],
-                    user=r["user"],
-                    command=r["command"],
-                    args=json.loads(r["args"]),
-                    accepted=bool(r["accepted"]),
-                    reason=r["reason"],
-                )
-                for r in rows("commands", "t, user, command, args, accepted, reason")
-            ]
-            setpoints = [
-                SetpointRecord(**dict(r))
-                for r in rows("setpoints", "t, device, quantity, value, source")
-            ]
-            alarms = [
-                AlarmRecord(**{**dict(r), "first_out": bool(r["first_out"])})
-                for r in rows(
-                    "alarms",
-                    "t, alarm_time, alarm_id, tag, from_state, to_state, action, priority, "
-                    "category, message, user, value, first_out, note",
-                )
-            ]
+            rows = _RunRows(conn, run_id)
+            passes = [PassRecord(**dict(r)) for r in rows.of("passes", _PASSES_COLUMNS)]
+            states = [StateRecord(**dict(r)) for r in rows.of("state_changes", _STATE_COLUMNS)]
+            commands = [_command(r) for r in rows.of("commands", _COMMAND_COLUMNS)]
+            setpoints = [SetpointRecord(**dict(r))
+                         for r in rows.of("setpoints", _SETPOINT_COLUMNS)]
+            alarms = [AlarmRecord(**{**dict(r), "first_out": bool(r["first_out"])})
+                      for r in rows.of("alarms", _ALARM_COLUMNS)]
         return RunDetail(
             run=_summary_from(values),
             recipe_text=recipe_text,

@@ -8,7 +8,8 @@ If a write fails (disk full, I/O error) the awaiting caller gets `RecordsUnavail
 `on_failure` is called on the event loop, so the supervisor can hold the run safely (rule 9).
 
 Every record except telemetry and checkpoints also appends to `events`, numbered per line, for
-later republishing (MQTT).
+later republishing (MQTT). The SQL of each record is in ``rows``; here, the writer's lifecycle,
+the times taken on the event loop, and the telemetry batching.
 
     async with RunRecords(resolve_data_dir(args.data_dir) / "records.sqlite3") as rec:
         run_id = await rec.start_run(header)
@@ -31,6 +32,7 @@ from typing import Any, Self
 import platformdirs
 import structlog
 
+from controller.records import rows
 from controller.records.reader import RecordsReader
 from controller.records.schema import (
     AlarmRecord,
@@ -85,11 +87,6 @@ def resolve_data_dir(cli_value: str | None) -> Path:
 
 def records_path(data_dir: Path) -> Path:
     return data_dir / RECORDS_FILE
-
-
-def _json(value: Any) -> str:
-    # default=str: a timestamp or an enum in a payload must not lose the record.
-    return json.dumps(value, default=str, separators=(",", ":"))
 
 
 class RecordsStats:
@@ -161,64 +158,20 @@ class RunRecords:
     # -- runs ------------------------------------------------------------------------------------
     async def start_run(self, header: RunHeader) -> int:
         started_at = header.started_at if header.started_at is not None else self._clock()
-
-        def work(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
-                "INSERT INTO runs (recipe_name, recipe_text, recipe_hash, line, machine, operator,"
-                " preform_serial, bait_rod_lot, precursor_lot, started_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    header.recipe_name,
-                    header.recipe_text,
-                    header.recipe_hash,
-                    header.line,
-                    header.machine,
-                    header.operator,
-                    header.preform_serial,
-                    header.bait_rod_lot,
-                    header.precursor_lot,
-                    started_at,
-                ),
-            )
-            run_id = cur.lastrowid
-            assert run_id is not None
-            payload = {"recipe": header.recipe_name, "recipe_hash": header.recipe_hash}
-            self._event(conn, started_at, run_id, "run_started", payload | {"run_id": run_id})
-            return run_id
-
-        run_id: int = await self._submit(work)
+        run_id: int = await self._submit(
+            lambda conn: rows.insert_run(conn, self.line, header, started_at))
         return run_id
 
     async def end_run(self, run_id: int, outcome: Outcome | str) -> None:
         result, t = Outcome(outcome), self._clock()
-
-        def work(conn: sqlite3.Connection) -> None:
-            cur = conn.execute(
-                "UPDATE runs SET ended_at = ?, outcome = ? WHERE id = ?", (t, result.value, run_id)
-            )
-            if cur.rowcount != 1:
-                raise RecordsError(f"no run {run_id}")
-            self._event(conn, t, run_id, "run_ended", {"run_id": run_id, "outcome": result.value})
-
-        await self._submit(work)
+        await self._submit(lambda conn: rows.end_run(conn, self._at(t, run_id), result))
 
     # -- audit entries ---------------------------------------------------------------------------
     async def record_state(
         self, run_id: int | None, from_state: str, to_state: str, reason: str | None = None
     ) -> None:
-        t = self._clock()
-        row = (run_id, t, str(from_state), str(to_state), reason)
-
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO state_changes (run_id, t, from_state, to_state, reason)"
-                " VALUES (?, ?, ?, ?, ?)",
-                row,
-            )
-            payload = {"from": row[2], "to": row[3], "reason": reason}
-            self._event(conn, t, run_id, "state", payload)
-
-        await self._submit(work)
+        at, before, after = self._at(self._clock(), run_id), str(from_state), str(to_state)
+        await self._submit(lambda conn: rows.insert_state(conn, at, before, after, reason))
 
     async def record_command(
         self,
@@ -231,133 +184,39 @@ class RunRecords:
         reason: str | None = None,
     ) -> None:
         """An operator action and its answer; a refusal is recorded with its reason."""
-        t, args_json = self._clock(), _json(dict(args or {}))
-
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO commands (run_id, t, user, command, args, accepted, reason)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (run_id, t, user, command, args_json, int(accepted), reason),
-            )
-            payload = {
-                "user": user,
-                "command": command,
-                "args": json.loads(args_json),
-                "accepted": accepted,
-                "reason": reason,
-            }
-            self._event(conn, t, run_id, "command", payload)
-
-        await self._submit(work)
+        at, args_json = self._at(self._clock(), run_id), rows.to_json(dict(args or {}))
+        await self._submit(lambda conn: rows.insert_command(
+            conn, at, user=user, command=command, args_json=args_json, accepted=accepted,
+            reason=reason))
 
     async def record_setpoint(
         self, run_id: int | None, device: str, quantity: str, value: float, source: str
     ) -> None:
-        t = self._clock()
-
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO setpoints (run_id, t, device, quantity, value, source)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (run_id, t, device, quantity, float(value), source),
-            )
-            payload = {"device": device, "quantity": quantity, "value": value, "source": source}
-            self._event(conn, t, run_id, "setpoint", payload)
-
-        await self._submit(work)
+        at = self._at(self._clock(), run_id)
+        await self._submit(lambda conn: rows.insert_setpoint(
+            conn, at, device=device, quantity=quantity, value=value, source=source))
 
     async def record_alarm(self, run_id: int | None, event: AlarmTransition) -> None:
-        t = self._clock()
-        row = (
-            run_id,
-            t,
-            event.time,
-            event.alarm_id,
-            event.tag,
-            event.from_state.value,
-            event.to_state.value,
-            event.action,
-            event.priority.value,
-            event.category.value,
-            event.message,
-            event.user,
-            event.value,
-            int(event.first_out),
-            event.note,
-        )
-
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO alarms (run_id, t, alarm_time, alarm_id, tag, from_state, to_state,"
-                " action, priority, category, message, user, value, first_out, note)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                row,
-            )
-            payload = {
-                "alarm_id": event.alarm_id,
-                "from": event.from_state.value,
-                "to": event.to_state.value,
-                "action": event.action,
-                "priority": event.priority.value,
-                "message": event.message,
-                "user": event.user,
-                "value": event.value,
-                "first_out": event.first_out,
-            }
-            self._event(conn, t, run_id, "alarm", payload)
-
-        await self._submit(work)
+        at = self._at(self._clock(), run_id)
+        row = rows.alarm_row(at, event)
+        await self._submit(lambda conn: rows.insert_alarm(conn, at, event, row))
 
     async def record_pass(self, run_id: int, record: PassRecord) -> None:
-        t = self._clock()
-
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO passes (run_id, layer, pass_index, diameter_mm, deposited_g,"
-                " duration_s, started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    run_id,
-                    record.layer,
-                    record.pass_index,
-                    record.diameter_mm,
-                    record.deposited_g,
-                    record.duration_s,
-                    record.started_at,
-                    record.ended_at,
-                ),
-            )
-            payload: dict[str, Any] = {
-                "run_id": run_id,
-                "layer": record.layer,
-                "pass_index": record.pass_index,
-                "diameter_mm": record.diameter_mm,
-                "deposited_g": record.deposited_g,
-            }
-            self._event(conn, t, run_id, "pass", payload)
-
-        await self._submit(work)
+        at = self._at(self._clock(), run_id)
+        await self._submit(lambda conn: rows.insert_pass(conn, at, record))
 
     async def record_event(self, run_id: int | None, kind: str, payload: Mapping[str, Any]) -> None:
         """Anything else worth republishing (e.g. a recovery decision)."""
-        t, body = self._clock(), json.loads(_json(dict(payload)))
-        await self._submit(lambda conn: self._event(conn, t, run_id, kind, body))
+        at, body = self._at(self._clock(), run_id), json.loads(rows.to_json(dict(payload)))
+        await self._submit(lambda conn: rows.append_event(conn, at, kind, body))
 
     async def checkpoint(
         self, run_id: int, layer: int, pass_index: int, state: Mapping[str, Any]
     ) -> None:
         """Where to resume from after a crash; also kept on the run row for a quick look-up."""
-        t, state_json = self._clock(), _json(dict(state))
-        summary = _json({"t": t, "layer": layer, "pass_index": pass_index})
-
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO checkpoints (run_id, t, layer, pass_index, state)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (run_id, t, layer, pass_index, state_json),
-            )
-            conn.execute("UPDATE runs SET last_checkpoint = ? WHERE id = ?", (summary, run_id))
-
-        await self._submit(work)
+        at, state_json = self._at(self._clock(), run_id), rows.to_json(dict(state))
+        await self._submit(lambda conn: rows.insert_checkpoint(
+            conn, at, layer=layer, pass_index=pass_index, state_json=state_json))
 
     # -- telemetry -------------------------------------------------------------------------------
     def add_telemetry(
@@ -395,10 +254,7 @@ class RunRecords:
 
         def work(conn: sqlite3.Connection) -> None:
             try:
-                conn.executemany(
-                    "INSERT INTO telemetry (run_id, t, sample) VALUES (?, ?, ?)",
-                    [(run_id, t, _json(sample)) for run_id, t, sample in batch],
-                )
+                rows.insert_telemetry(conn, batch)
             finally:
                 with self._in_flight_lock:
                     self._in_flight -= len(batch)
@@ -411,22 +267,13 @@ class RunRecords:
             self._enqueue_telemetry()
 
     # -- plumbing --------------------------------------------------------------------------------
+    def _at(self, t: float, run_id: int | None) -> rows.Stamp:
+        return rows.Stamp(self.line, t, run_id)
+
     async def _submit(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
         if self._writer is None:
             raise RecordsError("run records are not open")
         return await self._writer.submit(work)
-
-    def _event(
-        self, conn: sqlite3.Connection, t: float, run_id: int | None, kind: str, payload: Any
-    ) -> None:
-        # Runs on the writer thread, the only writer: MAX(seq) + 1 cannot race.
-        (seq,) = conn.execute(
-            "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE line = ?", (self.line,)
-        ).fetchone()
-        conn.execute(
-            "INSERT INTO events (line, seq, t, run_id, kind, payload) VALUES (?, ?, ?, ?, ?, ?)",
-            (self.line, seq, t, run_id, kind, _json(payload)),
-        )
 
     def _failed(self, error: RecordsUnavailable) -> None:
         self.stats.failures += 1
