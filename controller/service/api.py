@@ -25,28 +25,13 @@ Reads: GET /api/status, /api/alarms, /api/events?since=N, /api/runs, /api/runs/{
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import hashlib
-from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
 
 import structlog
-from fastapi import (
-    APIRouter,
-    Body,
-    Depends,
-    FastAPI,
-    HTTPException,
-    Query,
-    Request,
-    Response,
-    status,
-)
+from fastapi import APIRouter, Body, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
 
 from controller.config.line import LineConfig
 from controller.recipes.forecast import forecast
@@ -56,14 +41,36 @@ from controller.recipes.recipe import RecipeError
 from controller.records.audit import AuditError, AuditTrail
 from controller.records.reader import RecordsReader
 from controller.records.schema import RecordsUnavailable, to_plain
-from controller.service.protocol import CommandReply, ControllerService
-from controller.service.roles import SERVICE_COMMANDS, refusal
-from controller.service.users import TokenIssuer, User, UserStore
+from controller.service.api_access import (
+    ApiContext,
+    Credentials,
+    Ctx,
+    CurrentUser,
+    Reader,
+    Validator,
+    session_of,
+    unauthorized,
+)
+from controller.service.api_models import (
+    COMMAND_RESPONSES,
+    UNAUTHORIZED,
+    CommandReplyModel,
+    CommandRequest,
+    ErrorReply,
+    EventModel,
+    LoginReply,
+    LoginRequest,
+    OkReply,
+    RecipeIssueModel,
+    ValidateReply,
+    ValidateRequest,
+    WhoAmI,
+)
+from controller.service.protocol import ControllerService
+from controller.service.roles import SERVICE_COMMANDS
+from controller.service.users import TokenIssuer, UserStore
 
 log = structlog.get_logger(__name__)
-
-MAX_NAME = 64
-MAX_RECIPE_TEXT = 1_000_000
 
 
 def package_version() -> str:
@@ -71,164 +78,6 @@ def package_version() -> str:
         return version("povd")
     except PackageNotFoundError:
         return "0+unknown"
-
-
-# --------------------------------------------------------------------------------------------
-# Bodies and replies (the OpenAPI document is built from these)
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LoginRequest(_Model):
-    username: str = Field(min_length=1, max_length=MAX_NAME)
-    password: str = Field(min_length=1, max_length=1024)
-
-
-class LoginReply(_Model):
-    token: str
-    expires_at: float = Field(description="Unix time when the token stops working")
-    role: str
-    username: str
-
-
-class WhoAmI(_Model):
-    username: str
-    role: str
-
-
-class OkReply(_Model):
-    ok: bool = True
-
-
-class ErrorReply(_Model):
-    detail: str
-
-
-class CommandRequest(_Model):
-    args: dict[str, Any] = Field(default_factory=dict,
-                                 description="the command's arguments, e.g. {'axis': 'carriage'}")
-    reason: str | None = Field(default=None, max_length=1000,
-                               description="why (recorded; required by some commands)")
-
-
-class CommandReplyModel(_Model):
-    command: str
-    accepted: bool
-    reason: str | None = None
-    state: str | None = None
-    data: dict[str, Any] = Field(default_factory=dict)
-
-    @classmethod
-    def of(cls, reply: CommandReply) -> CommandReplyModel:
-        return cls(command=reply.command, accepted=reply.accepted, reason=reply.reason,
-                   state=reply.state, data=dict(reply.data))
-
-
-class EventModel(_Model):
-    seq: int
-    kind: str
-    t: float
-    payload: dict[str, Any]
-
-
-class ValidateRequest(_Model):
-    text: str = Field(max_length=MAX_RECIPE_TEXT, description="the recipe file's YAML text")
-    efficiency: float = Field(default=0.5, gt=0, le=1,
-                              description="deposition efficiency the forecast assumes")
-
-
-class RecipeIssueModel(_Model):
-    field: str
-    reason: str
-    line: int | None = None
-
-
-class ValidateReply(_Model):
-    valid: bool
-    errors: list[RecipeIssueModel] = Field(default_factory=list)
-    forecast: dict[str, Any] | None = None
-    name: str | None = None
-    sha256: str | None = None
-
-
-_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorReply, "description": "no valid token"},
-}
-_COMMAND_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **_UNAUTHORIZED,
-    403: {"model": CommandReplyModel, "description": "refused for the user's role"},
-    404: {"model": CommandReplyModel, "description": "not a command the service executes"},
-    409: {"model": CommandReplyModel,
-          "description": "refused by the controller: state, mode or interlock"},
-    503: {"model": ErrorReply, "description": "the audit trail cannot be written"},
-}
-
-
-# --------------------------------------------------------------------------------------------
-# Context and dependencies
-
-
-@dataclasses.dataclass
-class ApiContext:
-    """What the endpoints reach through `app.state.povd`."""
-
-    service: ControllerService
-    users: UserStore
-    tokens: TokenIssuer
-    audit: AuditTrail
-    line: LineConfig
-    records_path: Path | None
-
-
-def _context(request: Request) -> ApiContext:
-    ctx: ApiContext = request.app.state.povd
-    return ctx
-
-
-Ctx = Annotated[ApiContext, Depends(_context)]
-_bearer = HTTPBearer(auto_error=False, description="the token from POST /api/login")
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-
-
-def _unauthorized(detail: str) -> HTTPException:
-    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail,
-                         headers={"WWW-Authenticate": "Bearer"})
-
-
-async def _current_user(ctx: Ctx, creds: Credentials) -> User:
-    if creds is None or creds.scheme.lower() != "bearer":
-        raise _unauthorized("not logged in: POST /api/login for a token")
-    user = ctx.tokens.resolve(creds.credentials)
-    if user is None:
-        raise _unauthorized("token expired or revoked: log in again")
-    return user
-
-
-CurrentUser = Annotated[User, Depends(_current_user)]
-
-
-def session_of(creds: HTTPAuthorizationCredentials | None) -> str | None:
-    """A stable, non-secret name for the client session behind a token (rule 6: a lease
-    belongs to the session that took it)."""
-    if creds is None:
-        return None
-    return "http:" + hashlib.sha256(creds.credentials.encode()).hexdigest()[:16]
-
-
-def _may(action: str) -> Callable[[User], Awaitable[User]]:
-    async def check(user: CurrentUser) -> User:
-        why = refusal(user.role, action)
-        if why is not None:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, why)
-        return user
-
-    return check
-
-
-Reader = Annotated[User, Depends(_may("status"))]
-Validator = Annotated[User, Depends(_may("validate"))]
 
 
 async def _audit_unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -244,12 +93,12 @@ async def _audit_unavailable(request: Request, exc: Exception) -> JSONResponse:
 sessions = APIRouter(prefix="/api", tags=["sessions"])
 
 
-@sessions.post("/login", responses=_UNAUTHORIZED)
+@sessions.post("/login", responses=UNAUTHORIZED)
 async def login(body: LoginRequest, ctx: Ctx) -> LoginReply:
     user = await asyncio.to_thread(ctx.users.verify, body.username, body.password)
     if user is None:
         await ctx.audit.append_async(body.username, "login", {}, "failed", "bad credentials")
-        raise _unauthorized("wrong user name or password")
+        raise unauthorized("wrong user name or password")
     token = await asyncio.to_thread(ctx.tokens.issue, user)
     expires_at = ctx.tokens.expires_at(token)
     assert expires_at is not None
@@ -258,7 +107,7 @@ async def login(body: LoginRequest, ctx: Ctx) -> LoginReply:
                       username=user.name)
 
 
-@sessions.post("/logout", responses=_UNAUTHORIZED)
+@sessions.post("/logout", responses=UNAUTHORIZED)
 async def logout(user: CurrentUser, creds: Credentials, ctx: Ctx) -> OkReply:
     assert creds is not None  # _current_user has checked it
     await asyncio.to_thread(ctx.tokens.revoke, creds.credentials)
@@ -266,7 +115,7 @@ async def logout(user: CurrentUser, creds: Credentials, ctx: Ctx) -> OkReply:
     return OkReply()
 
 
-@sessions.get("/whoami", responses=_UNAUTHORIZED)
+@sessions.get("/whoami", responses=UNAUTHORIZED)
 async def whoami(user: CurrentUser) -> WhoAmI:
     return WhoAmI(username=user.name, role=user.role.value)
 
@@ -274,7 +123,7 @@ async def whoami(user: CurrentUser) -> WhoAmI:
 # --------------------------------------------------------------------------------------------
 # Reads
 
-reads = APIRouter(prefix="/api", tags=["reads"], responses=_UNAUTHORIZED)
+reads = APIRouter(prefix="/api", tags=["reads"], responses=UNAUTHORIZED)
 
 
 @reads.get("/status")
@@ -354,7 +203,7 @@ commands = APIRouter(prefix="/api", tags=["commands"])
 
 @commands.post(
     "/commands/{command}",
-    responses=_COMMAND_RESPONSES,
+    responses=COMMAND_RESPONSES,
     description="Commands: " + ", ".join(sorted(SERVICE_COMMANDS)) + ".",
 )
 async def run_command(
