@@ -21,6 +21,7 @@ from controller.recipes.plan import Plan
 from controller.records.run_records import PassRecord, RunHeader, RunRecords
 from controller.run.executor import Cursor, Executor, PassSummary, StepFailed
 from controller.run.failures import Failures
+from controller.run.growth_control import Outlook
 from controller.run.process_clock import ProcessClock
 from controller.run.reactions import Reactions, cooldown_op
 from controller.run.run_tasks import RunTasks
@@ -86,7 +87,7 @@ class CurrentRun:
         self.run_id = await self._open_records(plan, header, cursor, run_id)
         self.executor = Executor(plan, sup.line, sup.act, sup.telemetry, sup.clock,
                                  cursor=cursor, on_pass=self._on_pass,
-                                 on_progress=self._on_progress)
+                                 on_progress=self._on_progress, on_outlook=self._on_outlook)
         sup.sm.apply(Command.START, cause=f"run {self.run_id}")
         try:
             await sup.act.set_outputs("start", exhaust_fan=True, gas_master_valve=True,
@@ -187,6 +188,27 @@ class CurrentRun:
         self._log.info("supervisor.cooled", source=source)
 
     # -- passes, progress and the end ------------------------------------------------------
+    def _on_outlook(self, outlook: Outlook | None) -> None:
+        """Rule 12: the moment the loop cannot land the plan inside the trims, the operator
+        is told where the run will end (the alarm's value: the final diameter) and what extra
+        passes would land it; the run goes on at the limit."""
+        sup = self._sup
+        was = sup.alarms.status("growth_out_of_authority").condition
+        final = None if outlook is None else round(outlook.final_mm, 3)
+        sup.alarms.evaluate("growth_out_of_authority", outlook is not None, time.time(),
+                            value=final)
+        run_id = self.run_id
+        if outlook is not None and not was and run_id is not None:
+            details = {
+                "expected_final_mm": final,
+                "layers": [{"layer": o.name, "planned_mm": round(o.planned_mm, 3),
+                            "expected_mm": round(o.expected_mm, 3),
+                            "extra_passes_needed": o.extra_passes_needed}
+                           for o in outlook.layers],
+            }
+            sup.record(lambda: sup.records.record_event(run_id, "growth_out_of_authority",
+                                                        details))
+
     async def _on_pass(self, summary: PassSummary, cursor: Cursor) -> None:
         run_id = self.run_id
         assert run_id is not None

@@ -27,6 +27,11 @@ SUPERVISOR_ALARMS = (
                     Priority.CRITICAL, Category.TRIP),
     AlarmDefinition("records_unavailable", "records_unavailable",
                     "run records cannot be written: run held", Priority.HIGH, Category.SYSTEM),
+    # Rule 12: the loop cannot land the plan inside the recipe's trims; the value is the final
+    # diameter expected at the limit (the run goes on there; extra passes are the operator's).
+    AlarmDefinition("growth_out_of_authority", "growth_out_of_authority",
+                    "the planned diameters cannot be reached inside the recipe's trims",
+                    Priority.MEDIUM, Category.PROCESS),
     AlarmDefinition("interrupted_run", "interrupted_run",
                     "a run was interrupted by a controller restart", Priority.HIGH,
                     Category.SYSTEM),

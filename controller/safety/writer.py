@@ -256,6 +256,33 @@ class Actuators:
         self._report(axis, "target_mm", position_mm, source)
         self._report(axis, "speed", speed, source)
 
+    async def oscillate_axis(self, axis: str, turning_points: tuple[float, float], speed: float,
+                             strokes: int, source: str) -> None:
+        """The drive runs the strokes between the turning points by itself (no round trip at
+        a turning point); any stop of the axis ends it."""
+        self._check_speed(axis, speed, source)
+        first_mm, second_mm = turning_points
+        self.commanded.axis_targets[axis] = second_mm
+        self.commanded.axis_speeds[axis] = speed
+        drive = self.machine.axes[axis]
+        await self._axis_write(axis, lambda: drive.oscillate(first_mm, second_mm, speed, strokes))
+        self._report(axis, "oscillate", f"{first_mm:g} <-> {second_mm:g} x{strokes}", source)
+        self._report(axis, "speed", speed, source)
+
+    async def set_oscillation_speed(self, axis: str, speed: float, source: str) -> None:
+        """The speed of the oscillation's next pass (taken at the next reversal)."""
+        self._check_speed(axis, speed, source)
+        self.commanded.axis_speeds[axis] = speed
+        drive = self.machine.axes[axis]
+        await self._axis_write(axis, lambda: drive.set_oscillation_speed(speed))
+        self._report(axis, "speed", speed, source)
+
+    async def set_oscillation_strokes(self, axis: str, strokes: int, source: str) -> None:
+        """The stroke count of a running oscillation (read by the drive at a reversal)."""
+        drive = self.machine.axes[axis]
+        await self._axis_write(axis, lambda: drive.set_oscillation_strokes(strokes))
+        self._report(axis, "strokes", strokes, source)
+
     async def jog_axis(self, axis: str, direction: int, speed: float, source: str) -> None:
         self._check_speed(axis, speed, source)
         if axis == "spindle":

@@ -1,0 +1,423 @@
+"""One deposit step on the machine: the carriage oscillates drive-side between the turning
+points (a turning point costs no wire round trip, so the glass is the same at any time scale)
+and at every pass boundary the closed loop (``growth_control``) sets the next pass's SiCl4
+flow, the dopant in ratio, and traverse speed, within the recipe's authority."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from controller.config.line import LineConfig
+from controller.machine.telemetry import Telemetry
+from controller.recipes.authority import Authority, layer_authority
+from controller.recipes.plan import DepositOp, LayerOp
+from controller.run.growth_control import (
+    Correction,
+    GrowthEstimator,
+    Outlook,
+    correct,
+    outlook,
+    pass_basis_g,
+)
+from controller.run.process_clock import ProcessClock
+from controller.run.step_errors import StepFailed
+from controller.safety.writer import Actuators
+from drivers.codecs.servo_map import AxisStatus
+
+log = structlog.get_logger(__name__)
+
+POLL_S = 0.02  # how often the pass watch re-reads the telemetry (wall)
+# The loop changes a pass's glass by at most this much from the pass before (no jumps from a
+# noisy reading; the pile-up the issue speaks of is avoided by spreading, not by this).
+MAX_STEP = 0.1
+# An outlook that misses a planned boundary by more than this (% of it) raises the alarm.
+OUTLOOK_TOLERANCE_PCT = 0.2
+
+
+@dataclass
+class Cursor:
+    """Where the run is: saved at every pass boundary, restored on resume."""
+
+    step: int = 0
+    layer: int = 0
+    layer_pass: int = 0  # passes completed in the current layer
+    passes_done: int = 0
+    sicl4_scale: float = 1.0
+    traverse_pct: float = 0.0  # the traverse trim of the pass running (operator + loop)
+    factor: float = 1.0  # the glass per pass relative to the plan, as last set
+    diameter_mm: float | None = None
+    efficiency_estimate: float | None = None
+    start_diameter_mm: float | None = None  # measured when deposition began
+    basis_g: float = 0.0  # glass the passes so far would have made at efficiency 1
+    extra_passes: dict[str, int] | None = None  # layer index -> passes added by the operator
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Cursor:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def extra_for(self, layer: int) -> int:
+        return (self.extra_passes or {}).get(str(layer), 0)
+
+    def add_extra(self, layer: int, passes: int) -> None:
+        extra = dict(self.extra_passes or {})
+        extra[str(layer)] = extra.get(str(layer), 0) + passes
+        self.extra_passes = extra
+
+
+@dataclass(frozen=True)
+class PassSummary:
+    layer: int
+    layer_name: str
+    pass_index: int  # within the layer
+    passes_done: int
+    diameter_mm: float | None
+    diameter_source: str  # "gauge" or "forecast"
+    planned_boundary_mm: float  # the layer's planned outer diameter
+    deposited_g: float
+    duration_s: float  # process seconds
+    sicl4_g_min: float
+    sicl4_scale: float
+    dopant_slpm: float
+    traverse_mm_min: float
+    wanted_factor: float  # what the loop wanted of this pass's glass (x plan)
+    limited: bool  # the recipe's authority bound it
+    composition_error_pct: float | None  # measured dopant/SiCl4 over the pass vs the recipe
+    started_wall: float
+    ended_wall: float
+
+
+PassListener = Callable[[PassSummary, Cursor], Awaitable[None]]
+OutlookListener = Callable[[Outlook | None], None]
+
+
+class DepositHost(Protocol):
+    """What a deposit step needs from the executor that runs it."""
+
+    line: LineConfig
+    act: Actuators
+    telemetry: Telemetry
+    clock: ProcessClock
+    cursor: Cursor
+    trim_traverse_pct: float
+    current_op: str
+
+    def check_stop(self) -> None: ...
+    def progress(self, **extra: Any) -> None: ...
+    def measured_diameter(self) -> float | None: ...
+    def layer_power(self, layer: LayerOp) -> float: ...
+    async def establish_layer(self, layer: LayerOp, *, wait: bool) -> None: ...
+    async def track_gap(self, layer: LayerOp, diameter_mm: float) -> None: ...
+    async def to_pass_start(self, op: DepositOp) -> None: ...
+    async def pass_ended(self, summary: PassSummary) -> None: ...
+    def outlook_changed(self, outlook: Outlook | None) -> None: ...
+
+
+class _PassTally:
+    """The measured flows integrated over one pass (process time), for its composition."""
+
+    def __init__(self, clock: ProcessClock, basis_g: float) -> None:
+        self.basis_start_g = basis_g
+        self.started_wall = time.monotonic()
+        self.started_process = clock.now()
+        self.sicl4_l = 0.0
+        self.dopant_l = 0.0
+
+    def add(self, sicl4_slpm: float, dopant_slpm: float, dt_s: float) -> None:
+        self.sicl4_l += sicl4_slpm * dt_s / 60
+        self.dopant_l += dopant_slpm * dt_s / 60
+
+    def composition_error_pct(self, ratio: float) -> float | None:
+        if ratio <= 0 or self.sicl4_l <= 0:
+            return None
+        return (self.dopant_l / self.sicl4_l / ratio - 1) * 100
+
+
+class Deposition:
+    def __init__(self, host: DepositHost, op: DepositOp) -> None:
+        self.host = host
+        self.op = op
+        self.cursor = host.cursor
+        self.length = op.stroke_mm
+        line = host.line
+        self._sicl4 = line.mfc("mfc_sicl4")
+        self._authority = [layer_authority(layer, line) for layer in op.layers]
+        self.estimator = GrowthEstimator(
+            self.length, host.cursor.efficiency_estimate or line.supervision.nominal_efficiency,
+            resolution_mm=line.gauge().resolution_mm, basis_g=host.cursor.basis_g,
+            diameter_mm=host.cursor.diameter_mm)
+        self._last_reading_wall = 0.0
+        self._strokes_base = 0  # strokes of earlier oscillations in this step (extra passes)
+        self._source = "gauge"
+        self._speed_running = self._speed_pending = 0.0  # mm/min, set when oscillating
+        self._correction_now = Correction(1.0, 1.0, 1.0, 0.0, limited=False, step_limited=False)
+
+    # -- passes ----------------------------------------------------------------------------
+    def passes(self, index: int) -> int:
+        return self.op.layers[index].passes + self.cursor.extra_for(index)
+
+    def remaining_in_step(self) -> int:
+        c = self.cursor
+        later = sum(self.passes(i) for i in range(c.layer + 1, len(self.op.layers)))
+        return self.passes(c.layer) - c.layer_pass + later if c.layer < len(self.op.layers) else 0
+
+    def layer(self) -> LayerOp:
+        return self.op.layers[self.cursor.layer]
+
+    def _pass_ends(self) -> tuple[float, float]:
+        a, b = self.op.turning_point_a_mm, self.op.turning_point_b_mm
+        return (a, b) if self.cursor.passes_done % 2 == 0 else (b, a)
+
+    # -- the step --------------------------------------------------------------------------
+    async def run(self) -> None:
+        host, c = self.host, self.cursor
+        await host.act.enable_axis("carriage", "recipe")
+        await host.act.enable_axis("torch_slide", "recipe")
+        if c.diameter_mm is None:
+            c.diameter_mm = host.measured_diameter() or host.line.geometry.bait_rod_diameter_mm
+            self.estimator.observe(c.diameter_mm)
+        if c.start_diameter_mm is None:
+            c.start_diameter_mm = c.diameter_mm
+        while c.layer < len(self.op.layers) and self.remaining_in_step() > 0:
+            layer = self.layer()
+            await host.track_gap(layer, c.diameter_mm)
+            await host.to_pass_start(self.op)
+            await host.establish_layer(layer, wait=True)
+            await self._apply(self._correction(), layer, first=True)
+            await self._oscillate()
+        await asyncio.gather(
+            host.act.set_flow_slpm("mfc_sicl4", 0.0, "recipe"),
+            host.act.set_flow_slpm("mfc_dopant", 0.0, "recipe"),
+        )
+        await host.act.set_outputs("recipe", precursor_valve=False, heater_a=False,
+                                   heater_b=False)
+
+    async def _oscillate(self) -> None:
+        """Hand the remaining passes to the drive, then follow its stroke count: each stroke
+        it completes is a pass boundary, where the loop sets the next pass."""
+        host = self.host
+        start, end = self._pass_ends()
+        given = self.remaining_in_step()
+        sent_wall = time.monotonic()
+        speed = self._traverse(self.layer(), self.cursor.traverse_pct)
+        self._speed_running = self._speed_pending = speed
+        await host.act.oscillate_axis("carriage", (start, end), speed, given, "recipe")
+        await self._heaters(start)
+        counted = anticipated = 0
+        tally = _PassTally(host.clock, self.estimator.basis_g)
+        last_process = host.clock.now()
+        deadline = self._pass_deadline()
+        while True:
+            host.check_stop()
+            status = self._carriage_since(sent_wall)
+            to_reversal = self._wall_to_reversal(status)
+            await asyncio.sleep(min(POLL_S, to_reversal))
+            now = host.clock.now()
+            self._integrate(tally, now - last_process)
+            last_process = now
+            self._read_gauge()
+            if status is None:
+                self._check_deadline(deadline)
+                continue
+            # The boundary's work is done at the reversal the drive is about to make (timed
+            # from its position and speed), not one poll after it: a layer's new composition
+            # begins with its first pass at any time scale. The count confirms it.
+            predicted = 1 if to_reversal <= POLL_S and status.oscillating else 0
+            while (max(status.strokes_done, anticipated + predicted) > counted
+                   and self.remaining_in_step() > 0):
+                counted += 1
+                await self._pass_complete(tally)
+                tally = _PassTally(host.clock, self.estimator.basis_g)
+                deadline = self._pass_deadline()
+            anticipated = counted if predicted else max(anticipated, status.strokes_done)
+            status = self._carriage_since(sent_wall) or status
+            wanted = counted + self.remaining_in_step()
+            if wanted == counted:
+                return
+            if not status.oscillating:
+                if counted >= given:
+                    return  # it ran what it was given before the added passes reached it
+                raise StepFailed("deposit", "the carriage stopped oscillating")
+            if wanted != given:  # the operator added passes: the drive reads it at a reversal
+                given = wanted
+                await host.act.set_oscillation_strokes("carriage", given, "recipe")
+            self._check_deadline(deadline)
+
+    def _wall_to_reversal(self, status: AxisStatus | None) -> float:
+        """Wall seconds until the carriage reaches the end of the pass running, from its last
+        polled position carried forward at the pass's speed."""
+        health = self.host.telemetry.health.get("carriage")
+        if status is None or health is None or not status.oscillating:
+            return POLL_S
+        _, end = self._pass_ends()
+        speed = self._speed_running / 60  # mm/s of process time
+        scale = self.host.clock.time_scale
+        travelled = speed * (time.monotonic() - health.last_ok_wall) * scale
+        remaining = max(0.0, abs(end - status.position_mm) - travelled)
+        return remaining / speed / scale
+
+    def _carriage_since(self, sent_wall: float) -> AxisStatus | None:
+        """The carriage's status from a poll after the oscillation was sent (an older one
+        still counts the strokes of the last oscillation)."""
+        health = self.host.telemetry.health.get("carriage")
+        status = self.host.telemetry.axes.get("carriage")
+        if health is None or status is None or health.last_ok_wall <= sent_wall:
+            return None
+        if not status.oscillating and status.strokes_done == 0:
+            return None  # not begun yet (the drive may still be reaching the first point)
+        return status
+
+    def _pass_deadline(self) -> float:
+        layer = self.op.layers[min(self.cursor.layer, len(self.op.layers) - 1)]
+        speed = self._traverse(layer, self.cursor.traverse_pct)
+        process_s = self.length / speed * 60 * 1.5 + 10
+        return time.monotonic() + self.host.clock.wall_budget(process_s)
+
+    @staticmethod
+    def _check_deadline(deadline: float) -> None:
+        if time.monotonic() > deadline:
+            raise StepFailed("deposit", "timed out waiting for the end of a pass")
+
+    # -- measuring -------------------------------------------------------------------------
+    def _flow(self, device: str) -> float:
+        reading = self.host.telemetry.mfcs.get(device)
+        return 0.0 if reading is None else max(0.0, reading.mass_slpm)
+
+    def _integrate(self, tally: _PassTally, dt_s: float) -> None:
+        sicl4, dopant = self._flow("mfc_sicl4"), self._flow("mfc_dopant")
+        tally.add(sicl4, dopant, dt_s)
+        if self.host.act.commanded.outputs.precursor_valve:
+            self.estimator.offer(self._sicl4.g_min_for(sicl4), dt_s)
+        self.cursor.basis_g = self.estimator.basis_g
+
+    def _read_gauge(self) -> None:
+        health = self.host.telemetry.health.get("diameter_gauge")
+        if health is None or health.last_ok_wall <= self._last_reading_wall:
+            return
+        measured = self.host.measured_diameter()
+        if measured is not None:
+            self._last_reading_wall = health.last_ok_wall
+            self.estimator.observe(measured)
+
+    def _diameter_now(self, layer: LayerOp) -> tuple[float, str]:
+        """From the gauge (grown by what was offered since its last reading); open loop from
+        the forecast when the gauge is lost (rule 2: deposition goes on)."""
+        basis = pass_basis_g(layer, self.length)
+        if self.host.telemetry.link_ok("diameter_gauge"):
+            now = self.estimator.diameter_now(basis)
+            if now is not None:
+                return now, "gauge"
+        return self.estimator.diameter_now(basis) or self.host.line.geometry.bait_rod_diameter_mm, \
+            "forecast"
+
+    # -- the loop --------------------------------------------------------------------------
+    def _correction(self) -> Correction:
+        c, layer = self.cursor, self.layer()
+        basis = pass_basis_g(layer, self.length)
+        efficiency = self.estimator.efficiency(basis)
+        diameter, self._source = self._diameter_now(layer)
+        c.diameter_mm = diameter
+        c.efficiency_estimate = efficiency
+        remaining = max(1, self.passes(c.layer) - c.layer_pass)
+        correction = correct(
+            diameter_mm=diameter, boundary_mm=layer.target_diameter_mm,
+            remaining_passes=remaining, efficiency=efficiency, basis_per_pass_g=basis,
+            length_mm=self.length, authority=self._authority[c.layer],
+            operator_traverse_pct=self.host.trim_traverse_pct, previous_factor=c.factor,
+            max_step=MAX_STEP)
+        self.host.outlook_changed(self._outlook(diameter, efficiency))
+        return correction
+
+    def _outlook(self, diameter: float, efficiency: float) -> Outlook | None:
+        c = self.cursor
+        layers: list[tuple[LayerOp, int, Authority]] = [
+            (self.op.layers[i], self.passes(i) - (c.layer_pass if i == c.layer else 0),
+             self._authority[i])
+            for i in range(c.layer, len(self.op.layers))
+        ]
+        forecast = outlook(diameter_mm=diameter, layers=layers, efficiency=efficiency,
+                           length_mm=self.length)
+        return forecast if forecast.misses(OUTLOOK_TOLERANCE_PCT) else None
+
+    def _traverse(self, layer: LayerOp, pct: float) -> float:
+        return layer.traverse_mm_min * (1 + pct / 100)
+
+    async def _apply(self, correction: Correction, layer: LayerOp, *, first: bool) -> None:
+        """SiCl4 and dopant at once (the pass has begun), in ratio; the traverse from the next
+        reversal (the drive's one pass, one speed), or now for the first pass."""
+        act, c = self.host.act, self.cursor
+        sicl4 = layer.sicl4_slpm * correction.sicl4_scale
+        await asyncio.gather(
+            act.set_flow_slpm("mfc_sicl4", sicl4, "recipe"),
+            act.set_flow_slpm("mfc_dopant", sicl4 * layer.dopant_per_sicl4, "recipe"),
+        )
+        c.sicl4_scale, c.factor = correction.sicl4_scale, correction.factor
+        speed = self._traverse(layer, correction.traverse_pct)
+        if not first and abs(speed - self._speed_pending) > 1e-9:
+            # Taken by the drive at its next reversal: the pass after the one now running.
+            await act.set_oscillation_speed("carriage", speed, "recipe")
+            self._speed_pending = speed
+        c.traverse_pct = correction.traverse_pct
+        self._correction_now = correction
+
+    async def _heaters(self, start: float) -> None:
+        layer = self.layer()
+        if layer.heaters:
+            # The heater at a turning point fires while the torch is away at the other end.
+            leaving_a = start == self.op.turning_point_a_mm
+            await self.host.act.set_outputs("recipe", heater_a=leaving_a, heater_b=not leaving_a)
+
+    async def _pass_complete(self, tally: _PassTally) -> None:
+        host, c = self.host, self.cursor
+        layer = self.layer()
+        applied = self._correction_now
+        scale = c.sicl4_scale  # of the pass that just ended (the loop sets the next below)
+        sicl4_slpm = layer.sicl4_slpm * scale
+        finished_speed, self._speed_running = self._speed_running, self._speed_pending
+        c.layer_pass += 1
+        c.passes_done += 1
+        layer_index = c.layer
+        new_layer = c.layer_pass >= self.passes(c.layer) and c.layer + 1 < len(self.op.layers)
+        if new_layer:
+            c.layer += 1
+            c.layer_pass = 0
+        diameter, source = self._diameter_now(layer)
+        c.diameter_mm = diameter
+        if self.remaining_in_step() > 0:
+            # The precursors first: the new pass's composition begins with it.
+            await self._apply(self._correction(), self.layer(), first=False)
+        if new_layer:
+            await host.establish_layer(self.layer(), wait=False)
+        summary = PassSummary(
+            layer=layer_index, layer_name=layer.name, pass_index=c.layer_pass or self.passes(
+                layer_index), passes_done=c.passes_done, diameter_mm=round(diameter, 3),
+            diameter_source=source, planned_boundary_mm=round(layer.target_diameter_mm, 3),
+            deposited_g=round((c.efficiency_estimate or 0.0)
+                              * (self.estimator.basis_g - tally.basis_start_g), 3),
+            duration_s=round(host.clock.now() - tally.started_process, 2),
+            sicl4_g_min=round(self._sicl4.g_min_for(sicl4_slpm), 3),
+            sicl4_scale=round(scale, 4),
+            dopant_slpm=round(sicl4_slpm * layer.dopant_per_sicl4, 4),
+            traverse_mm_min=round(finished_speed, 2),
+            wanted_factor=round(applied.wanted, 4), limited=applied.limited,
+            composition_error_pct=_rounded(tally.composition_error_pct(layer.dopant_per_sicl4)),
+            started_wall=tally.started_wall, ended_wall=time.monotonic(),
+        )
+        log.info("deposition.pass", **asdict(summary))
+        if self.remaining_in_step() > 0:
+            start, _ = self._pass_ends()
+            await asyncio.gather(self._heaters(start), host.track_gap(self.layer(), diameter))
+        host.progress(pass_from=self._pass_ends()[0], pass_to=self._pass_ends()[1])
+        await host.pass_ended(summary)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
