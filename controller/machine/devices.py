@@ -94,6 +94,76 @@ def _transport(name: str, bus: BusConfig, endpoint: Endpoint) -> Transport:
     return AsciiTransport(name, endpoint, timeout_s=bus.timeout_s, retries=bus.retries)
 
 
+class _Buses:
+    """The line's transports, one per bus, each of the kind its protocol needs."""
+
+    def __init__(self, line: LineConfig, endpoints: dict[str, Any] | None,
+                 prefer_pty: bool) -> None:
+        bus_endpoints = _bus_endpoints(line, endpoints, prefer_pty)
+        self.transports = {
+            name: _transport(name, bus, bus_endpoints[name]) for name, bus in line.buses.items()
+        }
+
+    def modbus(self, bus: str) -> ModbusTransport:
+        transport = self.transports[bus]
+        assert isinstance(transport, ModbusTransport), bus
+        return transport
+
+    def ascii(self, bus: str) -> AsciiTransport:
+        transport = self.transports[bus]
+        assert isinstance(transport, AsciiTransport), bus
+        return transport
+
+
+def _rf(line: LineConfig, buses: _Buses) -> RfGenerator:
+    cfg = line.devices["rf"]
+    assert isinstance(cfg, RfGeneratorConfig)
+    return RfGenerator(buses.modbus(cfg.bus), cfg.unit, name="rf",
+                       max_power_kw=cfg.max_power_kw, max_slew_kw_s=cfg.max_slew_kw_s)
+
+
+def _safety_io(line: LineConfig, buses: _Buses) -> SafetyIo:
+    cfg = line.devices["safety_io"]
+    assert isinstance(cfg, SafetyIoConfig)
+    return SafetyIo(buses.modbus(cfg.bus), cfg.unit, name="safety_io")
+
+
+def _mfc(line: LineConfig, buses: _Buses, name: str) -> MassFlowControllerLike:
+    cfg = line.devices[name]
+    assert isinstance(cfg, MfcConfig)
+    if line.buses[cfg.bus].protocol == "alicat-ascii":
+        return AlicatAsciiMfc(buses.ascii(cfg.bus), str(cfg.unit), name=name,
+                              full_scale_slpm=cfg.full_scale_slpm, gas_number=cfg.gas_number)
+    return AlicatModbusMfc(buses.modbus(cfg.bus), int(cfg.unit), name=name,
+                           full_scale_slpm=cfg.full_scale_slpm, gas_number=cfg.gas_number)
+
+
+def _axis(line: LineConfig, buses: _Buses, name: str) -> ServoAxis:
+    cfg = line.devices[name]
+    assert isinstance(cfg, ServoAxisConfig)
+    return ServoAxis(buses.modbus(cfg.bus), cfg.unit, name=name, motion=cfg.motion,
+                     min_position_mm=cfg.min_position_mm, max_position_mm=cfg.max_position_mm,
+                     max_speed=cfg.max_speed, max_acceleration=cfg.acceleration)
+
+
+def _gauge(line: LineConfig, buses: _Buses) -> DiameterGauge:
+    cfg = line.devices["diameter_gauge"]
+    assert isinstance(cfg, DiameterGaugeConfig)
+    return DiameterGauge(buses.ascii(cfg.bus), name="diameter_gauge")
+
+
+def _simulator_settings(
+    endpoints: dict[str, Any] | None,
+) -> tuple[float, tuple[str, int] | None]:
+    """A simulator's time scale and control channel (1 and none for a real line)."""
+    if endpoints is None:
+        return 1.0, None
+    control = None
+    if "control" in endpoints:
+        control = (str(endpoints["control"]["host"]), int(endpoints["control"]["port"]))
+    return float(endpoints.get("time_scale", 1.0)), control
+
+
 def build_machine(
     line: LineConfig,
     endpoints: dict[str, Any] | None = None,
@@ -101,58 +171,10 @@ def build_machine(
     prefer_pty: bool = False,
 ) -> Machine:
     """Drivers for every device; nothing is connected yet (transports connect on first use)."""
-    bus_endpoints = _bus_endpoints(line, endpoints, prefer_pty)
-    transports = {
-        name: _transport(name, bus, bus_endpoints[name]) for name, bus in line.buses.items()
-    }
-
-    def modbus(bus: str) -> ModbusTransport:
-        transport = transports[bus]
-        assert isinstance(transport, ModbusTransport), bus
-        return transport
-
-    def ascii_(bus: str) -> AsciiTransport:
-        transport = transports[bus]
-        assert isinstance(transport, AsciiTransport), bus
-        return transport
-
-    rf_cfg = line.devices["rf"]
-    assert isinstance(rf_cfg, RfGeneratorConfig)
-    rf = RfGenerator(modbus(rf_cfg.bus), rf_cfg.unit, name="rf",
-                     max_power_kw=rf_cfg.max_power_kw, max_slew_kw_s=rf_cfg.max_slew_kw_s)
-    io_cfg = line.devices["safety_io"]
-    assert isinstance(io_cfg, SafetyIoConfig)
-    safety_io = SafetyIo(modbus(io_cfg.bus), io_cfg.unit, name="safety_io")
-    mfcs: dict[str, MassFlowControllerLike] = {}
-    for name in MFC_NAMES:
-        cfg = line.devices[name]
-        assert isinstance(cfg, MfcConfig)
-        if line.buses[cfg.bus].protocol == "alicat-ascii":
-            mfcs[name] = AlicatAsciiMfc(ascii_(cfg.bus), str(cfg.unit), name=name,
-                                        full_scale_slpm=cfg.full_scale_slpm,
-                                        gas_number=cfg.gas_number)
-        else:
-            mfcs[name] = AlicatModbusMfc(modbus(cfg.bus), int(cfg.unit), name=name,
-                                         full_scale_slpm=cfg.full_scale_slpm,
-                                         gas_number=cfg.gas_number)
-    axes: dict[str, ServoAxisLike] = {}
-    for name in AXIS_NAMES:
-        cfg_axis = line.devices[name]
-        assert isinstance(cfg_axis, ServoAxisConfig)
-        axes[name] = ServoAxis(modbus(cfg_axis.bus), cfg_axis.unit, name=name,
-                               motion=cfg_axis.motion,
-                               min_position_mm=cfg_axis.min_position_mm,
-                               max_position_mm=cfg_axis.max_position_mm,
-                               max_speed=cfg_axis.max_speed,
-                               max_acceleration=cfg_axis.acceleration)
-    gauge_cfg = line.devices["diameter_gauge"]
-    assert isinstance(gauge_cfg, DiameterGaugeConfig)
-    gauge = DiameterGauge(ascii_(gauge_cfg.bus), name="diameter_gauge")
-    control = None
-    time_scale = 1.0
-    if endpoints is not None:
-        time_scale = float(endpoints.get("time_scale", 1.0))
-        if "control" in endpoints:
-            control = (str(endpoints["control"]["host"]), int(endpoints["control"]["port"]))
-    return Machine(line=line, transports=transports, rf=rf, safety_io=safety_io, mfcs=mfcs,
-                   axes=axes, gauge=gauge, time_scale=time_scale, control=control)
+    buses = _Buses(line, endpoints, prefer_pty)
+    mfcs = {name: _mfc(line, buses, name) for name in MFC_NAMES}
+    axes: dict[str, ServoAxisLike] = {name: _axis(line, buses, name) for name in AXIS_NAMES}
+    time_scale, control = _simulator_settings(endpoints)
+    return Machine(line=line, transports=buses.transports, rf=_rf(line, buses),
+                   safety_io=_safety_io(line, buses), mfcs=mfcs, axes=axes,
+                   gauge=_gauge(line, buses), time_scale=time_scale, control=control)
