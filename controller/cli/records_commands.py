@@ -26,15 +26,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     reader = RecordsReader(path)
     if args.runs_command == "list":
-        runs = reader.list_runs()
-        if args.json:
-            out(json.dumps([to_plain(r) for r in runs], indent=2, default=str))
-            return EXIT_OK
-        out(f"{'id':>4}  {'recipe':<22} {'serial':<12} {'operator':<12} {'started':<19}  outcome")
-        for r in runs:
-            outcome = r.outcome.value if r.outcome else "interrupted?"
-            out(f"{r.id:>4}  {r.recipe_name:<22} {r.preform_serial or '-':<12} "
-                f"{r.operator:<12} {_when(r.started_at):<19}  {outcome}")
+        _list_runs(reader, as_json=args.json)
         return EXIT_OK
     detail = reader.get_run(args.run_id)
     if detail is None:
@@ -46,10 +38,26 @@ def cmd_runs(args: argparse.Namespace) -> int:
             out(json.dumps(report, indent=2, default=str))
         else:
             print_report(report)
-        return EXIT_OK
-    if args.json:
+    elif args.json:
         out(json.dumps(to_plain(detail), indent=2, default=str))
-        return EXIT_OK
+    else:
+        _show_run(detail)
+    return EXIT_OK
+
+
+def _list_runs(reader: RecordsReader, *, as_json: bool) -> None:
+    runs = reader.list_runs()
+    if as_json:
+        out(json.dumps([to_plain(r) for r in runs], indent=2, default=str))
+        return
+    out(f"{'id':>4}  {'recipe':<22} {'serial':<12} {'operator':<12} {'started':<19}  outcome")
+    for r in runs:
+        outcome = r.outcome.value if r.outcome else "interrupted?"
+        out(f"{r.id:>4}  {r.recipe_name:<22} {r.preform_serial or '-':<12} "
+            f"{r.operator:<12} {_when(r.started_at):<19}  {outcome}")
+
+
+def _show_run(detail: RunDetail) -> None:
     r = detail.run
     out(f"run {r.id}: {r.recipe_name} ({r.recipe_hash[:12]}) on {r.line}/{r.machine}")
     out(f"  operator {r.operator}, serial {r.preform_serial or '-'}, "
@@ -69,7 +77,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
         out(f"    {_when(a.t)} {to_plain(a)}")
     for c in detail.commands:
         out(f"    {_when(c.t)} {to_plain(c)}")
-    return EXIT_OK
 
 
 def run_report(detail: RunDetail) -> dict[str, Any]:

@@ -147,6 +147,33 @@ async def _run_locked(
                                         restarted=bool(interrupted), interrupts=interrupts)
 
 
+async def _ready(args: argparse.Namespace, sup: Supervisor, operator: str, *,
+                 restarted: bool) -> bool:
+    """Every link up, the idle posture, the hardware's latches from a dead controller reset,
+    the interlocks healthy, and after a crash the safe state and the reconciliation; False
+    (and why, on stderr) when the run must be refused."""
+    missing = await sup.wait_links()
+    if missing:
+        err(f"refused: no answer from {', '.join(missing)}: check that the machine (or "
+            f"povd-sim) is running and that the endpoints / line configuration point at it")
+        return False
+    await sup.make_idle("connect")
+    reset = await sup.reset_controller_loss(operator)
+    if reset:
+        out(f"reset what the hardware latched when the last controller stopped: "
+            f"{', '.join(reset)} (recorded)")
+    blockers = await sup.wait_healthy()
+    if blockers:
+        err("refused: interlocks not healthy: " + "; ".join(blockers))
+        return False
+    if restarted:
+        # After a crash: safe state first, then compare what was commanded with what is.
+        await sup.make_safe("restart")
+        await asyncio.sleep(0.3)  # fresh readings after the safe-state writes
+        await _reconcile(sup, args.resume if args.resume is not None else args.abandon)
+    return True
+
+
 async def _supervise(  # noqa: PLR0917 - one call site, each argument named there
     args: argparse.Namespace,
     line: LineConfig,
@@ -159,25 +186,8 @@ async def _supervise(  # noqa: PLR0917 - one call site, each argument named ther
     restarted: bool,
     interrupts: asyncio.Queue[str],
 ) -> int:
-    missing = await sup.wait_links()
-    if missing:
-        err(f"refused: no answer from {', '.join(missing)}: check that the machine (or "
-            f"povd-sim) is running and that the endpoints / line configuration point at it")
+    if not await _ready(args, sup, operator, restarted=restarted):
         return EXIT_REFUSED
-    await sup.make_idle("connect")
-    reset = await sup.reset_controller_loss(operator)
-    if reset:
-        out(f"reset what the hardware latched when the last controller stopped: "
-            f"{', '.join(reset)} (recorded)")
-    blockers = await sup.wait_healthy()
-    if blockers:
-        err("refused: interlocks not healthy: " + "; ".join(blockers))
-        return EXIT_REFUSED
-    if restarted:
-        # After a crash: safe state first, then compare what was commanded with what is.
-        await sup.make_safe("restart")
-        await asyncio.sleep(0.3)  # fresh readings after the safe-state writes
-        await _reconcile(sup, args.resume if args.resume is not None else args.abandon)
     header = RunHeader(
         recipe_name=recipe.name, recipe_text=recipe.text, line=line.line,
         machine=line.machine, operator=operator, preform_serial=args.serial,

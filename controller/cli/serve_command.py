@@ -116,12 +116,7 @@ async def _serve(
             scale = float(endpoints["time_scale"])
         async with Supervisor(machine, records, clock=ProcessClock(scale),
                               link_wait_s=args.link_wait) as sup:
-            missing = await sup.wait_links()
-            if missing:
-                log.warning("serve.links_missing", devices=missing)
-            await sup.make_idle("serve")
-            await sup.reset_controller_loss(getpass.getuser())
-            await sup.wait_healthy()
+            await _bring_up(sup)
             with AuditTrail(audit_path(data_dir)) as audit:
                 service = LineService(sup, users, db, audit)
                 if service.status()["interrupted_runs"]:
@@ -148,6 +143,17 @@ async def _serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
     return EXIT_OK
+
+
+async def _bring_up(sup: Supervisor) -> None:
+    """The links (serving goes on without a missing one: status says so), the idle posture,
+    the hardware's latches from a dead controller reset, then the interlocks armed."""
+    missing = await sup.wait_links()
+    if missing:
+        log.warning("serve.links_missing", devices=missing)
+    await sup.make_idle("serve")
+    await sup.reset_controller_loss(getpass.getuser())
+    await sup.wait_healthy()
 
 
 async def _wind_down(sup: Supervisor) -> None:

@@ -17,7 +17,7 @@ import structlog
 
 from controller.recipes.loading import parse_recipe
 from controller.recipes.planning import plan_from_recipe
-from controller.recipes.recipe import RecipeError
+from controller.recipes.recipe import Recipe, RecipeError
 from controller.records.audit import AuditTrail
 from controller.records.run_records import RecordsReader, RecordsUnavailable, RunHeader
 from controller.run.commands import SAFE_WARD_COMMANDS, CoolingRotationRefused
@@ -196,43 +196,8 @@ class LineService:
     # -- handlers --------------------------------------------------------------------------
     async def _start(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
         line = self.sup.line
-        text = args.get("recipe_text")
-        if not isinstance(text, str) or not text.strip():
-            raise Refused("start needs the recipe's text (recipe_text)")
-        path = Path(str(args.get("recipe_path") or "<api>"))
-        try:
-            recipe = parse_recipe(text, line, path)
-        except RecipeError as exc:
-            issues = "; ".join(f"{i.field}: {i.reason}" if i.field else i.reason
-                               for i in exc.errors)
-            raise Refused(f"invalid recipe: {issues}") from None
-        cursor: Cursor | None = None
-        run_id: int | None = None
-        resume, abandon = args.get("resume_run_id"), args.get("abandon_run_id")
-        if resume is not None and abandon is not None:
-            raise Refused("resume_run_id and abandon_run_id exclude each other")
-        chosen = resume if resume is not None else abandon
-        if chosen is not None:
-            match = [r for r in self._interrupted_runs if r.id == int(chosen)]
-            if not match:
-                raise Refused(f"run {chosen} is not an interrupted run of this line")
-            if resume is not None and match[0].recipe_name != recipe.name:
-                raise Refused(f"run {resume} ran recipe {match[0].recipe_name!r}, "
-                              f"not {recipe.name!r}: start it with its own recipe")
-        if abandon is not None:
-            await self.sup.records.end_run(int(abandon), "abandoned")
-            await self._record(user, "abandon", {"run_id": int(abandon)}, True, None)
-            self._interrupted_runs = self._read_interrupted()
-        elif resume is not None:
-            checkpoint = RecordsReader(self.records_db).last_checkpoint(int(resume))
-            cursor = Cursor.from_json(checkpoint.state) if checkpoint else Cursor()
-            run_id = int(resume)
-        elif self._interrupted_runs:
-            r = self._interrupted_runs[0]
-            raise Refused(f"run {r.id} ({r.recipe_name}) was interrupted: continue it with "
-                          f"`povd start RECIPE --resume {r.id}` (resume_run_id={r.id}) or "
-                          f"record it as abandoned with `--abandon {r.id}` "
-                          f"(abandon_run_id={r.id})")
+        recipe = self._recipe_of(args)
+        cursor, run_id = await self._interrupted_run_for(user, args, recipe.name)
         header = RunHeader(
             recipe_name=recipe.name, recipe_text=recipe.text, line=line.line,
             machine=line.machine, operator=str(args.get("operator") or user or getpass.getuser()),
@@ -248,6 +213,48 @@ class LineService:
             self._interrupted_runs = [r for r in self._interrupted_runs if r.id != run_id]
         return {"run_id": self.sup.run_id, "recipe": recipe.name, "passes":
                 recipe.total_passes()}
+
+    def _recipe_of(self, args: dict[str, Any]) -> Recipe:
+        text = args.get("recipe_text")
+        if not isinstance(text, str) or not text.strip():
+            raise Refused("start needs the recipe's text (recipe_text)")
+        path = Path(str(args.get("recipe_path") or "<api>"))
+        try:
+            return parse_recipe(text, self.sup.line, path)
+        except RecipeError as exc:
+            issues = "; ".join(f"{i.field}: {i.reason}" if i.field else i.reason
+                               for i in exc.errors)
+            raise Refused(f"invalid recipe: {issues}") from None
+
+    async def _interrupted_run_for(self, user: str, args: dict[str, Any],
+                                   recipe_name: str) -> tuple[Cursor | None, int | None]:
+        """A start after a dead controller: resume the interrupted run (its cursor and id),
+        or record it as abandoned first; refused while one waits for that decision."""
+        resume, abandon = args.get("resume_run_id"), args.get("abandon_run_id")
+        if resume is not None and abandon is not None:
+            raise Refused("resume_run_id and abandon_run_id exclude each other")
+        chosen = resume if resume is not None else abandon
+        if chosen is not None:
+            match = [r for r in self._interrupted_runs if r.id == int(chosen)]
+            if not match:
+                raise Refused(f"run {chosen} is not an interrupted run of this line")
+            if resume is not None and match[0].recipe_name != recipe_name:
+                raise Refused(f"run {resume} ran recipe {match[0].recipe_name!r}, "
+                              f"not {recipe_name!r}: start it with its own recipe")
+        if abandon is not None:
+            await self.sup.records.end_run(int(abandon), "abandoned")
+            await self._record(user, "abandon", {"run_id": int(abandon)}, True, None)
+            self._interrupted_runs = self._read_interrupted()
+        elif resume is not None:
+            checkpoint = RecordsReader(self.records_db).last_checkpoint(int(resume))
+            return (Cursor.from_json(checkpoint.state) if checkpoint else Cursor()), int(resume)
+        elif self._interrupted_runs:
+            r = self._interrupted_runs[0]
+            raise Refused(f"run {r.id} ({r.recipe_name}) was interrupted: continue it with "
+                          f"`povd start RECIPE --resume {r.id}` (resume_run_id={r.id}) or "
+                          f"record it as abandoned with `--abandon {r.id}` "
+                          f"(abandon_run_id={r.id})")
+        return None, None
 
     async def _retry(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
         if self.sup.sm.state is not State.SUSPENDED:
