@@ -6,6 +6,7 @@ flow, the dopant in ratio, and traverse speed, within the recipe's authority."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -157,7 +158,9 @@ class Deposition:
         self._last_reading_wall = 0.0
         self._strokes_base = 0  # strokes of earlier oscillations in this step (extra passes)
         self._source = "gauge"
-        self._speed_running = self._speed_pending = 0.0  # mm/min, set when oscillating
+        # Traverse speeds (mm/min): of the pass running, the last written to the drive (it
+        # runs from the pass after the one it was written in), and the one the loop wants.
+        self._speed_running = self._speed_written = self._speed_wanted = 0.0
         self._correction_now = Correction(1.0, 1.0, 1.0, 0.0, limited=False, step_limited=False)
 
     # -- passes ----------------------------------------------------------------------------
@@ -208,7 +211,7 @@ class Deposition:
         given = self.remaining_in_step()
         sent_wall = time.monotonic()
         speed = self._traverse(self.layer(), self.cursor.traverse_pct)
-        self._speed_running = self._speed_pending = speed
+        self._speed_running = self._speed_written = self._speed_wanted = speed
         await host.act.oscillate_axis("carriage", (start, end), speed, given, "recipe")
         await self._heaters(start)
         counted = anticipated = 0
@@ -218,7 +221,7 @@ class Deposition:
         while True:
             host.check_stop()
             status = self._carriage_since(sent_wall)
-            to_reversal = self._wall_to_reversal(status)
+            to_reversal = self._wall_to_reversal(status, counted)
             await asyncio.sleep(min(POLL_S, to_reversal))
             now = host.clock.now()
             self._integrate(tally, now - last_process)
@@ -230,15 +233,23 @@ class Deposition:
             # The boundary's work is done at the reversal the drive is about to make (timed
             # from its position and speed), not one poll after it: a layer's new composition
             # begins with its first pass at any time scale. The count confirms it.
-            predicted = 1 if to_reversal <= POLL_S and status.oscillating else 0
+            predicted = 1 if to_reversal <= POLL_S else 0
             while (max(status.strokes_done, anticipated + predicted) > counted
                    and self.remaining_in_step() > 0):
                 counted += 1
-                await self._pass_complete(tally)
-                tally = _PassTally(host.clock, self.estimator.basis_g)
+                log.debug("deposition.boundary", predicted=predicted, drive=status.strokes_done,
+                          position=status.position_mm, to_reversal=to_reversal,
+                          process_s=host.clock.now())
+                tally = await self._pass_complete(tally)
                 deadline = self._pass_deadline()
             anticipated = counted if predicted else max(anticipated, status.strokes_done)
             status = self._carriage_since(sent_wall) or status
+            if status.strokes_done >= counted and abs(
+                    self._speed_wanted - self._speed_written) > 1e-9:
+                # The drive is in the pass the loop counts: a speed written now is taken at
+                # the reversal that ends it, never one pass early.
+                await host.act.set_oscillation_speed("carriage", self._speed_wanted, "recipe")
+                self._speed_written = self._speed_wanted
             wanted = counted + self.remaining_in_step()
             if wanted == counted:
                 return
@@ -251,18 +262,20 @@ class Deposition:
                 await host.act.set_oscillation_strokes("carriage", given, "recipe")
             self._check_deadline(deadline)
 
-    def _wall_to_reversal(self, status: AxisStatus | None) -> float:
+    def _wall_to_reversal(self, status: AxisStatus | None, counted: int) -> float:
         """Wall seconds until the carriage reaches the end of the pass running, from its last
-        polled position carried forward at the pass's speed."""
+        polled position carried forward at the pass's speed; infinite (no prediction) unless
+        that poll shows the drive in the pass the loop counts (heading for its end)."""
         health = self.host.telemetry.health.get("carriage")
-        if status is None or health is None or not status.oscillating:
-            return POLL_S
+        if (status is None or health is None or not status.oscillating
+                or status.strokes_done != counted):
+            return math.inf
         _, end = self._pass_ends()
+        age = time.monotonic() - health.last_ok_wall
         speed = self._speed_running / 60  # mm/s of process time
         scale = self.host.clock.time_scale
-        travelled = speed * (time.monotonic() - health.last_ok_wall) * scale
-        remaining = max(0.0, abs(end - status.position_mm) - travelled)
-        return remaining / speed / scale
+        remaining = abs(end - status.position_mm) - speed * age * scale
+        return max(0.0, remaining) / speed / scale
 
     def _carriage_since(self, sent_wall: float) -> AxisStatus | None:
         """The carriage's status from a poll after the oscillation was sent (an older one
@@ -361,10 +374,8 @@ class Deposition:
         )
         c.sicl4_scale, c.factor = correction.sicl4_scale, correction.factor
         speed = self._traverse(layer, correction.traverse_pct)
-        if not first and abs(speed - self._speed_pending) > 1e-9:
-            # Taken by the drive at its next reversal: the pass after the one now running.
-            await act.set_oscillation_speed("carriage", speed, "recipe")
-            self._speed_pending = speed
+        if not first:
+            self._speed_wanted = speed  # written once the drive confirms this pass began
         c.traverse_pct = correction.traverse_pct
         self._correction_now = correction
 
@@ -375,13 +386,17 @@ class Deposition:
             leaving_a = start == self.op.turning_point_a_mm
             await self.host.act.set_outputs("recipe", heater_a=leaving_a, heater_b=not leaving_a)
 
-    async def _pass_complete(self, tally: _PassTally) -> None:
+    async def _pass_complete(self, tally: _PassTally) -> _PassTally:
+        """The pass that ``tally`` measured has ended: the next one begins now (its tally
+        too), then the boundary's work; returns the next pass's tally."""
         host, c = self.host, self.cursor
+        ended_process, ended_wall = host.clock.now(), time.monotonic()
+        following = _PassTally(host.clock, self.estimator.basis_g)
         layer = self.layer()
         applied = self._correction_now
         scale = c.sicl4_scale  # of the pass that just ended (the loop sets the next below)
         sicl4_slpm = layer.sicl4_slpm * scale
-        finished_speed, self._speed_running = self._speed_running, self._speed_pending
+        finished_speed, self._speed_running = self._speed_running, self._speed_written
         c.layer_pass += 1
         c.passes_done += 1
         layer_index = c.layer
@@ -401,15 +416,15 @@ class Deposition:
                 layer_index), passes_done=c.passes_done, diameter_mm=round(diameter, 3),
             diameter_source=source, planned_boundary_mm=round(layer.target_diameter_mm, 3),
             deposited_g=round((c.efficiency_estimate or 0.0)
-                              * (self.estimator.basis_g - tally.basis_start_g), 3),
-            duration_s=round(host.clock.now() - tally.started_process, 2),
+                              * (following.basis_start_g - tally.basis_start_g), 3),
+            duration_s=round(ended_process - tally.started_process, 2),
             sicl4_g_min=round(self._sicl4.g_min_for(sicl4_slpm), 3),
             sicl4_scale=round(scale, 4),
             dopant_slpm=round(sicl4_slpm * layer.dopant_per_sicl4, 4),
             traverse_mm_min=round(finished_speed, 2),
             wanted_factor=round(applied.wanted, 4), limited=applied.limited,
             composition_error_pct=_rounded(tally.composition_error_pct(layer.dopant_per_sicl4)),
-            started_wall=tally.started_wall, ended_wall=time.monotonic(),
+            started_wall=tally.started_wall, ended_wall=ended_wall,
         )
         log.info("deposition.pass", **asdict(summary))
         if self.remaining_in_step() > 0:
@@ -417,6 +432,7 @@ class Deposition:
             await asyncio.gather(self._heaters(start), host.track_gap(self.layer(), diameter))
         host.progress(pass_from=self._pass_ends()[0], pass_to=self._pass_ends()[1])
         await host.pass_ended(summary)
+        return following
 
 
 def _rounded(value: float | None) -> float | None:

@@ -149,7 +149,7 @@ async def test_an_unhandled_error_in_the_recipe_ends_in_the_safe_state(rig: Rig)
     async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug in the executor")
 
-    executor._one_pass = broken  # type: ignore[method-assign]
+    executor.pass_ended = broken  # type: ignore[method-assign]
     await rig.wait_state(State.ABORTED, timeout_s=20)
     assert rig.sup.trip_cause == "internal_error"
     assert rig.sup.alarms.status("internal_error").state in ANNUNCIATED

@@ -135,11 +135,13 @@ async def test_the_forecast_and_the_run_read_the_same_plan(rig: Rig) -> None:
         layer.name for layer in layers for _ in range(layer.passes)]
     assert [p["sicl4_g_min"] for p in passes] == pytest.approx(
         [layer.sicl4_g_min for layer in layers for _ in range(layer.passes)])
-    # The run spends what the forecast counts, plus what the forecast does not model yet: the
-    # time at each turning point and every settle (a wire round trip is seconds of process
-    # time at x200). Measured here: 50 g of SiCl4 for 36 g forecast, 314 s for 128 s. The
-    # process-quality issue (simulation fidelity at high time scales) is to close the gap and
-    # then tighten these bounds.
+    # The passes spend what the forecast counts: the carriage oscillates drive-side, so a
+    # turning point costs no wire round trip at x200 (before: 50 g of SiCl4 for 36 g).
     sicl4_g = sum(p["sicl4_g_min"] * p["duration_s"] / 60 for p in passes)
-    assert predicted.sicl4_g * 0.98 <= sicl4_g <= predicted.sicl4_g * 1.8
-    assert predicted.duration_s * 0.9 <= process_s <= predicted.duration_s * 3.5, process_s
+    assert predicted.sicl4_g * 0.95 <= sicl4_g <= predicted.sicl4_g * 1.1, sicl4_g
+    deposit_s = sum(p["duration_s"] for p in passes)
+    forecast_s = sum(layer.duration_s for layer in predicted.layers)
+    assert forecast_s * 0.95 <= deposit_s <= forecast_s * 1.1, (deposit_s, forecast_s)
+    # The whole run takes longer: the settles, and the rod cooling below the rotation-stop
+    # temperature while it turns (the forecast does not model the rod's heat).
+    assert process_s >= predicted.duration_s * 0.9, process_s
