@@ -108,11 +108,27 @@ class StrokeTracker:
     length_mm: float | None = None  # the span glass spreads over now (None: the configured)
     grams: float = 0.0  # laid down since the last reversal, over ``spread_mm``
     spread_mm: float | None = None
+    still_at: float | None = None  # where the carriage has stood since its last move
 
     def follow(self, position: float) -> tuple[bool, float | None]:
         """Track a new carriage position: (a reversal now, the span of the stroke it ends, or
-        None for the first reversal, which has no measured stroke behind it)."""
+        None for the first reversal, which has no measured stroke behind it). A carriage that
+        stood still and moves off again starts a stroke there, whichever way it goes (a move
+        to the pass start, then the oscillation)."""
+        standing = position == self.position
         self.position = position
+        if standing:
+            if self.direction != 0 and self.still_at is None:
+                self.still_at = position
+            return False, None
+        if self.still_at is not None and abs(position - self.still_at) > REVERSAL_HYSTERESIS_MM:
+            start, self.still_at = self.still_at, None
+            low, high = self.rod
+            point = min(max(start, low), high)
+            previous, self.reversal = self.reversal, point
+            self.direction = 1 if position > start else -1
+            self.extreme = position
+            return True, None if previous is None else abs(point - previous)
         moved = position - self.extreme
         if self.direction == 0:
             if abs(moved) > REVERSAL_HYSTERESIS_MM:
@@ -146,6 +162,7 @@ class Plant:
     drives_powered: bool = True  # drives lose power on E-stop
     spindle_rpm: float = 0.0
     carriage_mm: float = 0.0
+    carriage_turning_points: tuple[float, float] | None = None  # while the drive oscillates
     torch_slide_mm: float = 150.0
     heaters_on: list[bool] = field(default_factory=lambda: [False, False])
     exhaust_fan_on: bool = False  # driven by the safety PLC (forced on after a heartbeat loss)
@@ -191,7 +208,12 @@ class Plant:
     def deposition_span_mm(self) -> float:
         """The span the glass being laid down now spreads over."""
         length = self._stroke_tracker().length_mm
-        return self.config.deposition_length_mm if length is None else length
+        if length is not None:
+            return length
+        if self.carriage_turning_points is not None:
+            first, second = self.carriage_turning_points
+            return max(abs(second - first), self.config.deposition_min_length_mm)
+        return self.config.deposition_length_mm
 
     # -- derived quantities ----------------------------------------------------------------
     @property

@@ -319,6 +319,10 @@ class ServoAxisSim(RegisterDevice):
             self.plant.spindle_rpm = self.velocity / self._speed_k
         elif self.name == "carriage":
             self.plant.carriage_mm = self.position
+            run = self.oscillation
+            # The drive knows its own turning points: the plant's first stroke spreads over them
+            # (there is no measured stroke behind it yet).
+            self.plant.carriage_turning_points = None if run is None else run.turning_points
         elif self.name == "torch_slide":
             self.plant.torch_slide_mm = self.position
 

@@ -89,6 +89,7 @@ class PassSummary:
     sicl4_scale: float
     dopant_slpm: float
     traverse_mm_min: float
+    efficiency: float  # the deposition efficiency the loop estimated at the pass's end
     wanted_factor: float  # what the loop wanted of this pass's glass (x plan)
     limited: bool  # the recipe's authority bound it
     composition_error_pct: float | None  # measured dopant/SiCl4 over the pass vs the recipe
@@ -116,7 +117,8 @@ class DepositHost(Protocol):
     def measured_diameter(self) -> float | None: ...
     def layer_power(self, layer: LayerOp) -> float: ...
     async def establish_layer(self, layer: LayerOp, *, wait: bool) -> None: ...
-    async def track_gap(self, layer: LayerOp, diameter_mm: float) -> None: ...
+    async def track_gap(self, layer: LayerOp, diameter_mm: float, *,
+                        wait: bool = False) -> None: ...
     async def to_pass_start(self, op: DepositOp) -> None: ...
     async def pass_ended(self, summary: PassSummary) -> None: ...
     def outlook_changed(self, outlook: Outlook | None) -> None: ...
@@ -191,8 +193,8 @@ class Deposition:
             c.start_diameter_mm = c.diameter_mm
         while c.layer < len(self.op.layers) and self.remaining_in_step() > 0:
             layer = self.layer()
-            await host.track_gap(layer, c.diameter_mm)
-            await host.to_pass_start(self.op)
+            await asyncio.gather(host.track_gap(layer, c.diameter_mm, wait=True),
+                                 host.to_pass_start(self.op))
             await host.establish_layer(layer, wait=True)
             await self._apply(self._correction(), layer, first=True)
             await self._oscillate()
@@ -422,6 +424,7 @@ class Deposition:
             sicl4_scale=round(scale, 4),
             dopant_slpm=round(sicl4_slpm * layer.dopant_per_sicl4, 4),
             traverse_mm_min=round(finished_speed, 2),
+            efficiency=round(c.efficiency_estimate or 0.0, 4),
             wanted_factor=round(applied.wanted, 4), limited=applied.limited,
             composition_error_pct=_rounded(tally.composition_error_pct(layer.dopant_per_sicl4)),
             started_wall=tally.started_wall, ended_wall=ended_wall,

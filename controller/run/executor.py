@@ -303,16 +303,18 @@ class Executor:
         await self._establish_plasma(layer, tolerances=tolerances)
         await self.act.set_outputs("recipe", precursor_valve=True)
 
-    async def _move_carriage(self, target: float, speed_mm_min: float, what: str) -> None:
-        await self.act.move_axis("carriage", target, speed_mm_min, "recipe")
-        status = self.telemetry.axes.get("carriage")
+    async def _move(self, axis: str, target: float, speed_mm_min: float, what: str, *,
+                    source: str = "recipe") -> None:
+        """Move a linear axis and wait until it stands at the target."""
+        await self.act.move_axis(axis, target, speed_mm_min, source)
+        status = self.telemetry.axes.get(axis)
         distance = abs(target - (status.position_mm if status else target))
         tolerance = self.line.supervision.position_tolerance_mm
         expected_s = distance / speed_mm_min * 60
         await asyncio.sleep(0)  # let the poller see the new move before judging 'in position'
 
         def arrived() -> bool:
-            s = self.telemetry.axes.get("carriage")
+            s = self.telemetry.axes.get(axis)
             return s is not None and abs(s.position_mm - target) <= tolerance and not s.moving
 
         await self._until(arrived, expected_s * 1.5 + 10, what)
@@ -320,16 +322,22 @@ class Executor:
     async def to_pass_start(self, op: DepositOp) -> None:
         a, b = op.turning_point_a_mm, op.turning_point_b_mm
         start = a if self.cursor.passes_done % 2 == 0 else b
-        await self._move_carriage(start, self.line.supervision.carriage_reposition_mm_min,
-                                  "the carriage at the pass start")
+        await self._move("carriage", start, self.line.supervision.carriage_reposition_mm_min,
+                         "the carriage at the pass start")
 
-    async def track_gap(self, layer: LayerOp, diameter_mm: float) -> None:
+    async def track_gap(self, layer: LayerOp, diameter_mm: float, *, wait: bool = False) -> None:
+        """The torch slide at the layer's coil gap for the diameter; ``wait``: until it is
+        there (before the precursors flow: a gap far off the window lays little glass)."""
         slide = self.line.axis("torch_slide")
         at_zero = self.line.geometry.coil_to_axis_at_slide_zero_mm
         target = layer.coil_gap_mm + diameter_mm / 2 - at_zero
-        target = max(slide.min_position_mm, min(slide.max_position_mm, target))
-        await self.act.move_axis("torch_slide", round(target, 3),
-                                 self.line.supervision.torch_slide_mm_min, "gap-control")
+        target = round(max(slide.min_position_mm, min(slide.max_position_mm, target)), 3)
+        speed = self.line.supervision.torch_slide_mm_min
+        if wait:
+            await self._move("torch_slide", target, speed, "the torch at the coil gap",
+                             source="gap-control")
+        else:
+            await self.act.move_axis("torch_slide", target, speed, "gap-control")
 
     async def _deposit(self, op: DepositOp) -> None:
         self.current_op = "deposit"

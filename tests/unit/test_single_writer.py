@@ -22,7 +22,7 @@ DRIVER_SETTERS = frozenset({
     "set_power_kw", "set_ramp_kw_s", "rf_on", "rf_off", "reset_fault", "set_flow_slpm",
     "write_outputs", "set_output", "heartbeat", "reset_heartbeat_latch", "enable", "disable",
     "set_velocity", "move_absolute", "move_relative", "jog", "home", "stop", "reset_alarm",
-    "configure_comm_watchdog",
+    "configure_comm_watchdog", "oscillate", "set_oscillation_speed", "set_oscillation_strokes",
 })
 # The named exceptions: the heartbeat (the safety cycle's own proof of life) and each drive's
 # communication watchdog, set once at connect.
