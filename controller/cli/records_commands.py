@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from controller.cli.output import EXIT_INVALID, EXIT_OK, out
+from controller.records.layer_report import layer_reports
 from controller.records.run_records import RecordsReader, RunDetail, records_path, resolve_data_dir
 from controller.records.schema import to_plain
 
@@ -110,6 +111,7 @@ def run_report(detail: RunDetail) -> dict[str, Any]:
              "deposited_g": p.deposited_g, "duration_s": p.duration_s}
             for p in passes
         ],
+        "layers": to_plain(layer_reports(passes)),
     }
 
 
@@ -124,8 +126,50 @@ def print_report(report: dict[str, Any]) -> None:
     for c in report["operator_commands"]:
         verdict = "accepted" if c["accepted"] else f"refused: {c['reason']}"
         out(f"    {c['t']} {c['user']:<10} {c['command']:<10} {verdict}")
+    _print_layers(report["layers"])
     out("  passes:")
     out(f"    {'layer':>5} {'pass':>5} {'diameter mm':>12} {'glass g':>9} {'time s':>8}")
     for p in report["pass_table"]:
         out(f"    {p['layer']:>5} {p['pass']:>5} {p['diameter_mm'] or '-':>12} "
             f"{p['deposited_g'] or '-':>9} {p['duration_s'] or '-':>8}")
+
+
+def _print_layers(layers: list[dict[str, Any]]) -> None:
+    """The per-layer tables: the geometry the layers reached, then how the loop got there."""
+    out("  layers, geometry (diameters and radial thickness, mm):")
+    out(f"    {'layer':<12} {'passes':>8}  {'boundary':>8} {'measured':>8} {'source':<8} "
+        f"{'error':>7} {'error %':>7}  {'thickness':>9} {'measured':>8} {'error %':>7}")
+    for x in layers:
+        passes = f"{x['passes']}/{_num(x['planned_passes'], 'd')}+{x['extra_passes']}"
+        name = x["name"] if x["complete"] else f"{x['name']}*"
+        out(f"    {name:<12} {passes:>8}  {_num(x['planned_boundary_mm'], '.3f'):>8} "
+            f"{_num(x['measured_boundary_mm'], '.3f'):>8} {x['boundary_source'] or '-':<8} "
+            f"{_num(x['boundary_error_mm'], '+.3f'):>7} {_num(x['boundary_error_pct'], '+.2f'):>7}"
+            f"  {_num(x['planned_thickness_mm'], '.3f'):>9} "
+            f"{_num(x['measured_thickness_mm'], '.3f'):>8} "
+            f"{_num(x['thickness_error_pct'], '+.2f'):>7}")
+    out("  layers, process (scales x recipe, mean and range; composition error %):")
+    out(f"    {'layer':<12} {'SiCl4 scale':<21} {'dopant scale':<21} {'traverse mm/min':<15} "
+        f"{'limited':>7}  {'mean':>6} {'worst':>6}")
+    for x in layers:
+        out(f"    {x['name']:<12} {_span(x['sicl4_scale'], '.3f'):<21} "
+            f"{_span(x['dopant_scale'], '.3f'):<21} {_range(x['traverse_mm_min']):<15} "
+            f"{x['limited_passes']:>3}/{x['passes']:<3}  "
+            f"{_num(x['composition_error_mean_pct'], '+.2f'):>6} "
+            f"{_num(x['composition_error_worst_pct'], '+.2f'):>6}")
+    if any(not x["complete"] for x in layers):
+        out("    * the layer did not run all its passes")
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _span(span: dict[str, float] | None, spec: str) -> str:
+    if span is None:
+        return "-"
+    return f"{span['mean']:{spec}} ({span['low']:{spec}}-{span['high']:{spec}})"
+
+
+def _range(span: dict[str, float] | None) -> str:
+    return "-" if span is None else f"{span['low']:.1f}-{span['high']:.1f}"

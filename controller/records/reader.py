@@ -11,7 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from controller.records.migrations import table_columns
 from controller.records.schema import (
+    PASS_FIELDS,
     AlarmRecord,
     Checkpoint,
     CommandRecord,
@@ -31,7 +33,6 @@ _SUMMARY_COLUMNS = (
 )
 
 
-_PASSES_COLUMNS = "layer, pass_index, diameter_mm, deposited_g, duration_s, started_at, ended_at"
 _STATE_COLUMNS = "t, from_state, to_state, reason"
 _COMMAND_COLUMNS = "t, user, command, args, accepted, reason"
 _SETPOINT_COLUMNS = "t, device, quantity, value, source"
@@ -51,6 +52,20 @@ class _RunRows:
             f"SELECT {columns} FROM {table} WHERE run_id = ? ORDER BY id",  # noqa: S608 - fixed names
             (self._run_id,),
         ).fetchall()
+
+
+def _passes(conn: sqlite3.Connection, rows: _RunRows) -> list[PassRecord]:
+    """The columns the file has (one the writer has not migrated yet lacks the newer ones:
+    those fields read None), the 0/1 of ``limited`` as a bool."""
+    present = table_columns(conn, "passes")
+    columns = [name for name in PASS_FIELDS if name in present]
+    records = []
+    for row in rows.of("passes", ", ".join(columns)):
+        values = dict(row)
+        if values.get("limited") is not None:
+            values["limited"] = bool(values["limited"])
+        records.append(PassRecord(**values))
+    return records
 
 
 def _command(row: sqlite3.Row) -> CommandRecord:
@@ -110,7 +125,7 @@ class RecordsReader:
             values = dict(row)
             recipe_text = values.pop("recipe_text")
             rows = _RunRows(conn, run_id)
-            passes = [PassRecord(**dict(r)) for r in rows.of("passes", _PASSES_COLUMNS)]
+            passes = _passes(conn, rows)
             states = [StateRecord(**dict(r)) for r in rows.of("state_changes", _STATE_COLUMNS)]
             commands = [_command(r) for r in rows.of("commands", _COMMAND_COLUMNS)]
             setpoints = [SetpointRecord(**dict(r))

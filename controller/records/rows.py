@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.records.schema import (
+    PASS_FIELDS,
     AlarmTransition,
     Outcome,
     PassRecord,
@@ -127,13 +128,14 @@ def insert_alarm(conn: sqlite3.Connection, at: Stamp, event: AlarmTransition,
     append_event(conn, at, "alarm", payload)
 
 
+_INSERT_PASS = (
+    f"INSERT INTO passes (run_id, {', '.join(PASS_FIELDS)})"  # noqa: S608 - fixed names
+    f" VALUES (?{', ?' * len(PASS_FIELDS)})"
+)
+
+
 def insert_pass(conn: sqlite3.Connection, at: Stamp, record: PassRecord) -> None:
-    conn.execute(
-        "INSERT INTO passes (run_id, layer, pass_index, diameter_mm, deposited_g,"
-        " duration_s, started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (at.run_id, record.layer, record.pass_index, record.diameter_mm, record.deposited_g,
-         record.duration_s, record.started_at, record.ended_at),
-    )
+    conn.execute(_INSERT_PASS, (at.run_id, *(getattr(record, f) for f in PASS_FIELDS)))
     payload: dict[str, Any] = {"run_id": at.run_id, "layer": record.layer,
                                "pass_index": record.pass_index,
                                "diameter_mm": record.diameter_mm,

@@ -11,7 +11,32 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# The passes' columns added by schema version 2 (issue 9: the run report per layer), each
+# nullable: a pass recorded before them has none. What the closed loop did in the pass, and
+# what the plan asked of its layer, so the report needs neither the recipe nor the line.
+PASS_COLUMNS_V2: tuple[tuple[str, str], ...] = (
+    ("step", "INTEGER"),  # the deposit step's index in the plan
+    ("layer_name", "TEXT"),
+    ("layer_pass", "INTEGER"),  # 1-based, within the layer
+    ("planned_passes", "INTEGER"),  # the layer's passes in the plan
+    ("extra_passes", "INTEGER"),  # passes the operator had added to the layer by then
+    ("diameter_source", "TEXT"),  # "gauge" or "forecast"
+    ("planned_boundary_mm", "REAL"),  # the layer's planned outer diameter
+    ("planned_inner_mm", "REAL"),  # the planned outer diameter of the layer below it
+    ("start_diameter_mm", "REAL"),  # the rod's diameter when deposition began
+    ("sicl4_g_min", "REAL"),
+    ("sicl4_scale", "REAL"),
+    ("dopant_slpm", "REAL"),
+    ("planned_dopant_slpm", "REAL"),  # the recipe's dopant flow for the layer
+    ("traverse_mm_min", "REAL"),
+    ("planned_traverse_mm_min", "REAL"),
+    ("efficiency", "REAL"),
+    ("wanted_factor", "REAL"),
+    ("limited", "INTEGER"),  # 0/1: the recipe's trims bound the loop
+    ("composition_error_pct", "REAL"),
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -85,7 +110,8 @@ CREATE TABLE IF NOT EXISTS passes (
     deposited_g REAL,
     duration_s REAL,
     started_at REAL,
-    ended_at REAL
+    ended_at REAL,
+    {pass_columns_v2}
 );
 CREATE TABLE IF NOT EXISTS telemetry (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -117,7 +143,7 @@ CREATE INDEX IF NOT EXISTS commands_run ON commands(run_id);
 CREATE INDEX IF NOT EXISTS passes_run ON passes(run_id);
 CREATE INDEX IF NOT EXISTS telemetry_run_t ON telemetry(run_id, t);
 CREATE INDEX IF NOT EXISTS checkpoints_run ON checkpoints(run_id);
-"""
+""".replace("{pass_columns_v2}", ",\n    ".join(f"{name} {kind}" for name, kind in PASS_COLUMNS_V2))
 
 
 class Outcome(StrEnum):
@@ -261,6 +287,9 @@ class AlarmRecord:
 
 @dataclass(frozen=True, slots=True)
 class PassRecord:
+    """One pass as recorded; the fields after ``ended_at`` are the columns of
+    ``PASS_COLUMNS_V2`` (None in a pass recorded before them)."""
+
     layer: int
     pass_index: int
     diameter_mm: float | None
@@ -268,6 +297,29 @@ class PassRecord:
     duration_s: float | None
     started_at: float | None
     ended_at: float | None
+    step: int | None = None
+    layer_name: str | None = None
+    layer_pass: int | None = None
+    planned_passes: int | None = None
+    extra_passes: int | None = None
+    diameter_source: str | None = None
+    planned_boundary_mm: float | None = None
+    planned_inner_mm: float | None = None
+    start_diameter_mm: float | None = None
+    sicl4_g_min: float | None = None
+    sicl4_scale: float | None = None
+    dopant_slpm: float | None = None
+    planned_dopant_slpm: float | None = None
+    traverse_mm_min: float | None = None
+    planned_traverse_mm_min: float | None = None
+    efficiency: float | None = None
+    wanted_factor: float | None = None
+    limited: bool | None = None
+    composition_error_pct: float | None = None
+
+
+# The passes table's columns (after id and run_id) are the record's fields, in order.
+PASS_FIELDS = tuple(f.name for f in dataclasses.fields(PassRecord))
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,8 @@ from typing import Any
 
 import structlog
 
-from controller.records.schema import SCHEMA, SCHEMA_VERSION, RecordsError, RecordsUnavailable
+from controller.records.migrations import open_schema
+from controller.records.schema import RecordsError, RecordsUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -123,8 +124,7 @@ class SqliteWriter:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA busy_timeout = 5000")
-            conn.executescript(SCHEMA)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            open_schema(conn)
         except BaseException:
             conn.close()
             raise

@@ -17,7 +17,7 @@ import structlog
 
 from controller.config.line import AXIS_NAMES, LineConfig
 from controller.machine.telemetry import Fanout, Telemetry
-from controller.recipes.plan import Plan
+from controller.recipes.plan import DepositOp, LayerOp, Plan
 from controller.records.run_records import PassRecord, RunHeader, RunRecords
 from controller.run.executor import Cursor, Executor, PassSummary, StepFailed
 from controller.run.failures import Failures
@@ -213,14 +213,48 @@ class CurrentRun:
         run_id = self.run_id
         assert run_id is not None
         records = self._sup.records
+        await records.record_pass(run_id, self._pass_record(summary, cursor))
+        await records.checkpoint(run_id, summary.layer, summary.passes_done, cursor.to_json())
+        self._sup.fanout.publish({"kind": "pass", **summary.__dict__})
+
+    def _pass_record(self, summary: PassSummary, cursor: Cursor) -> PassRecord:
+        """The pass as the run report needs it: what the loop did, and what the plan asked
+        of the pass's layer (so the report reads neither the recipe nor the line)."""
         wall_to_epoch = time.time() - time.monotonic()
-        await records.record_pass(run_id, PassRecord(
+        layer, planned_inner = self._planned_layer(cursor.step, summary.layer)
+        return PassRecord(
             layer=summary.layer, pass_index=summary.passes_done,
             diameter_mm=summary.diameter_mm, deposited_g=summary.deposited_g,
             duration_s=summary.duration_s, started_at=summary.started_wall + wall_to_epoch,
-            ended_at=summary.ended_wall + wall_to_epoch))
-        await records.checkpoint(run_id, summary.layer, summary.passes_done, cursor.to_json())
-        self._sup.fanout.publish({"kind": "pass", **summary.__dict__})
+            ended_at=summary.ended_wall + wall_to_epoch,
+            step=cursor.step, layer_name=summary.layer_name, layer_pass=summary.pass_index,
+            planned_passes=None if layer is None else layer.passes,
+            extra_passes=cursor.extra_for(summary.layer),
+            diameter_source=summary.diameter_source,
+            planned_boundary_mm=summary.planned_boundary_mm, planned_inner_mm=planned_inner,
+            start_diameter_mm=cursor.start_diameter_mm,
+            sicl4_g_min=summary.sicl4_g_min, sicl4_scale=summary.sicl4_scale,
+            dopant_slpm=summary.dopant_slpm,
+            planned_dopant_slpm=None if layer is None else layer.dopant_slpm,
+            traverse_mm_min=summary.traverse_mm_min,
+            planned_traverse_mm_min=None if layer is None else layer.traverse_mm_min,
+            efficiency=summary.efficiency, wanted_factor=summary.wanted_factor,
+            limited=summary.limited, composition_error_pct=summary.composition_error_pct)
+
+    def _planned_layer(self, step: int, index: int) -> tuple[LayerOp | None, float | None]:
+        """The plan's layer ``index`` of deposit step ``step``, and the planned boundary under
+        it: the layer before's, or the bait rod's diameter, where planning grows from."""
+        if self.plan is None:
+            return None, None
+        inner = self._sup.line.geometry.bait_rod_diameter_mm
+        for step_index, op in enumerate(self.plan.steps):
+            if not isinstance(op, DepositOp):
+                continue
+            for layer_index, layer in enumerate(op.layers):
+                if (step_index, layer_index) == (step, index):
+                    return layer, inner
+                inner = layer.target_diameter_mm
+        return None, None
 
     def _on_progress(self, progress: dict[str, Any]) -> None:
         self._sup.fanout.publish({"kind": "progress", **progress})
