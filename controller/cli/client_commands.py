@@ -8,6 +8,7 @@ Client commands (each takes --url, else $POVD_URL, else http://127.0.0.1:8470):
     povd alarms [--json] | alarms ack ID | alarms shelve ID --for SECONDS --reason R
     povd mode production|maintenance
     povd trim [--power-kw X] [--traverse-pct Y]
+    povd add-passes [--layer N] --passes K
     povd jog AXIS +|- [--speed S] [--for SECONDS] [--renew-every SECONDS]
     povd home AXIS          povd move AXIS POSITION_MM [--speed S]
 Exit codes: 0 accepted / ok, 1 connection or other error, 2 bad input, 3 refused.
@@ -17,6 +18,7 @@ The arguments each command sends to the service (`ControllerService.execute`):
              resume_run_id?, abandon_run_id?}
     ack     {alarm_id}            shelve {alarm_id, for_s}            mode {mode}
     trim    {power_kw?, traverse_pct?}
+    add_passes {passes, layer?}   (layer: index in the deposit step; default the current one)
     jog     {axis, direction: "+" | "-", speed?}   (renewed every 100 ms while held)
     jog_stop {axis}               home {axis}      move {axis, position_mm, speed?}
 and {reason} when --reason is given."""
@@ -45,8 +47,8 @@ from controller.service.protocol import CommandReply
 
 SIMPLE_COMMANDS = ("hold", "unhold", "stop", "abort", "reset", "clear", "cool_rotation",
                    "purge")
-CLIENT_COMMANDS = ("status", "start", *SIMPLE_COMMANDS, "alarms", "mode", "trim", "jog",
-                   "home", "move", "login", "logout")
+CLIENT_COMMANDS = ("status", "start", *SIMPLE_COMMANDS, "alarms", "mode", "trim", "add-passes",
+                   "jog", "home", "move", "login", "logout")
 JOG_RENEW_S = 0.1
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -84,6 +86,7 @@ def add_client_commands(subparsers: Subparsers) -> None:
                           "trim power and traverse speed within the recipe's bounds")
     trim.add_argument("--power-kw", type=float, default=None)
     trim.add_argument("--traverse-pct", type=float, default=None)
+    _add_passes(subparsers)
     _add_motion(subparsers)
     login = _client_parser(subparsers, "login", "log in to the service", reason=False)
     login.add_argument("username", nargs="?", default=None,
@@ -103,6 +106,19 @@ def _add_start(subparsers: Subparsers) -> None:
                              help="continue a run a dead controller left interrupted")
     interrupted.add_argument("--abandon", type=int, default=None, metavar="RUN_ID",
                              help="record an interrupted run as abandoned, then start anew")
+
+
+def _add_passes(subparsers: Subparsers) -> None:
+    passes = _client_parser(
+        subparsers, "add-passes",
+        "add extra passes to a layer of the running deposit step (the current one unless "
+        "--layer), within the extra_passes its recipe allows; e.g. when the alarm "
+        "growth_out_of_authority says the target cannot be reached inside the trims")
+    passes.add_argument("--layer", type=int, default=None, metavar="N",
+                        help="the layer's index in the deposit step, from 0 (default: the "
+                             "current layer); the current or a later one")
+    passes.add_argument("--passes", type=int, required=True, metavar="K",
+                        help="how many passes to add (1 or more)")
 
 
 def _add_alarms(subparsers: Subparsers) -> None:
@@ -156,7 +172,16 @@ def _print_status(status: dict[str, Any]) -> None:
         _out(f"  trip cause: {status['trip_cause']}")
     if status.get("op"):
         _out(f"  doing: {status['op']}")
+    if status.get("layer"):
+        _print_layer(status["layer"])
     _print_alarms(status.get("alarms") or [])
+
+
+def _print_layer(layer: dict[str, Any]) -> None:
+    extra = f" + {layer['extra']} extra" if layer.get("extra") else ""
+    _out(f"  layer {layer.get('layer')} ({layer.get('label')}): {layer.get('done')} of "
+         f"{layer.get('planned')}{extra} passes made (the recipe allows "
+         f"{layer.get('extra_max')} extra)")
 
 
 def _print_alarms(alarms: list[dict[str, Any]]) -> None:
@@ -178,6 +203,17 @@ def _start_args(args: argparse.Namespace) -> dict[str, Any]:
             "operator": args.operator, "bait_rod_lot": args.bait_rod_lot,
             "precursor_lot": args.precursor_lot, "resume_run_id": args.resume,
             "abandon_run_id": args.abandon}
+
+
+def _add_passes_args(args: argparse.Namespace) -> dict[str, Any]:
+    if args.passes < 1:
+        raise _BadInputError("--passes must be 1 or more")
+    if args.layer is not None and args.layer < 0:
+        raise _BadInputError("--layer counts from 0")
+    passes: dict[str, Any] = {"passes": args.passes}
+    if args.layer is not None:
+        passes["layer"] = args.layer
+    return passes
 
 
 class _BadInputError(Exception):
@@ -205,6 +241,8 @@ def _command_for(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         if not trims:
             raise _BadInputError("trim what? give --power-kw and/or --traverse-pct")
         return "trim", trims
+    if name == "add-passes":
+        return "add_passes", _add_passes_args(args)
     if name == "home":
         return "home", {"axis": args.axis}
     if name == "move":
@@ -323,7 +361,10 @@ def _dispatch(client: ServiceClient, args: argparse.Namespace) -> int:
     if name == "move":
         return _move(client, args)
     command, command_args = _command_for(args)
-    return _report(client.command(command, command_args, args.reason))
+    reply = client.command(command, command_args, args.reason)
+    if command == "add_passes" and reply.accepted and "layer" in reply.data:
+        _print_layer(reply.data)  # the layer's passes now
+    return _report(reply)
 
 
 def run_client_command(args: argparse.Namespace,

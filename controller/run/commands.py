@@ -1,6 +1,7 @@
 """The operator's commands to the supervisor, an object it holds: start, hold, unhold, stop,
 abort, clear, reset (checked by the state machine, recorded durably, then carried out), the
-trims, and the restarts after a controller died (latches reset, cooling rotation).
+trims, the extra passes an operator adds to a layer, and the restarts after a controller died
+(latches reset, cooling rotation).
 
 Moving towards the safe state never waits on a disk (``SAFE_WARD_COMMANDS``). What the commands
 need of the supervisor is ``CommandedLine``; the run and the reactions are given explicitly."""
@@ -17,10 +18,10 @@ import structlog
 from controller.config.line import LineConfig
 from controller.machine.polling import poll_hz
 from controller.machine.telemetry import Telemetry
-from controller.recipes.plan import Plan
+from controller.recipes.plan import DepositOp, Plan
 from controller.records.run_records import RecordsUnavailable, RunHeader
 from controller.run.current_run import CurrentRun
-from controller.run.executor import Cursor
+from controller.run.executor import Cursor, Executor
 from controller.run.reactions import Reactions
 from controller.safety.alarms import AlarmManager
 from controller.safety.envelope import Envelope
@@ -48,6 +49,75 @@ class CommandResult:
     accepted: bool
     reason: str | None = None
     state: str | None = None
+
+
+@dataclass(frozen=True)
+class LayerPasses:
+    """A layer of the deposit step running, its passes as the run will make them: the
+    recipe's, plus what the operator added (at most ``extra_max``, the recipe's extra_passes)."""
+
+    index: int
+    label: str
+    planned: int
+    extra: int
+    extra_max: int
+    done: int  # passes made in the layer so far
+
+    @property
+    def passes(self) -> int:
+        return self.planned + self.extra
+
+    def to_json(self) -> dict[str, Any]:
+        return {"layer": self.index, "label": self.label, "planned": self.planned,
+                "extra": self.extra, "passes": self.passes, "extra_max": self.extra_max,
+                "done": self.done}
+
+
+def layer_passes(executor: Executor | None, index: int | None = None) -> LayerPasses | None:
+    """Layer ``index`` of the deposit step running (default: the current layer); None outside
+    a deposit step or for an index that is not one of its layers."""
+    if executor is None:
+        return None
+    cursor, steps = executor.cursor, executor.plan.steps
+    op = steps[cursor.step] if cursor.step < len(steps) else None
+    if not isinstance(op, DepositOp) or cursor.layer >= len(op.layers):
+        return None
+    index = cursor.layer if index is None else index
+    if not 0 <= index < len(op.layers):
+        return None
+    layer, extra = op.layers[index], cursor.extra_for(index)
+    done = (layer.passes + extra if index < cursor.layer
+            else cursor.layer_pass if index == cursor.layer else 0)
+    return LayerPasses(index, layer.name, layer.passes, extra, layer.extra_passes_max, done)
+
+
+def add_passes_refusal(executor: Executor | None, state: State, layer: int | None,
+                       passes: int) -> str | None:
+    """Extra passes go to the current or a later layer of a depositing run (Execute or Held),
+    within what the recipe's extra_passes allows that layer, counting what was added before."""
+    if executor is None or state not in (State.EXECUTE, State.HELD):
+        return f"add_passes applies to a running deposition, not in {state.value}"
+    current = layer_passes(executor)
+    if current is None:
+        return f"add_passes applies during a deposit step, not during {executor.current_op}"
+    if passes < 1:
+        return f"the passes to add must be at least 1, not {passes}"
+    target = current if layer is None else layer_passes(executor, layer)
+    if target is None:
+        op = executor.plan.steps[executor.cursor.step]
+        assert isinstance(op, DepositOp)
+        return (f"layer {layer} is not a layer of the deposit step running "
+                f"(layers 0 to {len(op.layers) - 1})")
+    name = f"layer {target.index} ({target.label})"
+    if target.index < current.index or target.done >= target.passes:
+        return (f"{name} has made its passes: add them to the current layer "
+                f"({current.index}, {current.label}) or a later one")
+    if target.extra_max == 0:
+        return f"{name}: the recipe allows it no extra passes"
+    if target.extra + passes > target.extra_max:
+        return (f"{name}: the recipe allows {target.extra_max} extra passes, {target.extra} "
+                f"already added; {passes} more would exceed it")
+    return None
 
 
 class CommandedLine(Protocol):
@@ -224,6 +294,32 @@ class Commands:
         if traverse_pct is not None:
             executor.set_trim(traverse_pct=traverse_pct)
             sup.record_setpoint("carriage", "traverse_trim_pct", traverse_pct, f"trim:{user}")
+
+    # -- extra passes ------------------------------------------------------------------------
+    def layer_passes(self) -> LayerPasses | None:
+        """The current layer's passes (planned and extra), while a deposit step runs."""
+        return layer_passes(self._run.executor)
+
+    def add_passes_refusal(self, layer: int | None, passes: int) -> str | None:
+        return add_passes_refusal(self._run.executor, self._sup.sm.state, layer, passes)
+
+    def add_passes(self, layer: int | None, passes: int, user: str) -> LayerPasses:
+        """The operator's extra passes for a layer (default: the current one), once
+        ``add_passes_refusal`` has none: the executor runs them from the layer's next pass
+        (the drive is told at its next reversal; the cursor keeps them for a resume), and the
+        layer's extra passes are recorded like a setpoint, with who added them."""
+        executor = self._run.executor
+        target = layer_passes(executor, layer)
+        assert executor is not None, "checked by add_passes_refusal"
+        assert target is not None, "checked by add_passes_refusal"
+        executor.add_passes(target.index, passes)
+        added = layer_passes(executor, target.index)
+        assert added is not None
+        self._sup.record_setpoint("carriage", f"extra_passes_layer_{added.index}",
+                                  added.extra, f"add_passes:{user}")
+        self._log.info("command.add_passes", user=user, layer=added.index, passes=passes,
+                       extra=added.extra, of_max=added.extra_max)
+        return added
 
     # -- after a restart -------------------------------------------------------------------
     async def reset_controller_loss(self, user: str) -> list[str]:

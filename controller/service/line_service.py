@@ -49,6 +49,18 @@ class RecordedRefusal(Refused):
     """A refusal the supervisor has already recorded (a start it refused itself)."""
 
 
+def _whole(args: dict[str, Any], name: str) -> int | None:
+    """A whole-number argument (None if absent); Refused for anything else (2.5, "3", true)."""
+    value = args.get(name)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Refused(f"{name} must be a whole number, not {value!r}")
+    return value
+
+
 class LineService:
     """``ControllerService`` over a live supervisor."""
 
@@ -69,6 +81,7 @@ class LineService:
             "shelve": self._shelve,
             "mode": self._mode,
             "trim": self._trim,
+            "add_passes": self._add_passes,
             "jog": self._jog,
             "jog_stop": self._jog_stop,
             "home": self._home,
@@ -84,7 +97,9 @@ class LineService:
     # -- reads -----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         status = self.sup.status()
+        layer = self.sup.commands.layer_passes()
         status.update(line=self.line, machine=self.machine,
+                      layer=None if layer is None else layer.to_json(),
                       interrupted_runs=[r.id for r in self._interrupted_runs],
                       links={d: self.sup.link_alive(d) for d in self.sup.line.devices})
         return status
@@ -305,6 +320,20 @@ class LineService:
         await self.sup.set_trim(power, traverse, user)
         await self._record(user, "trim", args, True, None)
         return {"power_kw": power, "traverse_pct": traverse}
+
+    async def _add_passes(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Extra passes for a layer of the running deposit step (default: the current one),
+        within the recipe's extra_passes; recorded with the layer they went to."""
+        passes = _whole(args, "passes")
+        if passes is None:
+            raise Refused("add_passes needs passes: how many passes to add (1 or more)")
+        layer = _whole(args, "layer")
+        reason = self.sup.commands.add_passes_refusal(layer, passes)
+        if reason is not None:
+            raise Refused(reason)
+        added = self.sup.commands.add_passes(layer, passes, user)
+        await self._record(user, "add_passes", {**args, "layer": added.index}, True, None)
+        return added.to_json()
 
     async def _jog(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
         direction = {"+": 1, "-": -1, 1: 1, -1: -1, "1": 1, "-1": -1}.get(args["direction"])

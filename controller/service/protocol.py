@@ -59,6 +59,6 @@ class ControllerService(Protocol):
     async def execute(self, user: str, command: str, args: dict[str, Any],
                       session: str | None = None) -> CommandReply:
         """Any operator or maintenance command by name (start, hold, unhold, stop, abort,
-        reset, clear, ack, shelve, mode, trim, jog, home, move, device_test...); ``session``
-        names the client session (a jog lease belongs to it)."""
+        reset, clear, ack, shelve, mode, trim, add_passes, jog, home, move, device_test...);
+        ``session`` names the client session (a jog lease belongs to it)."""
         ...

@@ -5,7 +5,8 @@ same thing, and every refusal says which roles would have been allowed.
 
 Decisions (least privilege, but practical on a line):
 - operator: runs a recipe and looks after it (start, hold, unhold, reset, clear, retry,
-  acknowledge and shelve alarms, trim within the recipe's bounds).
+  acknowledge and shelve alarms, trim within the recipe's bounds, add the extra passes a
+  recipe allows a layer).
 - engineer: everything an operator may do with a run (an engineer commissioning a recipe runs
   it), plus recipe editing and the line configuration. Engineers do not jog or test devices:
   that is maintenance work, done in maintenance mode by the people trained for it.
@@ -52,6 +53,7 @@ PERMISSIONS: Mapping[str, frozenset[Role]] = {
     "ack": _RUN,
     "shelve": _RUN,
     "trim": _RUN,
+    "add_passes": _RUN,  # a layer's extra passes, within the recipe's extra_passes
     "purge": _RUN,  # after a trip that forbade purging, once the exhaust and scrubber are back
     # Anyone at the machine may stop it (see the module docstring).
     "stop": _STOPPERS,

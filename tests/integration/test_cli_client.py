@@ -189,6 +189,37 @@ async def test_alarms_mode_trim_home_move(
     ]
 
 
+async def test_add_passes_sends_the_layer_and_passes_and_status_shows_the_layer(
+    served: Served, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await login(Role.OPERATOR, monkeypatch)
+    assert await povd("add-passes", "--passes", "2") == EXIT_OK
+    assert await povd("add-passes", "--layer", "1", "--passes", "3", "--reason", "drift") == 0
+    assert [c[1:] for c in served.service.calls] == [
+        ("add_passes", {"passes": 2}),
+        ("add_passes", {"passes": 3, "layer": 1, "reason": "drift"}),
+    ]
+    assert await povd("add-passes", "--passes", "0") == EXIT_INVALID
+    assert await povd("add-passes", "--layer", "-1", "--passes", "1") == EXIT_INVALID
+    assert "--layer counts from 0" in capsys.readouterr().err
+    served.service.refuse["add_passes"] = ("layer 0 (inner): the recipe allows 6 extra "
+                                           "passes, 4 already added; 3 more would exceed it")
+    assert await povd("add-passes", "--passes", "3") == EXIT_REFUSED
+    assert ("add_passes: refused: layer 0 (inner): the recipe allows 6 extra passes, 4 already "
+            "added; 3 more would exceed it") in capsys.readouterr().out
+
+    layer = {"layer": 0, "label": "inner", "planned": 6, "extra": 2, "passes": 8,
+             "extra_max": 6, "done": 3}
+    monkeypatch.setattr(served.service, "status", lambda: {"state": "Execute",
+                                                           "mode": "production", "run_id": 7,
+                                                           "op": "deposit", "layer": layer})
+    assert await povd("status") == EXIT_OK
+    assert ("layer 0 (inner): 3 of 6 + 2 extra passes made (the recipe allows 6 extra)"
+            in capsys.readouterr().out)
+    assert await povd("status", "--json") == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["layer"] == layer
+
+
 async def test_jog_renews_its_lease_then_stops(
     served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
