@@ -136,9 +136,10 @@ def print_report(report: dict[str, Any]) -> None:
 
 def _print_layers(layers: list[dict[str, Any]]) -> None:
     """The per-layer tables: the geometry the layers reached, then how the loop got there."""
-    out("  layers, geometry (diameters and radial thickness, mm):")
-    out(f"    {'layer':<12} {'passes':>8}  {'boundary':>8} {'measured':>8} {'source':<8} "
-        f"{'error':>7} {'error %':>7}  {'thickness':>9} {'measured':>8} {'error %':>7}")
+    out("  layers, geometry (mm; passes run/planned+extra):")
+    out(f"    {'':<12} {'':>8}  {'outer diameter (boundary)':<42}  {'radial thickness'}")
+    out(f"    {'layer':<12} {'passes':>8}  {'planned':>8} {'measured':>8} {'source':<8} "
+        f"{'error':>7} {'error %':>7}  {'planned':>9} {'measured':>8} {'error %':>7}")
     for x in layers:
         passes = f"{x['passes']}/{_num(x['planned_passes'], 'd')}+{x['extra_passes']}"
         name = x["name"] if x["complete"] else f"{x['name']}*"
@@ -148,7 +149,8 @@ def _print_layers(layers: list[dict[str, Any]]) -> None:
             f"  {_num(x['planned_thickness_mm'], '.3f'):>9} "
             f"{_num(x['measured_thickness_mm'], '.3f'):>8} "
             f"{_num(x['thickness_error_pct'], '+.2f'):>7}")
-    out("  layers, process (scales x recipe, mean and range; composition error %):")
+    out("  layers, process (flows x recipe: mean (range); passes limited by the trims):")
+    out(f"    {'':<12} {'':<21} {'':<21} {'':<15} {'':>7}  {'composition %'}")
     out(f"    {'layer':<12} {'SiCl4 scale':<21} {'dopant scale':<21} {'traverse mm/min':<15} "
         f"{'limited':>7}  {'mean':>6} {'worst':>6}")
     for x in layers:

@@ -117,6 +117,12 @@ def test_kill_9_then_resume_from_the_last_pass(tmp_path: Path, simulator: Path) 
     assert summary["passes"] == 40
     assert summary["preform_serial"] == "P-42"
     assert summary["final_diameter_mm"] > 30
+    # The report per layer spans the crash: one layer, its 40 passes, its boundary the last.
+    (layer,) = summary["layers"]
+    assert (layer["name"], layer["passes"], layer["planned_passes"], layer["complete"]) == (
+        "base", 40, 40, True)
+    assert layer["measured_boundary_mm"] == summary["final_diameter_mm"]
+    assert layer["planned_boundary_mm"] > 30 and layer["boundary_error_pct"] is not None
 
 
 def test_a_second_controller_for_the_same_line_is_refused(tmp_path: Path, simulator: Path) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from controller.cli.records_commands import run_report
 from controller.recipes.forecast import forecast
 from controller.recipes.loading import load_recipe
 from controller.recipes.planning import plan_from_recipe
+from controller.records.run_records import RunDetail
 from controller.safety.states import State
 from tests.system.rig import RECIPES, Rig
 
@@ -32,6 +34,44 @@ async def test_quick_recipe_completes_with_a_full_record(rig: Rig) -> None:
     assert any(c.command == "start" and c.accepted for c in detail.commands)
     assert len(detail.setpoints) > 20
     assert detail.last_checkpoint is not None
+    _check_layers_report(rig, detail)
+
+
+def _check_layers_report(rig: Rig, detail: RunDetail) -> None:
+    """The report per layer (issue 9) agrees with the Plan and with the passes recorded."""
+    plan = plan_from_recipe(load_recipe(RECIPES / "quick.yaml", rig.line), rig.line)
+    planned = [layer for op in plan.deposit_steps for layer in op.layers]
+    layers = run_report(detail)["layers"]
+    assert [x["name"] for x in layers] == [layer.name for layer in planned] == ["base", "doped"]
+    assert [(x["passes"], x["planned_passes"], x["extra_passes"], x["complete"])
+            for x in layers] == [(layer.passes, layer.passes, 0, True) for layer in planned]
+    assert [x["planned_boundary_mm"] for x in layers] == pytest.approx(
+        [layer.target_diameter_mm for layer in planned], abs=1e-3)
+    inner_plan = inner_measured = rig.line.geometry.bait_rod_diameter_mm
+    for x, layer, last in zip(layers, planned, (detail.passes[1], detail.passes[3]),
+                              strict=True):
+        measured = last.diameter_mm
+        assert measured is not None
+        assert x["measured_boundary_mm"] == measured  # the layer's last pass
+        assert x["boundary_source"] == last.diameter_source == "gauge"
+        assert x["boundary_error_mm"] == pytest.approx(
+            measured - layer.target_diameter_mm, abs=1e-3)
+        assert x["planned_thickness_mm"] == pytest.approx(
+            (layer.target_diameter_mm - inner_plan) / 2, abs=1e-3)
+        # The first layer's inner boundary is the rod measured when deposition began.
+        assert x["measured_thickness_mm"] == pytest.approx((measured - inner_measured) / 2,
+                                                           abs=0.05)
+        inner_plan, inner_measured = layer.target_diameter_mm, measured
+        # No SiCl4 trims in this recipe: the loop may not touch the SiCl4.
+        assert x["sicl4_scale"] == {"mean": 1.0, "low": 1.0, "high": 1.0}
+        assert 0 <= x["limited_passes"] <= x["passes"]
+        traverse = x["traverse_mm_min"]
+        assert layer.traverse_mm_min * 0.9 - 0.1 <= traverse["low"] <= traverse["high"]
+        assert traverse["high"] <= layer.traverse_mm_min * 1.1 + 0.1
+    base, doped = layers
+    assert base["dopant_scale"] is None and base["composition_error_mean_pct"] is None
+    assert doped["dopant_scale"] == pytest.approx({"mean": 1.0, "low": 1.0, "high": 1.0},
+                                                  abs=1e-3)  # in ratio with the SiCl4
 
 
 async def test_start_is_refused_while_a_trip_condition_is_present(rig: Rig) -> None:
