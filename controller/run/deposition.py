@@ -18,6 +18,7 @@ from controller.config.line import LineConfig
 from controller.machine.telemetry import Telemetry
 from controller.recipes.authority import Authority, layer_authority
 from controller.recipes.plan import DepositOp, LayerOp
+from controller.recipes.process_model import SIO2_PER_SICL4
 from controller.run.growth_control import (
     Correction,
     GrowthEstimator,
@@ -320,7 +321,11 @@ class Deposition:
         measured = self.host.measured_diameter()
         if measured is not None:
             self._last_reading_wall = health.last_ok_wall
-            self.estimator.observe(measured)
+            # Paired with the glass offered when the reading was taken, not when it is seen
+            # here (at x200 the difference is several process seconds of SiCl4).
+            lag_s = (time.monotonic() - health.last_ok_wall) * self.host.clock.time_scale
+            rate_g_s = self._sicl4.g_min_for(self._flow("mfc_sicl4")) * SIO2_PER_SICL4 / 60
+            self.estimator.observe(measured, self.estimator.basis_g - rate_g_s * lag_s)
 
     def _diameter_now(self, layer: LayerOp) -> tuple[float, str]:
         """From the gauge (grown by what was offered since its last reading); open loop from

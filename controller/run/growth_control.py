@@ -27,8 +27,9 @@ from controller.recipes.process_model import (
 
 # The estimate looks back over this many passes' worth of glass: long enough to average the
 # gauge's noise, short enough to see a change of efficiency within two passes.
-WINDOW_PASSES = 2.5
+WINDOW_PASSES = 1.5
 MAX_SAMPLES = 400
+MIN_EVIDENCE_PASSES = 0.75  # the prior stands until this much glass has been offered
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,12 @@ class GrowthEstimator:
         if sicl4_g_min > 0 and dt_s > 0:
             self.basis_g += sicl4_g_min * SIO2_PER_SICL4 * dt_s / 60.0
 
-    def observe(self, diameter_mm: float) -> None:
-        """A fresh gauge reading, taken now."""
-        self._samples.append(Sample(self.basis_g, diameter_mm))
+    def observe(self, diameter_mm: float, basis_g: float | None = None) -> None:
+        """A fresh gauge reading, taken when ``basis_g`` had been offered (default: now)."""
+        at = self.basis_g if basis_g is None else max(0.0, basis_g)
+        if self._samples and at < self._samples[-1].basis_g:
+            at = self._samples[-1].basis_g
+        self._samples.append(Sample(at, diameter_mm))
         self._estimate = None
 
     @property
@@ -85,6 +89,8 @@ class GrowthEstimator:
             window.insert(0, samples[start])
         if len(window) < 2 or not self._clear(window):
             return None
+        if window[-1].basis_g - window[0].basis_g < MIN_EVIDENCE_PASSES * pass_basis_g:
+            return None  # too little glass yet to tell the efficiency from the gauge's noise
         xs = [s.basis_g for s in window]
         ys = [s.diameter_mm**2 for s in window]
         x_mean, y_mean = sum(xs) / len(xs), sum(ys) / len(ys)

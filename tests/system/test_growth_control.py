@@ -22,36 +22,50 @@ pytestmark = pytest.mark.slow
 
 RECIPE = "layers"  # tests/system/recipes/layers.yaml: 6 + 7 + 7 passes
 DRIFT_AT_PASS = 7  # a third of the way in
-LAYER_THICKNESS_PCT = 8.0
-COMPOSITION_PCT = 5.0
+LAYER_THICKNESS_PCT = 3.0  # each layer's radial thickness against the plan
+COMPOSITION_PCT = 1.0  # measured dopant/SiCl4 over a pass against the recipe's ratio
 
 
 @dataclass
 class Preform:
-    """The plant's rod diameter at each reversal of the carriage: pass by pass."""
+    """The plant's truth pass by pass: the rod diameter at each reversal of the carriage, and
+    the SiCl4 and dopant that reached the torch during each stroke (standard litres)."""
 
     reversals: list[float] = field(default_factory=list)
+    strokes: list[tuple[float, float]] = field(default_factory=list)  # (SiCl4, dopant)
     passes: list[dict[str, Any]] = field(default_factory=list)
+    final_mm: float = 0.0  # when the last pass was reported
 
 
 async def _watch_plant(rig: Rig, preform: Preform) -> None:
     plant = rig.sim.plant
     last, direction = plant.carriage_mm, 0
+    clock = plant.process_time_s
+    sicl4 = dopant = 0.0
     while True:
         await asyncio.sleep(0.002)
+        now = plant.process_time_s
+        if direction:  # the carriage is on a stroke: what reaches the torch, integrated
+            sicl4 += plant.effective_flow("mfc_sicl4") * (now - clock) / 60
+            dopant += plant.effective_flow("mfc_dopant") * (now - clock) / 60
+        clock = now
         position = plant.carriage_mm
         moved = position - last
         if abs(moved) < 1e-6:
             continue
-        now = 1 if moved > 0 else -1
-        if direction and now != direction and plant.precursor_valve_open:
+        heading = 1 if moved > 0 else -1
+        if direction and heading != direction and plant.precursor_valve_open:
             preform.reversals.append(plant.rod_diameter_mm)
-        direction, last = now, position
+            preform.strokes.append((sicl4, dopant))
+        if heading != direction:
+            sicl4 = dopant = 0.0
+        direction, last = heading, position
 
 
 async def _run(tmp_path: Path, *, drift: float = 0.0, time_scale: float = 200.0,
                extra: dict[int, int] | None = None,
-               recipe: str = RECIPE) -> tuple[Rig, Preform, list[Any]]:
+               recipe: str = RECIPE,
+               abort_after: int | None = None) -> tuple[Rig, Preform, list[Any]]:
     preform = Preform()
     async with line_rig(tmp_path / f"run{drift:+.2f}x{time_scale:g}",
                         time_scale=time_scale) as rig:
@@ -69,6 +83,11 @@ async def _run(tmp_path: Path, *, drift: float = 0.0, time_scale: float = 200.0,
             if item.get("kind") != "pass":
                 continue
             preform.passes.append(item)
+            preform.final_mm = rig.sim.plant.rod_diameter_mm
+            if item["passes_done"] == abort_after:
+                # Nothing left to measure: spare the test the rod's cooling (minutes at x10).
+                assert (await rig.sup.command("abort", "alice", reason="test done")).accepted
+                break
             if item["passes_done"] == DRIFT_AT_PASS:
                 rig.sim.plant.efficiency_drift = drift
             alarm = rig.sup.alarms.status("growth_out_of_authority")
@@ -78,7 +97,8 @@ async def _run(tmp_path: Path, *, drift: float = 0.0, time_scale: float = 200.0,
                 for layer, passes in extra.items():
                     executor.add_passes(layer, passes)
                 added = True
-        assert rig.sup.sm.state is State.COMPLETE, rig.sup.sm.state
+        expected = State.COMPLETE if abort_after is None else State.ABORTED
+        await rig.wait_state(expected, timeout_s=60)
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
@@ -95,6 +115,16 @@ def _layer_boundaries(preform: Preform, final_mm: float) -> list[float]:
         elif preform.passes[index + 1]["layer"] != item["layer"]:
             ends.append(preform.reversals[index])
     return ends
+
+
+def _composition_errors(rig: Rig, preform: Preform) -> list[tuple[int, float]]:
+    """Per pass: the dopant-to-SiCl4 ratio that reached the torch against the recipe's (%)."""
+    sicl4_slpm = rig.line.mfc("mfc_sicl4").slpm_for(60)
+    errors = []
+    for item, (sicl4_l, dopant_l) in zip(preform.passes, preform.strokes, strict=False):
+        recipe_ratio = (0.2, 0.5, 0.8)[item["layer"]] / sicl4_slpm
+        errors.append((item["passes_done"], (dopant_l / sicl4_l / recipe_ratio - 1) * 100))
+    return errors
 
 
 def _planned(rig: Rig) -> list[float]:
@@ -118,8 +148,6 @@ async def test_a_drift_inside_the_trims_lands_every_layer(tmp_path: Path, drift:
     final = rig.sim.plant.rod_diameter_mm
     measured = _layer_boundaries(preform, final)
     errors = _thickness_errors(planned, measured, rig.line.geometry.bait_rod_diameter_mm)
-    # Issue 9 asks for 3 %; the loop reaches about 6 % at x200 today (the estimate from
-    # 1-2 gauge readings a pass is noisy): the bound records where it stands.
     assert all(abs(e) <= LAYER_THICKNESS_PCT for e in errors), (errors, planned, measured)
     assert abs(final - planned[-1]) / planned[-1] <= 0.005, (final, planned)
     # Nothing left the recipe's trims; the dopant followed the SiCl4.
@@ -129,13 +157,12 @@ async def test_a_drift_inside_the_trims_lands_every_layer(tmp_path: Path, drift:
         layer_dopant = (0.2, 0.5, 0.8)[item["layer"]]
         assert item["dopant_slpm"] == pytest.approx(layer_dopant * item["sicl4_scale"],
                                                     rel=1e-3, abs=1e-4)
-        first_of_layer = item["pass_index"] == 1
-        if item["composition_error_pct"] is not None and not first_of_layer:
-            # (Not yet on a layer's first pass at x200: the flows change there, and a 10 Hz
-            # poll is 20 process seconds between readings, a third of a pass.)
-            # Issue 9 asks 1 %; integrating 10 Hz readings at x200 measures it to about 5 %
-            # (the setpoints themselves hold the ratio exactly, asserted above).
-            assert abs(item["composition_error_pct"]) <= COMPOSITION_PCT, item
+    # The glass's composition: at x200 a tick of the simulator is two process seconds, so
+    # the passes where the flows change (a layer's first and last, the run's first) are
+    # held to 10 %; the others to 1 % (at x10 every pass is, below).
+    for passes_done, error in _composition_errors(rig, preform):
+        edge = passes_done in (1, 6, 7, 13, 14)
+        assert abs(error) <= (10.0 if edge else COMPOSITION_PCT), (passes_done, error)
     # The correction follows the drift: less efficient glass, more glass asked of each pass.
     late = [p["sicl4_scale"] / (p["traverse_mm_min"] / 330) for p in preform.passes[-5:]]
     assert (min(late) > 1.05) if drift < 0 else (max(late) < 0.95), late
@@ -159,3 +186,25 @@ async def test_without_correction_the_same_drift_misses(tmp_path: Path) -> None:
                                rig.line.geometry.bait_rod_diameter_mm)
     assert min(errors[1:]) < -LAYER_THICKNESS_PCT, errors
     assert (planned[-1] - final) / planned[-1] > 0.005, (final, planned)
+
+
+@pytest.mark.timeout(600)  # 20 passes of 55 s at x10: about two minutes of wall time
+async def test_the_same_preform_at_x10_and_at_x200(tmp_path: Path) -> None:
+    """Fidelity at any time scale: the turning points cost no round trip and the plant
+    integrates at a fixed step, so the loop has nothing to correct at either scale."""
+    runs = {}
+    for scale in (10.0, 200.0):
+        rig, preform, _ = await _run(tmp_path, time_scale=scale, abort_after=20)
+        start = rig.line.geometry.bait_rod_diameter_mm
+        # The last pass ends where the carriage stops: the plant's diameter then.
+        final = preform.reversals[19] if len(preform.reversals) > 19 else preform.final_mm
+        layers = [preform.reversals[5], preform.reversals[12], final]
+        thickness = [b - a for a, b in zip([start, *layers[:-1]], layers, strict=True)]
+        scales = [p["sicl4_scale"] for p in preform.passes]
+        runs[scale] = (thickness, sum(scales) / len(scales), _composition_errors(rig, preform))
+    (slow, slow_scale, slow_comp), (fast, fast_scale, _) = runs[10.0], runs[200.0]
+    for a, b in zip(slow, fast, strict=True):
+        assert abs(a / b - 1) <= 0.01, (slow, fast)
+    assert abs(slow_scale - 1) <= 0.02 and abs(fast_scale - 1) <= 0.02, (slow_scale, fast_scale)
+    # At x10 a tick is 0.1 process second: every pass's composition holds to 1 %.
+    assert all(abs(error) <= COMPOSITION_PCT for _, error in slow_comp), slow_comp
