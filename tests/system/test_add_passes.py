@@ -22,6 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from controller.records.audit import AuditTrail
+from controller.records.run_records import PassRecord
 from controller.safety.states import State
 from controller.service.api import create_app
 from controller.service.line_service import LineService
@@ -57,6 +58,19 @@ async def _start_depositing(rig: Rig, service: LineService) -> None:
     reply = await service.execute(OPERATOR, "start", {"recipe_text": LAYERS})
     assert reply.accepted, reply.reason
     await rig.wait_depositing(passes_done=1)
+
+
+def _made_per_layer(passes: list[PassRecord]) -> dict[int, int]:
+    """The passes each layer made, from the run's pass numbers (a layer's last less the layer
+    before's): a hold at a pass boundary can leave one pass counted but unrecorded (the
+    executor cancelled between counting it and recording it), which this does not miss."""
+    last: dict[int, int] = {}
+    for record in passes:
+        last[record.layer] = max(last.get(record.layer, 0), record.pass_index)
+    made, before = {}, 0
+    for layer in sorted(last):
+        made[layer], before = last[layer] - before, last[layer]
+    return made
 
 
 async def _abort(rig: Rig, service: LineService) -> None:
@@ -119,7 +133,7 @@ async def test_passes_added_while_depositing_are_made_and_the_run_completes(
 
 
 # -- over HTTP ----------------------------------------------------------------------------------
-async def test_add_passes_over_http_while_held(tmp_path: Path) -> None:
+async def test_add_passes_over_http_while_held_then_made(tmp_path: Path) -> None:
     users = _users(tmp_path)
     audit = AuditTrail(tmp_path / "audit.sqlite3")
     async with line_rig(tmp_path) as rig:
@@ -156,7 +170,18 @@ async def test_add_passes_over_http_while_held(tmp_path: Path) -> None:
                                     headers={"Authorization": f"Bearer {tokens[VIEWER]}"})
             assert status.json()["layer"]["extra"] == 3
             assert status.json()["cursor"]["extra_passes"] == {str(layer): 3}
-            await _abort(rig, service)
+
+            # Unheld, the run makes them.
+            assert (await post(OPERATOR, "unhold", {})).status_code == 200
+            await asyncio.wait_for(rig.sup.finished.wait(), TIMEOUT_S)
+            assert rig.sup.sm.state is State.COMPLETE, rig.sup.outcome_reason
+            await rig.sup.record_flush()
+            assert rig.sup.run_id is not None
+            detail = rig.reader().get_run(rig.sup.run_id)
+            assert detail is not None
+            assert layer is not None
+            made = _made_per_layer(detail.passes)
+            assert made == {i: n + (3 if i == layer else 0) for i, n in PLANNED.items()}, made
     outcomes = [(e.user, e.outcome) for e in audit.entries() if e.action == "add_passes"]
     audit.close()
     assert outcomes == [(OPERATOR, "accepted"), (OPERATOR, "refused"), (OPERATOR, "refused"),
