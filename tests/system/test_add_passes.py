@@ -63,7 +63,7 @@ async def _start_depositing(rig: Rig, service: LineService) -> None:
 def _made_per_layer(passes: list[PassRecord]) -> dict[int, int]:
     """The passes each layer made, from the run's pass numbers (a layer's last less the layer
     before's): a hold at a pass boundary can leave one pass counted but unrecorded (the
-    executor cancelled between counting it and recording it), which this does not miss."""
+    executor cancelled between counting it and recording it), which does not change this."""
     last: dict[int, int] = {}
     for record in passes:
         last[record.layer] = max(last.get(record.layer, 0), record.pass_index)
