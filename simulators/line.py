@@ -32,7 +32,7 @@ from simulators.diameter_gauge import DiameterGaugeSim
 from simulators.faults import FaultBoard
 from simulators.mfc import AlicatAsciiMfcSim, AlicatModbusMfcSim
 from simulators.modbus_bus import ModbusBusServer, RegisterDevice
-from simulators.plant import Plant
+from simulators.plant import Plant, PlantConfig
 from simulators.pty_relay import PtyRelay
 from simulators.rf_generator import RfGeneratorSim
 from simulators.safety_io import SafetyIoSim
@@ -41,6 +41,8 @@ from simulators.servo_axis import ServoAxisSim
 log = structlog.get_logger(__name__)
 
 SimDevice = RegisterDevice | AsciiDevice
+MAX_TICK_S = 0.01
+MIN_TICK_S = 0.002
 BusServer = ModbusBusServer | AsciiBusServer
 
 
@@ -71,7 +73,7 @@ class LineSimulator:
         host: str = "127.0.0.1",
         control_port: int = 0,
         bus_ports: dict[str, int] | None = None,
-        tick_s: float = 0.01,
+        tick_s: float | None = None,
         clock: Clock | None = None,
         serve_ptys: bool = True,
         autostep: bool = True,
@@ -80,7 +82,7 @@ class LineSimulator:
         self.clock = clock or ScaledClock(time_scale)
         self.time_scale = self.clock.time_scale
         self.host = host
-        self.tick_s = tick_s
+        self.tick_s = tick_s if tick_s is not None else self._tick_for(line)
         self.serve_ptys = serve_ptys
         # False: no tick loop; the caller steps the line (a test on a manual clock, which the
         # loop would otherwise step a second time by the same wall advance).
@@ -111,6 +113,14 @@ class LineSimulator:
         )
         self._ticker: asyncio.Task[None] | None = None
         self.ticks = 0
+
+    def _tick_for(self, line: LineConfig) -> float:
+        """Wall seconds between ticks: what a device shows on the wire is as fresh as the last
+        tick, so at high time scales the tick shortens (down to MIN_TICK_S) to keep that within
+        a sub-step or two of process time (a turning point seen 2 process seconds late at x200
+        lays a layer's boundary 0.01 mm off)."""
+        step = PlantConfig.model_validate(line.plant).max_step_s
+        return min(MAX_TICK_S, max(MIN_TICK_S, 2 * step / self.time_scale))
 
     def _bus_server(
         self, name: str, bus: BusConfig, members: list[SimDevice], port: int

@@ -201,7 +201,8 @@ class CurrentRun:
         if outlook is not None and not was and run_id is not None:
             details = {
                 "expected_final_mm": final,
-                "layers": [{"layer": o.name, "planned_mm": round(o.planned_mm, 3),
+                "layers": [{"layer": o.index, "name": o.name,
+                            "planned_mm": round(o.planned_mm, 3),
                             "expected_mm": round(o.expected_mm, 3),
                             "extra_passes_needed": o.extra_passes_needed}
                            for o in outlook.layers],

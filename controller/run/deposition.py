@@ -20,6 +20,7 @@ from controller.recipes.authority import Authority, layer_authority
 from controller.recipes.plan import DepositOp, LayerOp
 from controller.recipes.process_model import SIO2_PER_SICL4
 from controller.run.growth_control import (
+    OUTLOOK_WINDOW_PASSES,
     Correction,
     GrowthEstimator,
     Outlook,
@@ -38,8 +39,11 @@ POLL_S = 0.02  # how often the pass watch re-reads the telemetry (wall)
 # The loop changes a pass's glass by at most this much from the pass before (no jumps from a
 # noisy reading; the pile-up the issue speaks of is avoided by spreading, not by this).
 MAX_STEP = 0.1
-# An outlook that misses a planned boundary by more than this (% of it) raises the alarm.
-OUTLOOK_TOLERANCE_PCT = 0.2
+# The outlook raises the alarm when the final diameter would miss by more than this (% of it),
+# or a layer's radial thickness by more than that (% of its planned thickness).
+OUTLOOK_FINAL_PCT = 0.1
+OUTLOOK_MIN_PASSES = 2
+OUTLOOK_LAYER_PCT = 3.0
 
 
 @dataclass
@@ -197,6 +201,7 @@ class Deposition:
             await asyncio.gather(host.track_gap(layer, c.diameter_mm, wait=True),
                                  host.to_pass_start(self.op))
             await host.establish_layer(layer, wait=True)
+            self._speed_running = 0.0  # the oscillation about to start gives the speed
             await self._apply(self._correction(), layer, first=True)
             await self._oscillate()
         await asyncio.gather(
@@ -352,20 +357,35 @@ class Deposition:
             remaining_passes=remaining, efficiency=efficiency, basis_per_pass_g=basis,
             length_mm=self.length, authority=self._authority[c.layer],
             operator_traverse_pct=self.host.trim_traverse_pct, previous_factor=c.factor,
-            max_step=MAX_STEP)
-        self.host.outlook_changed(self._outlook(diameter, efficiency))
+            max_step=MAX_STEP, running_traverse_pct=self._running_pct(layer))
+        quick = self.estimator.efficiency(basis, OUTLOOK_WINDOW_PASSES)
+        self.host.outlook_changed(self._outlook(diameter, quick))
         return correction
+
+    def _running_pct(self, layer: LayerOp) -> float | None:
+        """The traverse of the pass running, as a trim of this layer's speed (None before the
+        oscillation: the first pass's speed is still to be given)."""
+        if self._speed_running <= 0:
+            return None
+        return (self._speed_running / layer.traverse_mm_min - 1) * 100
 
     def _outlook(self, diameter: float, efficiency: float) -> Outlook | None:
         c = self.cursor
-        layers: list[tuple[LayerOp, int, Authority]] = [
-            (self.op.layers[i], self.passes(i) - (c.layer_pass if i == c.layer else 0),
+        if self.remaining_in_step() < OUTLOOK_MIN_PASSES or c.passes_done < OUTLOOK_MIN_PASSES:
+            return None  # a pass from either end, a reading's noise is all it could see
+        layers: list[tuple[int, LayerOp, int, Authority]] = [
+            (i, self.op.layers[i], self.passes(i) - (c.layer_pass if i == c.layer else 0),
              self._authority[i])
             for i in range(c.layer, len(self.op.layers))
         ]
         forecast = outlook(diameter_mm=diameter, layers=layers, efficiency=efficiency,
                            length_mm=self.length)
-        return forecast if forecast.misses(OUTLOOK_TOLERANCE_PCT) else None
+        first = self.op.layers[c.layer]
+        inner = (self.op.layers[c.layer - 1].target_diameter_mm if c.layer > 0
+                 else c.start_diameter_mm or self.host.line.geometry.bait_rod_diameter_mm)
+        missed = forecast.misses(final_pct=OUTLOOK_FINAL_PCT, thickness_pct=OUTLOOK_LAYER_PCT,
+                                 inner_mm=min(inner, first.target_diameter_mm))
+        return forecast if missed else None
 
     def _traverse(self, layer: LayerOp, pct: float) -> float:
         return layer.traverse_mm_min * (1 + pct / 100)

@@ -157,6 +157,7 @@ class Executor:
             self.cursor.step += 1
             self.cursor.layer = 0
             self.cursor.layer_pass = 0
+            self.cursor.extra_passes = None  # they belonged to that step's layers
         self.current_op = "done"
 
     async def _do(self, op: Op) -> None:

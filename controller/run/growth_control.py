@@ -28,6 +28,7 @@ from controller.recipes.process_model import (
 # The estimate looks back over this many passes' worth of glass: long enough to average the
 # gauge's noise, short enough to see a change of efficiency within two passes.
 WINDOW_PASSES = 1.5
+OUTLOOK_WINDOW_PASSES = 1.0  # the outlook looks shorter: a drift announced within two passes
 MAX_SAMPLES = 400
 MIN_EVIDENCE_PASSES = 0.75  # the prior stands until this much glass has been offered
 
@@ -51,6 +52,7 @@ class GrowthEstimator:
         if diameter_mm is not None:
             self._samples.append(Sample(basis_g, diameter_mm))
         self._estimate: float | None = None
+        self._line: tuple[float, float] | None = None  # the fit: d^2 = a + b * basis
 
     def offer(self, sicl4_g_min: float, dt_s: float) -> None:
         """SiCl4 reached the torch for dt_s of process time (depositing)."""
@@ -64,25 +66,30 @@ class GrowthEstimator:
             at = self._samples[-1].basis_g
         self._samples.append(Sample(at, diameter_mm))
         self._estimate = None
+        self._line = None
 
     @property
     def last(self) -> Sample | None:
         return self._samples[-1] if self._samples else None
 
-    def efficiency(self, pass_basis_g: float) -> float:
+    def efficiency(self, pass_basis_g: float, window_passes: float = WINDOW_PASSES) -> float:
         """Least squares of the cross-section against the glass offered, over the last
         ``WINDOW_PASSES`` passes (extended back until the growth stands clear of the gauge's
         resolution); the prior until there is enough growth to tell."""
+        if window_passes != WINDOW_PASSES:
+            fitted = self._fit(pass_basis_g, window_passes, keep=False)
+            return fitted if fitted is not None else self.efficiency(pass_basis_g)
         if self._estimate is None:
-            self._estimate = self._fit(pass_basis_g)
+            self._estimate = self._fit(pass_basis_g, window_passes)
         return self._estimate if self._estimate is not None else self.prior
 
-    def _fit(self, pass_basis_g: float) -> float | None:
+    def _fit(self, pass_basis_g: float, window_passes: float,
+             *, keep: bool = True) -> float | None:
         samples = list(self._samples)
         if len(samples) < 2:
             return None
         latest = samples[-1]
-        window = [s for s in samples if s.basis_g >= latest.basis_g - WINDOW_PASSES * pass_basis_g]
+        window = [s for s in samples if s.basis_g >= latest.basis_g - window_passes * pass_basis_g]
         start = len(samples) - len(window)
         while start > 0 and (len(window) < 2 or not self._clear(window)):
             start -= 1
@@ -100,17 +107,26 @@ class GrowthEstimator:
         slope = sum((x - x_mean) * (y - y_mean) for x, y in zip(xs, ys, strict=True)) / sxx
         # d^2 grows by 4 m / (pi rho L) per gram laid down: the slope over that is the efficiency.
         per_gram = mass_for_diameter_g(0.0, 1.0, self.length_mm)  # grams per mm^2 of d^2
-        return max(0.02, min(1.0, slope * per_gram))
+        efficiency = slope * per_gram
+        if keep and 0.02 <= efficiency <= 1.0:
+            self._line = (y_mean - slope * x_mean, slope)
+        return max(0.02, min(1.0, efficiency))
 
     def _clear(self, window: list[Sample]) -> bool:
         growth = window[-1].diameter_mm - window[0].diameter_mm
         return growth >= 10 * self.resolution_mm
 
     def diameter_now(self, pass_basis_g: float) -> float | None:
-        """The last reading, grown by what was offered since at the estimated efficiency."""
+        """The fitted line at the glass offered so far (the readings of the window averaged:
+        finer than one reading's resolution); before there is a fit, the last reading grown
+        by what was offered since at the estimated efficiency."""
         last = self.last
         if last is None:
             return None
+        self.efficiency(pass_basis_g)
+        if self._line is not None:
+            intercept, slope = self._line
+            return math.sqrt(max(0.0, intercept + slope * self.basis_g))
         grams = self.efficiency(pass_basis_g) * (self.basis_g - last.basis_g)
         return grown_diameter_mm(last.diameter_mm, max(0.0, grams), self.length_mm)
 
@@ -143,9 +159,14 @@ def correct(
     operator_traverse_pct: float,
     previous_factor: float,
     max_step: float,
+    running_traverse_pct: float | None = None,
 ) -> Correction:
     """Spread what the layer still needs over its remaining passes: SiCl4 first (the dopant
-    follows it), then the traverse speed; operator and loop share the traverse trim."""
+    follows it), then the traverse speed; operator and loop share the traverse trim.
+
+    With ``running_traverse_pct`` (the pass now running already has its speed: the drive
+    takes a new one at its next reversal), the SiCl4 scale is this pass's at that speed and
+    the traverse is for the passes after it."""
     needed = mass_for_diameter_g(diameter_mm, boundary_mm, length_mm)
     offered = efficiency * basis_per_pass_g * remaining_passes
     wanted = max(0.0, needed / offered) if offered > 0 else 1.0
@@ -158,8 +179,11 @@ def correct(
     # With the operator's traverse, the SiCl4 scale that gives the factor; then the traverse.
     scale = min(s_high, max(s_low, factor * (1 + operator / 100)))
     traverse = min(t_high, max(t_low, (scale / factor - 1) * 100)) if factor > 0 else t_high
+    speed_now = traverse if running_traverse_pct is None else running_traverse_pct
+    if running_traverse_pct is not None:
+        scale = min(s_high, max(s_low, factor * (1 + running_traverse_pct / 100)))
     return Correction(
-        wanted=wanted, factor=authority.mass_factor(scale, traverse), sicl4_scale=scale,
+        wanted=wanted, factor=authority.mass_factor(scale, speed_now), sicl4_scale=scale,
         traverse_pct=traverse, limited=not math.isclose(bounded, wanted, rel_tol=1e-9),
         step_limited=not math.isclose(factor, bounded, rel_tol=1e-9),
     )
@@ -167,6 +191,7 @@ def correct(
 
 @dataclass(frozen=True)
 class LayerOutlook:
+    index: int  # the layer's index in its deposit step
     name: str
     planned_mm: float
     expected_mm: float
@@ -183,20 +208,32 @@ class Outlook:
     def final_mm(self) -> float:
         return self.layers[-1].expected_mm
 
-    def misses(self, tolerance_pct: float) -> tuple[LayerOutlook, ...]:
-        return tuple(o for o in self.layers
-                     if abs(o.expected_mm - o.planned_mm) > o.planned_mm * tolerance_pct / 100)
+    def misses(self, *, final_pct: float, thickness_pct: float,
+               inner_mm: float) -> tuple[LayerOutlook, ...]:
+        """The layers whose outcome is off the plan: the last by more than ``final_pct`` of
+        its diameter, any by more than ``thickness_pct`` of its planned radial thickness
+        (``inner_mm``: the planned inner diameter of the first layer here)."""
+        missed = []
+        for o in self.layers:
+            thickness = max(o.planned_mm - inner_mm, 1e-9)
+            off = abs(o.expected_mm - o.planned_mm)
+            last = o is self.layers[-1]
+            if off > thickness * thickness_pct / 100 or (last and
+                                                          off > o.planned_mm * final_pct / 100):
+                missed.append(o)
+            inner_mm = o.planned_mm
+        return tuple(missed)
 
 
 def outlook(
     *,
     diameter_mm: float,
-    layers: list[tuple[LayerOp, int, Authority]],  # from the current one: remaining passes
+    layers: list[tuple[int, LayerOp, int, Authority]],  # index, layer, passes remaining
     efficiency: float,
     length_mm: float,
 ) -> Outlook:
     result: list[LayerOutlook] = []
-    for layer, remaining, authority in layers:
+    for index, layer, remaining, authority in layers:
         basis = pass_basis_g(layer, length_mm)
         needed = mass_for_diameter_g(diameter_mm, layer.target_diameter_mm, length_mm)
         low, high = authority.mass_factor_range
@@ -208,6 +245,6 @@ def outlook(
         extra = 0
         if wanted > high and per_pass * high > 0:
             extra = max(0, math.ceil(needed / (per_pass * high) - 1e-9) - remaining)
-        result.append(LayerOutlook(layer.name, layer.target_diameter_mm, grown, extra))
+        result.append(LayerOutlook(index, layer.name, layer.target_diameter_mm, grown, extra))
         diameter_mm = grown
     return Outlook(tuple(result))

@@ -35,6 +35,9 @@ class Preform:
     strokes: list[tuple[float, float]] = field(default_factory=list)  # (SiCl4, dopant)
     passes: list[dict[str, Any]] = field(default_factory=list)
     final_mm: float = 0.0  # when the last pass was reported
+    alarm_at: tuple[int, float | None] | None = None  # passes done, expected final diameter
+    added: dict[int, int] = field(default_factory=dict)  # extra passes the operator added
+    last_expected: float | None = None  # the alarm's latest expected final diameter
 
 
 async def _watch_plant(rig: Rig, preform: Preform) -> None:
@@ -63,7 +66,7 @@ async def _watch_plant(rig: Rig, preform: Preform) -> None:
 
 
 async def _run(tmp_path: Path, *, drift: float = 0.0, time_scale: float = 200.0,
-               extra: dict[int, int] | None = None,
+               accept_extra: bool = False,
                recipe: str = RECIPE,
                abort_after: int | None = None) -> tuple[Rig, Preform, list[Any]]:
     preform = Preform()
@@ -74,7 +77,6 @@ async def _run(tmp_path: Path, *, drift: float = 0.0, time_scale: float = 200.0,
         alarms: list[Any] = []
         rig.sup.alarms.subscribe(alarms.append)
         assert (await rig.start(recipe)).accepted
-        added = False
         while not rig.sup.finished.is_set():
             try:
                 item = await asyncio.wait_for(items.get(), 0.5)
@@ -91,12 +93,18 @@ async def _run(tmp_path: Path, *, drift: float = 0.0, time_scale: float = 200.0,
             if item["passes_done"] == DRIFT_AT_PASS:
                 rig.sim.plant.efficiency_drift = drift
             alarm = rig.sup.alarms.status("growth_out_of_authority")
-            if extra and alarm.condition and not added:
-                executor = rig.sup.executor
-                assert executor is not None
-                for layer, passes in extra.items():
-                    executor.add_passes(layer, passes)
-                added = True
+            if alarm.condition and preform.alarm_at is None:
+                preform.alarm_at = (item["passes_done"], alarm.value)
+            if alarm.condition:
+                preform.last_expected = alarm.value
+            executor = rig.sup.executor
+            if accept_extra and alarm.condition and executor is not None and executor.outlook:
+                # The operator takes what the outlook proposes, layer by layer.
+                for layer in executor.outlook.layers:
+                    if layer.extra_passes_needed > 0:
+                        executor.add_passes(layer.index, layer.extra_passes_needed)
+                        preform.added[layer.index] = (preform.added.get(layer.index, 0)
+                                                      + layer.extra_passes_needed)
         expected = State.COMPLETE if abort_after is None else State.ABORTED
         await rig.wait_state(expected, timeout_s=60)
         watcher.cancel()
@@ -196,9 +204,8 @@ async def test_the_same_preform_at_x10_and_at_x200(tmp_path: Path) -> None:
     for scale in (10.0, 200.0):
         rig, preform, _ = await _run(tmp_path, time_scale=scale, abort_after=20)
         start = rig.line.geometry.bait_rod_diameter_mm
-        # The last pass ends where the carriage stops: the plant's diameter then.
-        final = preform.reversals[19] if len(preform.reversals) > 19 else preform.final_mm
-        layers = [preform.reversals[5], preform.reversals[12], final]
+        # The last pass ends where the carriage stops and the abort closes the precursors.
+        layers = [preform.reversals[5], preform.reversals[12], rig.sim.plant.rod_diameter_mm]
         thickness = [b - a for a, b in zip([start, *layers[:-1]], layers, strict=True)]
         scales = [p["sicl4_scale"] for p in preform.passes]
         runs[scale] = (thickness, sum(scales) / len(scales), _composition_errors(rig, preform))
@@ -208,3 +215,37 @@ async def test_the_same_preform_at_x10_and_at_x200(tmp_path: Path) -> None:
     assert abs(slow_scale - 1) <= 0.02 and abs(fast_scale - 1) <= 0.02, (slow_scale, fast_scale)
     # At x10 a tick is 0.1 process second: every pass's composition holds to 1 %.
     assert all(abs(error) <= COMPOSITION_PCT for _, error in slow_comp), slow_comp
+
+
+def _within_trims(preform: Preform) -> None:
+    for item in preform.passes:
+        assert 0.9 - 1e-6 <= item["sicl4_scale"] <= 1.1 + 1e-6, item
+        assert 330 * 0.9 - 0.01 <= item["traverse_mm_min"] <= 330 * 1.1 + 0.01, item
+
+
+@pytest.mark.parametrize("drift", [-0.2, -0.4])
+async def test_a_drift_beyond_the_trims_is_announced_at_once(tmp_path: Path,
+                                                             drift: float) -> None:
+    rig, preform, _ = await _run(tmp_path, drift=drift)
+    assert preform.alarm_at is not None, "no alarm"
+    passes_done, expected_final = preform.alarm_at
+    assert passes_done <= DRIFT_AT_PASS + 2, preform.alarm_at
+    planned = _planned(rig)
+    assert expected_final is not None and expected_final < planned[-1], preform.alarm_at
+    _within_trims(preform)
+    # The run went on at the limit and ended short, where the alarm came to say.
+    final = rig.sim.plant.rod_diameter_mm
+    assert final < planned[-1] * (1 - 0.001), (final, planned)
+    assert preform.last_expected is not None
+    assert abs(final - preform.last_expected) <= 0.002 * planned[-1], (final, preform)
+
+
+async def test_extra_passes_accepted_by_the_operator_reach_the_target(tmp_path: Path) -> None:
+    rig, preform, _ = await _run(tmp_path, drift=-0.4, accept_extra=True)
+    assert preform.added, "the outlook proposed no extra passes"
+    planned = _planned(rig)
+    final = rig.sim.plant.rod_diameter_mm
+    assert abs(final - planned[-1]) / planned[-1] <= 0.005, (final, planned, preform.added)
+    assert len(preform.passes) == 20 + sum(preform.added.values())
+    _within_trims(preform)
+    assert not rig.sup.alarms.status("growth_out_of_authority").condition

@@ -103,13 +103,13 @@ def test_a_jump_is_bounded_per_pass() -> None:
 
 def test_the_outlook_names_the_miss_and_the_extra_passes_that_land_it() -> None:
     later = dataclasses.replace(LAYER, name="middle", passes=7, target_diameter_mm=33.8)
-    layers = [(LAYER, 6, AUTHORITY), (later, 7, AUTHORITY)]
+    layers = [(0, LAYER, 6, AUTHORITY), (1, later, 7, AUTHORITY)]
     reachable = outlook(diameter_mm=30.0, layers=layers, efficiency=0.5, length_mm=LENGTH)
-    assert reachable.misses(0.2) == ()
+    assert reachable.misses(final_pct=0.1, thickness_pct=1.5, inner_mm=30.0) == ()
     short = outlook(diameter_mm=30.0, layers=layers, efficiency=0.3, length_mm=LENGTH)
     inner, _ = short.layers
     assert inner.expected_mm < inner.planned_mm and short.final_mm < 33.8
-    assert short.misses(0.2) == short.layers
+    assert short.misses(final_pct=0.1, thickness_pct=1.5, inner_mm=30.0) == short.layers
     # The extra passes it names land the boundary at the loop's limit.
     at_limit = 0.3 * BASIS * (1.1 / 0.9)
     needed = mass_for_diameter_g(30.0, inner.planned_mm, LENGTH)
