@@ -433,11 +433,8 @@ class Deposition:
             c.layer_pass = 0
         diameter, source = self._diameter_now(layer)
         c.diameter_mm = diameter
-        if self.remaining_in_step() > 0:
-            # The precursors first: the new pass's composition begins with it.
-            await self._apply(self._correction(), self.layer(), first=False)
-        if new_layer:
-            await host.establish_layer(self.layer(), wait=False)
+        more = self.remaining_in_step() > 0
+        correction = self._correction() if more else None  # the estimate at this boundary
         summary = PassSummary(
             layer=layer_index, layer_name=layer.name, pass_index=c.layer_pass or self.passes(
                 layer_index), passes_done=c.passes_done, diameter_mm=round(diameter, 3),
@@ -455,11 +452,20 @@ class Deposition:
             started_wall=tally.started_wall, ended_wall=ended_wall,
         )
         log.info("deposition.pass", **asdict(summary))
-        if self.remaining_in_step() > 0:
-            start, _ = self._pass_ends()
-            await asyncio.gather(self._heaters(start), host.track_gap(self.layer(), diameter))
-        host.progress(pass_from=self._pass_ends()[0], pass_to=self._pass_ends()[1])
-        await host.pass_ended(summary)
+        try:
+            if correction is not None:
+                # The precursors first: the new pass's composition begins with it.
+                await self._apply(correction, self.layer(), first=False)
+            if new_layer:
+                await host.establish_layer(self.layer(), wait=False)
+            if more:
+                start, _ = self._pass_ends()
+                await asyncio.gather(self._heaters(start), host.track_gap(self.layer(), diameter))
+            host.progress(pass_from=self._pass_ends()[0], pass_to=self._pass_ends()[1])
+        finally:
+            # The pass is made and counted: it is recorded (and checkpointed) even when a hold
+            # cancels the boundary's writes (rule 9: nothing made goes unrecorded).
+            await host.pass_ended(summary)
         return following
 
 

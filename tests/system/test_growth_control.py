@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from controller.recipes.loading import load_recipe
+from controller.recipes.plan import LayerOp, Plan
 from controller.recipes.planning import plan_from_recipe
 from controller.safety.states import State
 from tests.system.rig import RECIPES, Rig, line_rig
@@ -67,8 +68,8 @@ async def _watch_plant(rig: Rig, preform: Preform) -> None:
 
 async def _run(tmp_path: Path, *, drift: float = 0.0, time_scale: float = 200.0,
                accept_extra: bool = False,
-               recipe: str = RECIPE,
-               abort_after: int | None = None) -> tuple[Rig, Preform, list[Any]]:
+               recipe: str = RECIPE, abort_after: int | None = None,
+               drift_at: int = DRIFT_AT_PASS) -> tuple[Rig, Preform, list[Any]]:
     preform = Preform()
     async with line_rig(tmp_path / f"run{drift:+.2f}x{time_scale:g}",
                         time_scale=time_scale) as rig:
@@ -90,7 +91,7 @@ async def _run(tmp_path: Path, *, drift: float = 0.0, time_scale: float = 200.0,
                 # Nothing left to measure: spare the test the rod's cooling (minutes at x10).
                 assert (await rig.sup.command("abort", "alice", reason="test done")).accepted
                 break
-            if item["passes_done"] == DRIFT_AT_PASS:
+            if item["passes_done"] == drift_at:
                 rig.sim.plant.efficiency_drift = drift
             alarm = rig.sup.alarms.status("growth_out_of_authority")
             if alarm.condition and preform.alarm_at is None:
@@ -99,12 +100,13 @@ async def _run(tmp_path: Path, *, drift: float = 0.0, time_scale: float = 200.0,
                 preform.last_expected = alarm.value
             executor = rig.sup.executor
             if accept_extra and alarm.condition and executor is not None and executor.outlook:
-                # The operator takes what the outlook proposes, layer by layer.
+                # The operator takes what the outlook proposes, layer by layer, by command.
                 for layer in executor.outlook.layers:
-                    if layer.extra_passes_needed > 0:
-                        executor.add_passes(layer.index, layer.extra_passes_needed)
-                        preform.added[layer.index] = (preform.added.get(layer.index, 0)
-                                                      + layer.extra_passes_needed)
+                    wanted = layer.extra_passes_needed
+                    if wanted > 0 and rig.sup.commands.add_passes_refusal(
+                            layer.index, wanted) is None:
+                        rig.sup.commands.add_passes(layer.index, wanted, "alice")
+                        preform.added[layer.index] = preform.added.get(layer.index, 0) + wanted
         expected = State.COMPLETE if abort_after is None else State.ABORTED
         await rig.wait_state(expected, timeout_s=60)
         watcher.cancel()
@@ -125,19 +127,28 @@ def _layer_boundaries(preform: Preform, final_mm: float) -> list[float]:
     return ends
 
 
-def _composition_errors(rig: Rig, preform: Preform) -> list[tuple[int, float]]:
+def plan_of(rig: Rig, recipe: str | Path = RECIPE) -> Plan:
+    path = recipe if isinstance(recipe, Path) else RECIPES / f"{recipe}.yaml"
+    return plan_from_recipe(load_recipe(path, rig.line), rig.line)
+
+
+def _layers(plan: Plan) -> list[LayerOp]:
+    return [layer for op in plan.deposit_steps for layer in op.layers]
+
+
+def _composition_errors(preform: Preform, plan: Plan) -> list[tuple[int, float]]:
     """Per pass: the dopant-to-SiCl4 ratio that reached the torch against the recipe's (%)."""
-    sicl4_slpm = rig.line.mfc("mfc_sicl4").slpm_for(60)
+    layers = _layers(plan)
     errors = []
     for item, (sicl4_l, dopant_l) in zip(preform.passes, preform.strokes, strict=False):
-        recipe_ratio = (0.2, 0.5, 0.8)[item["layer"]] / sicl4_slpm
-        errors.append((item["passes_done"], (dopant_l / sicl4_l / recipe_ratio - 1) * 100))
+        recipe_ratio = layers[item["layer"]].dopant_per_sicl4
+        if recipe_ratio > 0 and sicl4_l > 0:
+            errors.append((item["passes_done"], (dopant_l / sicl4_l / recipe_ratio - 1) * 100))
     return errors
 
 
-def _planned(rig: Rig) -> list[float]:
-    plan = plan_from_recipe(load_recipe(RECIPES / f"{RECIPE}.yaml", rig.line), rig.line)
-    return [layer.target_diameter_mm for op in plan.deposit_steps for layer in op.layers]
+def _planned(rig: Rig, recipe: str | Path = RECIPE) -> list[float]:
+    return [layer.target_diameter_mm for layer in _layers(plan_of(rig, recipe))]
 
 
 def _thickness_errors(planned: list[float], measured: list[float], start: float) -> list[float]:
@@ -168,7 +179,7 @@ async def test_a_drift_inside_the_trims_lands_every_layer(tmp_path: Path, drift:
     # The glass's composition: at x200 a tick of the simulator is two process seconds, so
     # the passes where the flows change (a layer's first and last, the run's first) are
     # held to 10 %; the others to 1 % (at x10 every pass is, below).
-    for passes_done, error in _composition_errors(rig, preform):
+    for passes_done, error in _composition_errors(preform, plan_of(rig)):
         edge = passes_done in (1, 6, 7, 13, 14)
         assert abs(error) <= (10.0 if edge else COMPOSITION_PCT), (passes_done, error)
     # The correction follows the drift: less efficient glass, more glass asked of each pass.
@@ -187,8 +198,7 @@ async def test_without_correction_the_same_drift_misses(tmp_path: Path) -> None:
                      .replace("sicl4_trim_pct: [-10, 10], traverse_trim_pct: [-10, 10], ", ""))
     rig, preform, _ = await _run(tmp_path, drift=-0.12, recipe=str(fixed))
     assert all(p["sicl4_scale"] == 1.0 for p in preform.passes)
-    plan = plan_from_recipe(load_recipe(fixed, rig.line), rig.line)
-    planned = [layer.target_diameter_mm for op in plan.deposit_steps for layer in op.layers]
+    planned = _planned(rig, fixed)
     final = rig.sim.plant.rod_diameter_mm
     errors = _thickness_errors(planned, _layer_boundaries(preform, final),
                                rig.line.geometry.bait_rod_diameter_mm)
@@ -208,7 +218,8 @@ async def test_the_same_preform_at_x10_and_at_x200(tmp_path: Path) -> None:
         layers = [preform.reversals[5], preform.reversals[12], rig.sim.plant.rod_diameter_mm]
         thickness = [b - a for a, b in zip([start, *layers[:-1]], layers, strict=True)]
         scales = [p["sicl4_scale"] for p in preform.passes]
-        runs[scale] = (thickness, sum(scales) / len(scales), _composition_errors(rig, preform))
+        composition = _composition_errors(preform, plan_of(rig))
+        runs[scale] = (thickness, sum(scales) / len(scales), composition)
     (slow, slow_scale, slow_comp), (fast, fast_scale, _) = runs[10.0], runs[200.0]
     for a, b in zip(slow, fast, strict=True):
         assert abs(a / b - 1) <= 0.01, (slow, fast)
