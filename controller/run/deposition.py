@@ -36,6 +36,9 @@ from drivers.codecs.servo_map import AxisStatus
 log = structlog.get_logger(__name__)
 
 POLL_S = 0.02  # how often the pass watch re-reads the telemetry (wall)
+# How long a carriage that stopped oscillating by itself is left to the safety cycle (which
+# sees an E-stop or a drive alarm within a cycle) before it is this step's failure.
+STOPPED_GRACE_S = 1.0
 # The loop changes a pass's glass by at most this much from the pass before (no jumps from a
 # noisy reading; the pile-up the issue speaks of is avoided by spreading, not by this).
 MAX_STEP = 0.1
@@ -223,6 +226,7 @@ class Deposition:
         await host.act.oscillate_axis("carriage", (start, end), speed, given, "recipe")
         await self._heaters(start)
         counted = anticipated = 0
+        stopped_wall = 0.0
         tally = _PassTally(host.clock, self.estimator.basis_g)
         last_process = host.clock.now()
         deadline = self._pass_deadline()
@@ -264,7 +268,13 @@ class Deposition:
             if not status.oscillating:
                 if counted >= given:
                     return  # it ran what it was given before the added passes reached it
-                raise StepFailed("deposit", "the carriage stopped oscillating")
+                # Stopped by something else: an E-stop, a drive alarm, a limit. The safety
+                # cycle names the cause and cuts in; only if nothing does is it this step's.
+                stopped_wall = stopped_wall or time.monotonic()
+                if time.monotonic() - stopped_wall > STOPPED_GRACE_S:
+                    raise StepFailed("deposit", "the carriage stopped oscillating")
+                continue
+            stopped_wall = 0.0
             if wanted != given:  # the operator added passes: the drive reads it at a reversal
                 given = wanted
                 await host.act.set_oscillation_strokes("carriage", given, "recipe")
