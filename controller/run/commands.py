@@ -15,19 +15,16 @@ from typing import Any, Protocol
 
 import structlog
 
-from controller.config.line import LineConfig
 from controller.machine.polling import poll_hz
-from controller.machine.telemetry import Telemetry
 from controller.recipes.plan import DepositOp, Plan
 from controller.records.run_records import RecordsUnavailable, RunHeader
 from controller.run.current_run import CurrentRun
 from controller.run.executor import Cursor, Executor
 from controller.run.reactions import Reactions
-from controller.safety.alarms import AlarmManager
+from controller.run.supervised_line import SupervisedLine
 from controller.safety.envelope import Envelope
 from controller.safety.interlocks import Reaction, Signals, evaluate
-from controller.safety.states import Command, State, StateMachine
-from controller.safety.writer import Actuators
+from controller.safety.states import Command, State
 from drivers.codecs.servo_map import AlarmCode
 
 log = structlog.get_logger(__name__)
@@ -120,20 +117,10 @@ def add_passes_refusal(executor: Executor | None, state: State, layer: int | Non
     return None
 
 
-class CommandedLine(Protocol):
+class CommandedLine(SupervisedLine, Protocol):
     """What the commands need of the supervisor (which holds them): no import of it, so no
     circle."""
 
-    @property
-    def line(self) -> LineConfig: ...
-    @property
-    def sm(self) -> StateMachine: ...
-    @property
-    def telemetry(self) -> Telemetry: ...
-    @property
-    def alarms(self) -> AlarmManager: ...
-    @property
-    def act(self) -> Actuators: ...
     @property
     def records_ok(self) -> bool: ...
 
@@ -313,6 +300,7 @@ class Commands:
         assert executor is not None, "checked by add_passes_refusal"
         assert target is not None, "checked by add_passes_refusal"
         executor.add_passes(target.index, passes)
+        self._run.checkpoint_extra_passes(executor.cursor.extra_passes)
         added = layer_passes(executor, target.index)
         assert added is not None
         self._sup.record_setpoint("carriage", f"extra_passes_layer_{added.index}",

@@ -15,19 +15,18 @@ from typing import Any, Protocol
 
 import structlog
 
-from controller.config.line import AXIS_NAMES, LineConfig
-from controller.machine.telemetry import Fanout, Telemetry
+from controller.config.line import AXIS_NAMES
+from controller.machine.telemetry import Fanout
 from controller.recipes.plan import DepositOp, LayerOp, Plan
 from controller.records.run_records import PassRecord, RunHeader, RunRecords
 from controller.run.executor import Cursor, Executor, PassSummary, StepFailed
 from controller.run.failures import Failures
 from controller.run.growth_control import Outlook
-from controller.run.process_clock import ProcessClock
 from controller.run.reactions import Reactions, cooldown_op
 from controller.run.run_tasks import RunTasks
-from controller.safety.alarms import AlarmManager
-from controller.safety.states import Command, State, StateMachine
-from controller.safety.writer import Actuators, EnvelopeRefused
+from controller.run.supervised_line import SupervisedLine
+from controller.safety.states import Command, State
+from controller.safety.writer import EnvelopeRefused
 from drivers.errors import DeviceError
 
 log = structlog.get_logger(__name__)
@@ -36,22 +35,10 @@ FINAL_STATES = frozenset({State.COMPLETE, State.STOPPED, State.ABORTED})
 OUTCOME = {State.COMPLETE: "complete", State.STOPPED: "stopped", State.ABORTED: "aborted"}
 
 
-class RunningLine(Protocol):
+class RunningLine(SupervisedLine, Protocol):
     """What the run needs of the supervisor (which holds it), all read-only: no import of it,
     so no circle."""
 
-    @property
-    def line(self) -> LineConfig: ...
-    @property
-    def clock(self) -> ProcessClock: ...
-    @property
-    def sm(self) -> StateMachine: ...
-    @property
-    def telemetry(self) -> Telemetry: ...
-    @property
-    def alarms(self) -> AlarmManager: ...
-    @property
-    def act(self) -> Actuators: ...
     @property
     def records(self) -> RunRecords: ...
     @property
@@ -68,6 +55,7 @@ class CurrentRun:
         self._reactions = reactions
         self._failures = failures
         self.run_id: int | None = None
+        self._checkpointed: tuple[int, int, dict[str, Any]] | None = None  # the last, as written
         self.plan: Plan | None = None
         self.executor: Executor | None = None
         self.outcome_reason: str | None = None
@@ -215,8 +203,23 @@ class CurrentRun:
         assert run_id is not None
         records = self._sup.records
         await records.record_pass(run_id, self._pass_record(summary, cursor))
-        await records.checkpoint(run_id, summary.layer, summary.passes_done, cursor.to_json())
+        state = cursor.to_json()
+        await records.checkpoint(run_id, summary.layer, summary.passes_done, state)
+        self._checkpointed = (summary.layer, summary.passes_done, state)
         self._sup.fanout.publish({"kind": "pass", **summary.__dict__})
+
+    def checkpoint_extra_passes(self, extra_passes: dict[str, int] | None) -> None:
+        """Passes an operator added between two pass boundaries survive a crash: the last
+        checkpoint is written again with them (a resume restarts from it, not from a cursor
+        whose glass has run ahead of its diameter)."""
+        run_id = self.run_id
+        if run_id is None or self._checkpointed is None:
+            return
+        layer, passes_done, state = self._checkpointed
+        state = {**state, "extra_passes": extra_passes}
+        self._checkpointed = (layer, passes_done, state)
+        records = self._sup.records
+        self._sup.record(lambda: records.checkpoint(run_id, layer, passes_done, state))
 
     def _pass_record(self, summary: PassSummary, cursor: Cursor) -> PassRecord:
         """The pass as the run report needs it: what the loop did, and what the plan asked

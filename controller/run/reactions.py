@@ -21,18 +21,15 @@ import structlog
 
 from controller.config.line import LineConfig, cooling_speed_rpm
 from controller.machine.polling import poll_hz
-from controller.machine.telemetry import Telemetry
 from controller.recipes.plan import CooldownOp, Plan
 from controller.records.schema import RecordsUnavailable
 from controller.run.executor import Executor, StepFailed
-from controller.run.process_clock import ProcessClock
 from controller.run.run_tasks import RunTasks
-from controller.safety.alarms import AlarmManager
+from controller.run.supervised_line import SupervisedLine
 from controller.safety.interlocks import Interlock, Reaction, Signals, blocking_start
 from controller.safety.postures import HOLD, POSTURE_FOR_REACTION, Posture, Rf
 from controller.safety.reactions import apply_posture
-from controller.safety.states import ACTIVE_STATES, Command, Mode, State, StateMachine
-from controller.safety.writer import Actuators
+from controller.safety.states import ACTIVE_STATES, Command, Mode, State
 from drivers.errors import DeviceError
 
 log = structlog.get_logger(__name__)
@@ -40,22 +37,10 @@ log = structlog.get_logger(__name__)
 TRIP_POSTURE = POSTURE_FOR_REACTION[Reaction.TRIP]
 
 
-class ReactingLine(Protocol):
+class ReactingLine(SupervisedLine, Protocol):
     """What the reactions need of the supervisor (which holds them), all read-only: no import
     of it, so no circle."""
 
-    @property
-    def line(self) -> LineConfig: ...
-    @property
-    def clock(self) -> ProcessClock: ...
-    @property
-    def sm(self) -> StateMachine: ...
-    @property
-    def telemetry(self) -> Telemetry: ...
-    @property
-    def alarms(self) -> AlarmManager: ...
-    @property
-    def act(self) -> Actuators: ...
     @property
     def plan(self) -> Plan | None: ...
     @property

@@ -159,6 +159,11 @@ async def test_add_passes_over_http_while_held_then_made(tmp_path: Path) -> None
             assert added.status_code == 200, added.text
             assert added.json()["accepted"] is True and added.json()["state"] == "Held"
             assert (added.json()["data"]["layer"], added.json()["data"]["extra"]) == (layer, 3)
+            # A crash while held must not lose them: the last checkpoint carries them.
+            await rig.sup.record_flush()
+            checkpoint = rig.reader().last_checkpoint(rig.sup.run_id or 0)
+            assert checkpoint is not None
+            assert checkpoint.state["extra_passes"] == {str(layer): 3}
             too_many = await post(OPERATOR, "add_passes", {"passes": 4})
             assert too_many.status_code == 409
             assert "the recipe allows 6 extra passes, 3 already added" in too_many.json()["reason"]
