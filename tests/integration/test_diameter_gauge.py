@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -14,7 +13,7 @@ import pytest
 
 from controller.config.line import load_line_config
 from drivers.diameter_gauge import DiameterGauge, GaugeReading
-from drivers.errors import DeviceDisconnected, DeviceError, DeviceProtocolError, DeviceTimeout
+from drivers.errors import DeviceDisconnected, DeviceProtocolError, DeviceTimeout
 from drivers.transports.ascii import AsciiTransport
 from drivers.transports.endpoint import Endpoint
 from simulators.ascii_bus import AsciiBusServer, AsciiDevice
@@ -22,7 +21,7 @@ from simulators.diameter_gauge import DiameterGaugeSim
 from simulators.faults import FaultBoard
 from simulators.plant import Plant
 from simulators.pty_relay import PtyRelay
-from tests.waiting import eventually
+from tests.waiting import eventually, first_failure
 
 T = TypeVar("T")
 
@@ -82,17 +81,6 @@ async def any_rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
 
 
 
-async def first_failure(
-    call: Callable[[], Awaitable[object]], deadline_s: float = 10.0
-) -> DeviceError:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        try:
-            await call()
-        except DeviceError as exc:
-            return exc
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"no failure within {deadline_s} s")
 
 
 # -- wire level: pinned frames -------------------------------------------------------------------

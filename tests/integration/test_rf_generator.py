@@ -32,7 +32,7 @@ from simulators.modbus_bus import ModbusBusServer
 from simulators.plant import Plant
 from simulators.rf_generator import RfGeneratorSim
 from simulators.safety_io import SafetyIoSim
-from tests.waiting import answered, eventually
+from tests.waiting import answered, eventually, first_failure
 
 T = TypeVar("T")
 
@@ -81,16 +81,9 @@ async def rig() -> AsyncIterator[Rig]:
 
 
 
-async def _first_error(rig: Rig, *, deadline_s: float = 10.0) -> DeviceError:
+async def _first_error(rig: Rig) -> DeviceError:
     """Poll until a read fails (a fault takes effect on the next frame) and return the error."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        try:
-            await rig.rf.read()
-        except DeviceError as exc:
-            return exc
-        await asyncio.sleep(0.02)
-    raise AssertionError("the read never failed")
+    return await first_failure(rig.rf.read, what="a read to fail")
 
 
 # -- behaviour -------------------------------------------------------------------------------

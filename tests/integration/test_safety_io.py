@@ -29,6 +29,7 @@ from simulators.faults import FaultBoard
 from simulators.modbus_bus import ModbusBusServer
 from simulators.plant import Plant
 from simulators.safety_io import SafetyIoSim
+from tests.waiting import first_failure
 
 WALL0 = 1000.0
 
@@ -76,15 +77,9 @@ async def rig() -> AsyncIterator[Rig]:
         await bus.stop()
 
 
-async def _first_error(rig: Rig, *, deadline_s: float = 10.0) -> DeviceError:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        try:
-            await rig.io.read()
-        except DeviceError as exc:
-            return exc
-        await asyncio.sleep(0.02)
-    raise AssertionError("the read never failed")
+async def _first_error(rig: Rig) -> DeviceError:
+    """Poll until a read fails (a fault takes effect on the next frame) and return the error."""
+    return await first_failure(rig.io.read, what="a read to fail")
 
 
 # -- inputs --------------------------------------------------------------------------------

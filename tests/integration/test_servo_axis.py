@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -21,7 +20,6 @@ from drivers.codecs import servo_map
 from drivers.codecs.servo_map import AlarmCode, AxisMode
 from drivers.errors import (
     DeviceDisconnected,
-    DeviceError,
     DeviceExceptionResponse,
     DeviceProtocolError,
     DeviceRangeError,
@@ -35,7 +33,7 @@ from simulators.modbus_bus import ILLEGAL_VALUE, ModbusBusServer
 from simulators.plant import Plant
 from simulators.pty_relay import PtyRelay
 from simulators.servo_axis import ServoAxisSim, advance_to_position, advance_to_velocity
-from tests.waiting import eventually
+from tests.waiting import eventually, first_failure
 
 AXES = ("spindle", "carriage", "torch_slide")
 T = TypeVar("T")
@@ -120,18 +118,6 @@ async def any_rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
 
 
 
-async def first_failure(
-    call: Callable[[], Awaitable[object]], deadline_s: float = 10.0
-) -> DeviceError:
-    """Repeat a call until it fails; the failure."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        try:
-            await call()
-        except DeviceError as exc:
-            return exc
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"no failure within {deadline_s} s")
 
 
 def run_until(
