@@ -54,7 +54,8 @@ COOL = CooldownOp(power_ramp_down_s=10, duration_s=60, ar_slpm=0, o2_slpm=0, n2_
 LAYER = LayerOp(name="undoped", passes=1, power_kw=50, ar_slpm=0, o2_slpm=80, n2_slpm=30,
                 sicl4_g_min=20, dopant_slpm=0.3, traverse_mm_min=150, spindle_rpm=30,
                 heaters=False, coil_gap_mm=30, power_trim_kw=(-5, 5),
-                sicl4_slpm=20 / 7.58, target_diameter_mm=31.0)  # as planning makes it
+                sicl4_slpm=LINE.mfc("mfc_sicl4").slpm_for(20),  # as planning makes it
+                target_diameter_mm=31.0)
 DEPOSIT = DepositOp(layers=(LAYER,), turning_point_a_mm=300, turning_point_b_mm=900)
 
 
