@@ -189,8 +189,11 @@ def _print_alarms(alarms: list[dict[str, Any]]) -> None:
         _out("  no active alarms")
     for alarm in alarms:
         first = " FIRST-OUT" if alarm.get("first_out") else ""
+        # The alarm's value where it has one (growth_out_of_authority: the final diameter
+        # the run is heading for).
+        value = "" if alarm.get("value") is None else f" ({alarm['value']:g})"
         _out(f"  [{alarm.get('priority', '?')}] {alarm.get('id', '?')} "
-             f"{alarm.get('state', '?')}{first}: {alarm.get('message', '')}")
+             f"{alarm.get('state', '?')}{first}: {alarm.get('message', '')}{value}")
 
 
 def _start_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -357,7 +357,7 @@ class Supervisor:
         self.record(lambda: self.records.record_alarm(run_id, event))
         self.fanout.publish({"kind": "alarm", "id": event.alarm_id, "state": event.to_state.value,
                              "priority": event.priority.value, "message": event.message,
-                             "first_out": event.first_out})
+                             "value": event.value, "first_out": event.first_out})
 
     def _on_setpoint(self, device: str, quantity: str, value: float | bool | str,
                      source: str) -> None:
@@ -387,7 +387,7 @@ class Supervisor:
             "alarms": [
                 {"id": a.definition.id, "state": a.state.value,
                  "priority": a.definition.priority.value, "message": a.definition.message,
-                 "first_out": a.first_out}
+                 "value": a.value, "first_out": a.first_out}
                 for a in self.alarms.active()
             ],
             "telemetry": self.telemetry.to_json(),

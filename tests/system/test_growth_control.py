@@ -96,6 +96,9 @@ async def _run(tmp_path: Path, *, drift: float = 0.0, time_scale: float = 200.0,
             alarm = rig.sup.alarms.status("growth_out_of_authority")
             if alarm.condition and preform.alarm_at is None:
                 preform.alarm_at = (item["passes_done"], alarm.value)
+                # What the operator sees: the alarm with the final diameter it expects.
+                shown = {a["id"]: a["value"] for a in rig.sup.status()["alarms"]}
+                assert shown["growth_out_of_authority"] == alarm.value
             if alarm.condition:
                 preform.last_expected = alarm.value
             executor = rig.sup.executor
