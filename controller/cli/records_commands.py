@@ -150,13 +150,14 @@ def _print_layers(layers: list[dict[str, Any]]) -> None:
             f"{_num(x['measured_thickness_mm'], '.3f'):>8} "
             f"{_num(x['thickness_error_pct'], '+.2f'):>7}")
     out("  layers, process (flows x recipe: mean (range); passes limited by the trims):")
-    out(f"    {'':<12} {'':<21} {'':<21} {'':<15} {'':>7}  {'composition %'}")
+    out(f"    {'':<12} {'':<21} {'':<21} {'':<15} {'':>7} {'':>6}  {'composition %'}")
     out(f"    {'layer':<12} {'SiCl4 scale':<21} {'dopant scale':<21} {'traverse mm/min':<15} "
-        f"{'limited':>7}  {'mean':>6} {'worst':>6}")
+        f"{'limited':>7} {'step %':>6}  {'mean':>6} {'worst':>6}")
     for x in layers:
         out(f"    {x['name']:<12} {_span(x['sicl4_scale'], '.3f'):<21} "
             f"{_span(x['dopant_scale'], '.3f'):<21} {_range(x['traverse_mm_min']):<15} "
-            f"{x['limited_passes']:>3}/{x['passes']:<3}  "
+            f"{x['limited_passes']:>3}/{x['passes']:<3} "
+            f"{_num(x['largest_step_pct'], '.1f'):>6}  "
             f"{_num(x['composition_error_mean_pct'], '+.2f'):>6} "
             f"{_num(x['composition_error_worst_pct'], '+.2f'):>6}")
     if any(not x["complete"] for x in layers):

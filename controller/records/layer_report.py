@@ -6,6 +6,7 @@ nor the line's configuration."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -50,6 +51,7 @@ class LayerReport:
     dopant_scale: Span | None  # the dopant flow over the recipe's (None without dopant)
     traverse_mm_min: Span | None
     limited_passes: int  # passes the loop was bound by the recipe's trims
+    largest_step_pct: float | None  # the largest change of glass per pass from one to the next
     composition_error_mean_pct: float | None  # measured dopant/SiCl4 vs the recipe's
     composition_error_worst_pct: float | None  # the largest in size, with its sign
 
@@ -93,9 +95,25 @@ def _layer(rows: list[PassRecord], measured_inner_mm: float | None) -> LayerRepo
         dopant_scale=Span.of(_dopant_scale(r) for r in rows),
         traverse_mm_min=Span.of((r.traverse_mm_min for r in rows), digits=1),
         limited_passes=sum(1 for r in rows if r.limited),
+        largest_step_pct=_largest_step(rows),
         composition_error_mean_pct=_round(_mean(compositions), 2),
         composition_error_worst_pct=_round(_worst(compositions), 2),
     )
+
+
+def _glass_factor(record: PassRecord) -> float | None:
+    """The glass a pass was asked for against the plan: more SiCl4, or a slower pass."""
+    scale, speed, planned = (record.sicl4_scale, record.traverse_mm_min,
+                             record.planned_traverse_mm_min)
+    if scale is None or not speed or not planned:
+        return None
+    return scale * planned / speed
+
+
+def _largest_step(rows: list[PassRecord]) -> float | None:
+    factors = [f for f in (_glass_factor(r) for r in rows) if f is not None]
+    steps = [abs(b - a) * 100 for a, b in itertools.pairwise(factors)]
+    return _round(max(steps), 2) if steps else None
 
 
 def _dopant_scale(record: PassRecord) -> float | None:

@@ -88,6 +88,10 @@ def test_what_the_loop_used_and_the_composition_it_held() -> None:
     assert inner.dopant_scale == Span(1.05, 1.0, 1.1)  # the dopant followed the SiCl4
     assert inner.traverse_mm_min == Span(320.0, 310.0, 330.0)
     assert inner.limited_passes == 1
+    # The largest change of glass asked per pass: 1.0 -> 1.05 x 330/320 -> 1.1 x 330/310.
+    steps = (1.05 * 330 / 320 - 1.0, 1.1 * 330 / 310 - 1.05 * 330 / 320)
+    assert inner.largest_step_pct == pytest.approx(max(steps) * 100, abs=0.01)
+    assert outer.largest_step_pct == pytest.approx(5.0, abs=0.01)  # 0.95 -> 0.9
     # Pass-weighted mean and the worst in size, with its sign.
     assert inner.composition_error_mean_pct == pytest.approx((0.4 - 1.2 + 0.2) / 3, abs=0.005)
     assert inner.composition_error_worst_pct == -1.2
