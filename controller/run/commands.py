@@ -300,7 +300,7 @@ class Commands:
         assert executor is not None, "checked by add_passes_refusal"
         assert target is not None, "checked by add_passes_refusal"
         executor.add_passes(target.index, passes)
-        self._run.checkpoint_extra_passes(executor.cursor.extra_passes)
+        self._run.checkpoint_extra_passes(executor.cursor)
         added = layer_passes(executor, target.index)
         assert added is not None
         self._sup.record_setpoint("carriage", f"extra_passes_layer_{added.index}",

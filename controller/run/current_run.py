@@ -67,6 +67,7 @@ class CurrentRun:
                     run_id: int | None) -> None:
         sup = self._sup
         self.plan = plan
+        self._checkpointed = None  # (a new run's: none yet)
         # Trip alarms latched while idle whose condition has gone (the exhaust before the fan
         # ran, say) are cleared by the start itself, which is recorded.
         sup.alarms.clear_latches(header.operator, time.time())
@@ -208,15 +209,16 @@ class CurrentRun:
         self._checkpointed = (summary.layer, summary.passes_done, state)
         self._sup.fanout.publish({"kind": "pass", **summary.__dict__})
 
-    def checkpoint_extra_passes(self, extra_passes: dict[str, int] | None) -> None:
+    def checkpoint_extra_passes(self, cursor: Cursor) -> None:
         """Passes an operator added between two pass boundaries survive a crash: the last
         checkpoint is written again with them (a resume restarts from it, not from a cursor
-        whose glass has run ahead of its diameter)."""
+        whose glass has run ahead of its diameter); before the first, the cursor as it is."""
         run_id = self.run_id
-        if run_id is None or self._checkpointed is None:
+        if run_id is None:
             return
-        layer, passes_done, state = self._checkpointed
-        state = {**state, "extra_passes": extra_passes}
+        layer, passes_done, state = self._checkpointed or (
+            cursor.layer, cursor.passes_done, cursor.to_json())
+        state = {**state, "extra_passes": cursor.extra_passes}
         self._checkpointed = (layer, passes_done, state)
         records = self._sup.records
         self._sup.record(lambda: records.checkpoint(run_id, layer, passes_done, state))

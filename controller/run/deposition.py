@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -19,6 +18,7 @@ from controller.machine.telemetry import Telemetry
 from controller.recipes.authority import Authority, layer_authority
 from controller.recipes.plan import DepositOp, LayerOp
 from controller.recipes.process_model import SIO2_PER_SICL4
+from controller.run.cursor import Cursor, PassSummary
 from controller.run.growth_control import (
     OUTLOOK_WINDOW_PASSES,
     Correction,
@@ -49,64 +49,6 @@ OUTLOOK_MIN_PASSES = 2
 OUTLOOK_LAYER_PCT = 3.0
 
 
-@dataclass
-class Cursor:
-    """Where the run is: saved at every pass boundary, restored on resume."""
-
-    step: int = 0
-    layer: int = 0
-    layer_pass: int = 0  # passes completed in the current layer
-    passes_done: int = 0
-    sicl4_scale: float = 1.0
-    traverse_pct: float = 0.0  # the traverse trim of the pass running (operator + loop)
-    factor: float = 1.0  # the glass per pass relative to the plan, as last set
-    diameter_mm: float | None = None
-    efficiency_estimate: float | None = None
-    start_diameter_mm: float | None = None  # measured when deposition began
-    basis_g: float = 0.0  # glass the passes so far would have made at efficiency 1
-    extra_passes: dict[str, int] | None = None  # layer index -> passes added by the operator
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Cursor:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-
-    def extra_for(self, layer: int) -> int:
-        return (self.extra_passes or {}).get(str(layer), 0)
-
-    def add_extra(self, layer: int, passes: int) -> None:
-        extra = dict(self.extra_passes or {})
-        extra[str(layer)] = extra.get(str(layer), 0) + passes
-        self.extra_passes = extra
-
-
-@dataclass(frozen=True)
-class PassSummary:
-    layer: int
-    layer_name: str
-    pass_index: int  # within the layer
-    passes_done: int
-    diameter_mm: float | None
-    diameter_source: str  # "gauge" or "forecast"
-    planned_boundary_mm: float  # the layer's planned outer diameter
-    deposited_g: float
-    duration_s: float  # process seconds
-    sicl4_g_min: float
-    sicl4_scale: float
-    dopant_slpm: float
-    traverse_mm_min: float
-    efficiency: float  # the deposition efficiency the loop estimated at the pass's end
-    wanted_factor: float  # what the loop wanted of this pass's glass (x plan)
-    limited: bool  # the recipe's authority bound it
-    composition_error_pct: float | None  # measured dopant/SiCl4 over the pass vs the recipe
-    started_wall: float
-    ended_wall: float
-
-
-PassListener = Callable[[PassSummary, Cursor], Awaitable[None]]
-OutlookListener = Callable[[Outlook | None], None]
 
 
 class DepositHost(Protocol):
@@ -150,6 +92,20 @@ class _PassTally:
         if ratio <= 0 or self.sicl4_l <= 0:
             return None
         return (self.dopant_l / self.sicl4_l / ratio - 1) * 100
+
+
+@dataclass
+class _Watch:
+    """The watch over one oscillation: what the drive was given, what the loop has counted."""
+
+    given: int  # strokes the drive was given
+    sent_wall: float  # when the oscillation was sent (older polls show the last one's count)
+    tally: _PassTally
+    last_process: float
+    deadline: float  # wall: the pass running must have ended by then
+    counted: int = 0  # passes the loop has worked the boundary of
+    anticipated: int = 0  # of those, worked at a predicted reversal
+    stopped_wall: float = 0.0  # when the drive was first seen stopped short (0: it was not)
 
 
 class Deposition:
@@ -220,65 +176,72 @@ class Deposition:
         host = self.host
         start, end = self._pass_ends()
         given = self.remaining_in_step()
-        sent_wall = time.monotonic()
         speed = self._traverse(self.layer(), self.cursor.traverse_pct)
         self._speed_running = self._speed_written = self._speed_wanted = speed
+        watch = _Watch(given=given, sent_wall=time.monotonic(),
+                       tally=_PassTally(host.clock, self.estimator.basis_g),
+                       last_process=host.clock.now(), deadline=self._pass_deadline())
         await host.act.oscillate_axis("carriage", (start, end), speed, given, "recipe")
         await self._heaters(start)
-        counted = anticipated = 0
-        stopped_wall = 0.0
-        tally = _PassTally(host.clock, self.estimator.basis_g)
-        last_process = host.clock.now()
-        deadline = self._pass_deadline()
-        while True:
-            host.check_stop()
-            status = self._carriage_since(sent_wall)
-            to_reversal = self._wall_to_reversal(status, counted)
-            await asyncio.sleep(min(POLL_S, to_reversal))
-            now = host.clock.now()
-            self._integrate(tally, now - last_process)
-            last_process = now
-            self._read_gauge()
-            if status is None:
-                self._check_deadline(deadline)
-                continue
-            # The boundary's work is done at the reversal the drive is about to make (timed
-            # from its position and speed), not one poll after it: a layer's new composition
-            # begins with its first pass at any time scale. The count confirms it.
-            predicted = 1 if to_reversal <= POLL_S else 0
-            while (max(status.strokes_done, anticipated + predicted) > counted
-                   and self.remaining_in_step() > 0):
-                counted += 1
-                log.debug("deposition.boundary", predicted=predicted, drive=status.strokes_done,
-                          position=status.position_mm, to_reversal=to_reversal,
-                          process_s=host.clock.now())
-                tally = await self._pass_complete(tally)
-                deadline = self._pass_deadline()
-            anticipated = counted if predicted else max(anticipated, status.strokes_done)
-            status = self._carriage_since(sent_wall) or status
-            if status.strokes_done >= counted and abs(
-                    self._speed_wanted - self._speed_written) > 1e-9:
-                # The drive is in the pass the loop counts: a speed written now is taken at
-                # the reversal that ends it, never one pass early.
-                await host.act.set_oscillation_speed("carriage", self._speed_wanted, "recipe")
-                self._speed_written = self._speed_wanted
-            wanted = counted + self.remaining_in_step()
-            if wanted == counted:
-                return
-            if not status.oscillating:
-                if counted >= given:
-                    return  # it ran what it was given before the added passes reached it
-                # Stopped by something else: an E-stop, a drive alarm, a limit. The safety
-                # cycle names the cause and cuts in; only if nothing does is it this step's.
-                stopped_wall = stopped_wall or time.monotonic()
-                if time.monotonic() - stopped_wall > STOPPED_GRACE_S:
-                    raise StepFailed("deposit", "the carriage stopped oscillating")
-                continue
-            stopped_wall = 0.0
-            if wanted != given:  # the operator added passes: the drive reads it at a reversal
-                given = wanted
-                await host.act.set_oscillation_strokes("carriage", given, "recipe")
-            self._check_deadline(deadline)
+        while not await self._watch_once(watch):
+            pass
+
+    async def _watch_once(self, w: _Watch) -> bool:
+        """One look at the drive: integrate, read the gauge, work the boundaries it reached
+        or is about to reach, tell it what changed. True once the step's passes are made."""
+        host = self.host
+        host.check_stop()
+        status = self._carriage_since(w.sent_wall)
+        to_reversal = self._wall_to_reversal(status, w.counted)
+        await asyncio.sleep(min(POLL_S, to_reversal))
+        now = host.clock.now()
+        self._integrate(w.tally, now - w.last_process)
+        w.last_process = now
+        self._read_gauge()
+        if status is None:
+            self._check_deadline(w.deadline)
+            return False
+        # The boundary's work is done at the reversal the drive is about to make (timed from
+        # its position and speed), not one poll after it: a layer's new composition begins
+        # with its first pass at any time scale. The count confirms it.
+        predicted = 1 if to_reversal <= POLL_S else 0
+        while (max(status.strokes_done, w.anticipated + predicted) > w.counted
+               and self.remaining_in_step() > 0):
+            w.counted += 1
+            w.tally = await self._pass_complete(w.tally)
+            w.deadline = self._pass_deadline()
+        w.anticipated = w.counted if predicted else max(w.anticipated, status.strokes_done)
+        status = self._carriage_since(w.sent_wall) or status
+        await self._tell_speed(status, w.counted)
+        return await self._follow_drive(w, status)
+
+    async def _tell_speed(self, status: AxisStatus, counted: int) -> None:
+        if status.strokes_done >= counted and abs(
+                self._speed_wanted - self._speed_written) > 1e-9:
+            # The drive is in the pass the loop counts: a speed written now is taken at the
+            # reversal that ends it, never one pass early.
+            await self.host.act.set_oscillation_speed("carriage", self._speed_wanted, "recipe")
+            self._speed_written = self._speed_wanted
+
+    async def _follow_drive(self, w: _Watch, status: AxisStatus) -> bool:
+        wanted = w.counted + self.remaining_in_step()
+        if wanted == w.counted:
+            return True
+        if not status.oscillating:
+            if w.counted >= w.given:
+                return True  # it ran what it was given before the added passes reached it
+            # Stopped by something else: an E-stop, a drive alarm, a limit. The safety cycle
+            # names the cause and cuts in; only if nothing does is it this step's.
+            w.stopped_wall = w.stopped_wall or time.monotonic()
+            if time.monotonic() - w.stopped_wall > STOPPED_GRACE_S:
+                raise StepFailed("deposit", "the carriage stopped oscillating")
+            return False
+        w.stopped_wall = 0.0
+        if wanted != w.given:  # the operator added passes: the drive reads it at a reversal
+            w.given = wanted
+            await self.host.act.set_oscillation_strokes("carriage", w.given, "recipe")
+        self._check_deadline(w.deadline)
+        return False
 
     def _wall_to_reversal(self, status: AxisStatus | None, counted: int) -> float:
         """Wall seconds until the carriage reaches the end of the pass running, from its last
@@ -423,6 +386,20 @@ class Deposition:
             leaving_a = start == self.op.turning_point_a_mm
             await self.host.act.set_outputs("recipe", heater_a=leaving_a, heater_b=not leaving_a)
 
+    async def _boundary_writes(self, correction: Correction | None, *, new_layer: bool,
+                               diameter: float) -> None:
+        """The next pass's setpoints: the precursors first (its composition begins with it),
+        then a new layer's gases and power, the heaters and the coil gap."""
+        host = self.host
+        if correction is not None:
+            await self._apply(correction, self.layer(), first=False)
+        if new_layer:
+            await host.establish_layer(self.layer(), wait=False)
+        if correction is not None:
+            start, _ = self._pass_ends()
+            await asyncio.gather(self._heaters(start), host.track_gap(self.layer(), diameter))
+        host.progress(pass_from=self._pass_ends()[0], pass_to=self._pass_ends()[1])
+
     async def _pass_complete(self, tally: _PassTally) -> _PassTally:
         """The pass that ``tally`` measured has ended: the next one begins now (its tally
         too), then the boundary's work; returns the next pass's tally."""
@@ -463,19 +440,12 @@ class Deposition:
         )
         log.info("deposition.pass", **asdict(summary))
         try:
-            if correction is not None:
-                # The precursors first: the new pass's composition begins with it.
-                await self._apply(correction, self.layer(), first=False)
-            if new_layer:
-                await host.establish_layer(self.layer(), wait=False)
-            if more:
-                start, _ = self._pass_ends()
-                await asyncio.gather(self._heaters(start), host.track_gap(self.layer(), diameter))
-            host.progress(pass_from=self._pass_ends()[0], pass_to=self._pass_ends()[1])
+            await self._boundary_writes(correction, new_layer=new_layer, diameter=diameter)
         finally:
             # The pass is made and counted: it is recorded (and checkpointed) even when a hold
             # cancels the boundary's writes (rule 9: nothing made goes unrecorded).
-            await host.pass_ended(summary)
+            # Shielded: a second cancel (a hold, then a trip) cannot cut the record short.
+            await asyncio.shield(host.pass_ended(summary))
         return following
 
 

@@ -31,7 +31,8 @@ from controller.recipes.plan import (
     RampOp,
     Tolerances,
 )
-from controller.run.deposition import Cursor, Deposition, PassSummary
+from controller.run.cursor import Cursor, PassSummary
+from controller.run.deposition import Deposition
 from controller.run.growth_control import Outlook
 from controller.run.process_clock import ProcessClock
 from controller.run.step_errors import IgnitionFailed, StepFailed
