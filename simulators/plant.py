@@ -95,6 +95,16 @@ def _window_factor(value: float, low: float, high: float, fall: float) -> float:
     return 1.0
 
 
+@dataclass(frozen=True)
+class StrokeRecord:
+    """One stroke of the carriage while precursors flowed, as the plant saw it."""
+
+    ended_s: float  # process time of the reversal that ended it
+    diameter_mm: float  # the rod's diameter then
+    sicl4_l: float  # standard litres of SiCl4 that reached the torch during it
+    dopant_l: float
+
+
 @dataclass
 class StrokeTracker:
     """The carriage's reversal points over the rod, from the positions it passes through, and
@@ -179,6 +189,8 @@ class Plant:
     efficiency_drift: float = 0.0
     _rng: random.Random = field(default_factory=random.Random)
     _strokes: StrokeTracker | None = None
+    strokes: list[StrokeRecord] = field(default_factory=list)  # each stroke the torch laid glass
+    _stroke_flows: list[float] = field(default_factory=lambda: [0.0, 0.0])  # SiCl4, dopant (L)
 
     @classmethod
     def from_line(cls, line: LineConfig, faults: FaultBoard) -> Plant:
@@ -267,6 +279,8 @@ class Plant:
         self._step_rod_temperature(dt_s)
         self._follow_carriage()
         self._step_growth(dt_s)
+        self._stroke_flows[0] += self.effective_flow("mfc_sicl4") * dt_s / 60
+        self._stroke_flows[1] += self.effective_flow("mfc_dopant") * dt_s / 60
 
     def _step_plasma(self) -> None:
         cfg = self.config
@@ -338,9 +352,17 @@ class Plant:
     def _follow_carriage(self) -> None:
         """At each reversal, re-spread the stroke just ended over the span it really covered."""
         strokes = self._stroke_tracker()
+        heading = strokes.direction
         reversed_now, span = strokes.follow(self.carriage_mm)
         if not reversed_now:
             return
+        turned = heading != 0 and strokes.direction == -heading  # (not a start from rest)
+        if turned and self.precursor_valve_open and self._stroke_flows[0] > 0:
+            # The preform's truth, stroke by stroke, for tests and benches: the diameter the
+            # stroke ended at and what reached the torch during it.
+            self.strokes.append(StrokeRecord(self.process_time_s, self.rod_diameter_mm,
+                                             *self._stroke_flows))
+        self._stroke_flows = [0.0, 0.0]
         if span is not None:
             span = max(span, self.config.deposition_min_length_mm)
             if strokes.grams > 0 and strokes.spread_mm is not None:

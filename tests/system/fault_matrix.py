@@ -230,9 +230,10 @@ async def run_case(case: Case, tmp_path: Path, time_scale: float = 200.0) -> Out
                 else:
                     await asyncio.sleep(0.5)
                 problems += [f"after {fault[1]}: {p}" for p in await _settled(rig)]
-                await asyncio.sleep(0.5)  # and it stays there
-                problems += [f"after {fault[1]}, later: {p}"
-                             for p in violations(rig, rig.sup.envelope_now())]
+                await asyncio.sleep(0.5)  # and it stays there: the envelope may narrow on
+                # (a silent unit's link times out meanwhile), so it is given the same time to
+                # follow as the first time; a correction undone stays a violation
+                problems += [f"after {fault[1]}, later: {p}" for p in await _settled(rig)]
             if case.situation in RUNNING and applied[case.first]:
                 first = rig.sup.alarms.first_out()
                 expected = FAULTS[case.first]
