@@ -46,6 +46,7 @@ MAX_STEP = 0.1
 # or a layer's radial thickness by more than that (% of its planned thickness).
 OUTLOOK_FINAL_PCT = 0.1
 OUTLOOK_MIN_PASSES = 2
+OUTLOOK_MARGIN = 0.02  # the efficiency estimate's noise over one pass at x200
 OUTLOOK_LAYER_PCT = 3.0
 
 
@@ -351,14 +352,21 @@ class Deposition:
              self._authority[i])
             for i in range(c.layer, len(self.op.layers))
         ]
-        forecast = outlook(diameter_mm=diameter, layers=layers, efficiency=efficiency,
-                           length_mm=self.length)
         first = self.op.layers[c.layer]
         inner = (self.op.layers[c.layer - 1].target_diameter_mm if c.layer > 0
                  else c.start_diameter_mm or self.host.line.geometry.bait_rod_diameter_mm)
-        missed = forecast.misses(final_pct=OUTLOOK_FINAL_PCT, thickness_pct=OUTLOOK_LAYER_PCT,
-                                 inner_mm=min(inner, first.target_diameter_mm))
-        return forecast if missed else None
+        # Judged at either edge of the estimate's noise (a pass of gauge readings): the alarm
+        # comes as soon as the outcome is at risk, and names the outcome at that edge.
+        for edge in (1 - OUTLOOK_MARGIN, 1 + OUTLOOK_MARGIN):
+            forecast = outlook(diameter_mm=diameter, layers=layers,
+                               efficiency=min(1.0, efficiency * edge), length_mm=self.length)
+            missed = forecast.misses(final_pct=OUTLOOK_FINAL_PCT,
+                                     thickness_pct=OUTLOOK_LAYER_PCT,
+                                     inner_mm=min(inner, first.target_diameter_mm))
+            short = edge < 1
+            if any((o.expected_mm < o.planned_mm) == short for o in missed):
+                return forecast
+        return None
 
     def _traverse(self, layer: LayerOp, pct: float) -> float:
         return layer.traverse_mm_min * (1 + pct / 100)
