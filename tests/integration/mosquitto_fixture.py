@@ -2,14 +2,13 @@
 
 Tests never mock the broker (style.md: aiomqtt's practice). The broker runs as a subprocess with
 a generated configuration; ``stop()`` / ``start()`` keep the same port so reconnects can be tested.
-Tests that use the ``mosquitto`` fixture skip, with the reason, when mosquitto is not installed.
+Tests that use the ``mosquitto`` fixture skip, with the reason, when mosquitto is not installed
+(and fail where ``CI`` is set: tests/components.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.components import find_tool, require_tool
 
 CONTROLLER_USER = "povd-controller"
 # Every user the tests may connect as, with the password the broker knows.
@@ -39,13 +40,6 @@ topic readwrite povd/#
 _START_TIMEOUT_S = 10.0
 
 
-def _find(name: str) -> str | None:
-    # Debian puts the broker in /usr/sbin, which a non-root PATH may not include.
-    return shutil.which(name) or next(
-        (p for d in ("/usr/sbin", "/usr/bin") if os.access(p := f"{d}/{name}", os.X_OK)), None
-    )
-
-
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -65,7 +59,7 @@ class MosquittoBroker:
 
     def __init__(self, workdir: Path, users: dict[str, str] | None = None,
                  acl: str = DEFAULT_ACL) -> None:
-        binary, passwd = _find("mosquitto"), _find("mosquitto_passwd")
+        binary, passwd = find_tool("mosquitto"), find_tool("mosquitto_passwd")
         if binary is None or passwd is None:
             raise FileNotFoundError("mosquitto and mosquitto_passwd are needed")
         self.binary = binary
@@ -178,9 +172,9 @@ def start_broker(workdir: Path, users: dict[str, str] | None = None,
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    """A running mosquitto with DEFAULT_USERS and DEFAULT_ACL; skipped if not installed."""
-    if _find("mosquitto") is None or _find("mosquitto_passwd") is None:
-        pytest.skip("mosquitto is not installed (Debian: apt-get install mosquitto)")
+    """A running mosquitto with DEFAULT_USERS and DEFAULT_ACL (tests.components: skipped if
+    not installed, failed under CI)."""
+    require_tool("mosquitto", "mosquitto_passwd", package="mosquitto")
     workdir = tmp_path / "mosquitto"
     workdir.mkdir()
     broker = start_broker(workdir)

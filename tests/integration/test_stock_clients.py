@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from simulators.modbus_bus import ModbusBusServer
 from simulators.plant import Plant
 from simulators.rf_generator import RfGeneratorSim
 from simulators.safety_io import SafetyIoSim
+from tests.components import find_tool, require_tool
 
 DEVICES_MD = Path(__file__).resolve().parents[2] / "docs" / "devices.md"
 HOST = "127.0.0.1"
@@ -131,9 +131,9 @@ def test_docs_reference_numbering_is_consistent() -> None:
 
 
 async def test_mbpoll_reads_forward_power(rig: Rig) -> None:
-    mbpoll = shutil.which("mbpoll")
-    if mbpoll is None:
-        pytest.skip("mbpoll is not installed (Debian: apt-get install mbpoll)")
+    require_tool("mbpoll", package="mbpoll")
+    mbpoll = find_tool("mbpoll")
+    assert mbpoll is not None
     documented = documented_forward_power()
     await _rf_on_at_power(rig)
     command = (documented.mbpoll_command

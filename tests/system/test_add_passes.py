@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from controller.service.line_service import LineService
 from controller.service.mqtt import MqttBridge
 from controller.service.mqtt_settings import MqttSettings
 from controller.service.users import TokenIssuer, UserStore
+from tests.components import require_tool
 from tests.integration.mosquitto_fixture import (
     CONTROLLER_USER,
     DEFAULT_USERS,
@@ -196,8 +196,7 @@ async def test_add_passes_over_http_while_held_then_made(tmp_path: Path) -> None
 # -- over MQTT ----------------------------------------------------------------------------------
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
-        pytest.skip("mosquitto is not installed (Debian: apt-get install mosquitto)")
+    require_tool("mosquitto", "mosquitto_passwd", package="mosquitto")
     workdir = tmp_path / "mosquitto"
     workdir.mkdir()
     started = start_broker(workdir)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from controller.cli.service_client import ClientError, ServiceClient
 from controller.records.audit import AuditTrail
 from controller.records.run_records import RecordsReader
 from controller.records.schema import Outcome, RunDetail
+from tests.components import require_tool
 from tests.integration.mosquitto_fixture import CONTROLLER_USER, MosquittoBroker, start_broker
 from tests.system.rig import RECIPES
 
@@ -192,8 +192,7 @@ BASE = "povd/line1/povd1"
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
-        pytest.skip("mosquitto is not installed (Debian: apt-get install mosquitto)")
+    require_tool("mosquitto", "mosquitto_passwd", package="mosquitto")
     workdir = tmp_path / "mosquitto"
     workdir.mkdir()
     started = start_broker(workdir, users={CONTROLLER_USER: "controller-secret",

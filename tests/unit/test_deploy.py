@@ -11,7 +11,6 @@ import configparser
 import contextlib
 import io
 import ipaddress
-import os
 import re
 import shlex
 import shutil
@@ -29,6 +28,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from controller.cli import main as povd_cli
 from controller.config.line import BusConfig, LineConfig, load_line_config
 from simulators import serve as povd_sim_cli
+from tests.components import find_tool, require_tool
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -302,11 +302,9 @@ PASSWORDS = {"povd-controller": "controller-secret", "alice": "alice-secret",
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[int]:
-    mosquitto = shutil.which("mosquitto") or ("/usr/sbin/mosquitto"
-                                              if os.path.exists("/usr/sbin/mosquitto") else None)
-    passwd = shutil.which("mosquitto_passwd")
-    if mosquitto is None or passwd is None:
-        pytest.skip("mosquitto is not installed (Debian package mosquitto)")
+    require_tool("mosquitto", "mosquitto_passwd", package="mosquitto")
+    mosquitto, passwd = find_tool("mosquitto"), find_tool("mosquitto_passwd")
+    assert mosquitto is not None and passwd is not None
     for i, (user, password) in enumerate(PASSWORDS.items()):
         create = ["-c"] if i == 0 else []
         subprocess.run([passwd, *create, "-b", str(tmp_path / "passwd"), user, password],
