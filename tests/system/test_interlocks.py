@@ -156,6 +156,18 @@ async def test_an_unhandled_error_in_the_recipe_ends_in_the_safe_state(rig: Rig)
     await assert_safe_state(rig, estop=False, gas_off=False)
 
 
+async def test_a_carriage_that_stops_oscillating_by_itself_ends_the_run_safely(rig: Rig) -> None:
+    """Stopped at the drive (its panel, say) with no interlock to name it: after the safety
+    cycle's grace the deposit step fails, and the run ends in the safe state, never a run
+    depositing on a standing carriage."""
+    assert (await rig.start("long")).accepted
+    await rig.wait_depositing(passes_done=1)
+    await rig.sup.machine.axes["carriage"].stop()
+    await rig.wait_state(State.ABORTED, timeout_s=20)
+    assert rig.sup.trip_cause == "step_failed"
+    await assert_safe_state(rig, estop=False, gas_off=False)
+
+
 async def test_an_rf_generator_that_cannot_be_told_is_switched_off_by_the_rf_permit(
         rig: Rig) -> None:
     assert (await rig.start("long")).accepted
