@@ -82,13 +82,13 @@ class LineSimulator:
         self.clock = clock or ScaledClock(time_scale)
         self.time_scale = self.clock.time_scale
         self.host = host
-        self.tick_s = tick_s if tick_s is not None else self._tick_for(line)
         self.serve_ptys = serve_ptys
         # False: no tick loop; the caller steps the line (a test on a manual clock, which the
         # loop would otherwise step a second time by the same wall advance).
         self.autostep = autostep
         self.faults = FaultBoard(self.clock.wall)
         self.plant = Plant.from_line(line, self.faults)
+        self.tick_s = tick_s if tick_s is not None else self._tick_for(self.plant.config)
         self.devices: dict[str, SimDevice] = {
             name: build_device(name, line, self.plant, self.faults) for name in line.devices
         }
@@ -114,13 +114,12 @@ class LineSimulator:
         self._ticker: asyncio.Task[None] | None = None
         self.ticks = 0
 
-    def _tick_for(self, line: LineConfig) -> float:
+    def _tick_for(self, plant: PlantConfig) -> float:
         """Wall seconds between ticks: what a device shows on the wire is as fresh as the last
         tick, so at high time scales the tick shortens (down to MIN_TICK_S) to keep that within
         a sub-step or two of process time (a turning point seen 2 process seconds late at x200
         lays a layer's boundary 0.01 mm off)."""
-        step = PlantConfig.model_validate(line.plant).max_step_s
-        return min(MAX_TICK_S, max(MIN_TICK_S, 2 * step / self.time_scale))
+        return min(MAX_TICK_S, max(MIN_TICK_S, 2 * plant.max_step_s / self.time_scale))
 
     def _bus_server(
         self, name: str, bus: BusConfig, members: list[SimDevice], port: int

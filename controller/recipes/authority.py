@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from controller.config.line import LineConfig
 from controller.recipes.plan import LayerOp
+from controller.recipes.process_model import O2_SLPM_PER_SICL4_SLPM
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,8 @@ def layer_authority(layer: LayerOp, line: LineConfig) -> Authority:
     if layer.sicl4_slpm > 0:
         highs["the SiCl4 MFC's full scale"] = (
             line.mfc("mfc_sicl4").full_scale_slpm / layer.sicl4_slpm)
-        # SiCl4 + O2 -> SiO2 + 2 Cl2: one mole (one standard litre) of O2 per mole of SiCl4.
-        highs["the O2 needed to oxidise it"] = layer.o2_slpm / layer.sicl4_slpm
+        highs["the O2 needed to oxidise it"] = layer.o2_slpm / (
+            layer.sicl4_slpm * O2_SLPM_PER_SICL4_SLPM)
     if layer.dopant_slpm > 0:
         highs["the dopant MFC's full scale"] = (
             line.mfc("mfc_dopant").full_scale_slpm / layer.dopant_slpm)

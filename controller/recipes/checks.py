@@ -348,7 +348,7 @@ def _check_oxygen(loc: Loc, layer: Layer, line: LineConfig) -> Iterator[Finding]
     mfc = line.mfc("mfc_sicl4")
     if mfc.grams_per_min_per_slpm is None:
         return  # reported by the SiCl4 limit check
-    needed = mfc.slpm_for(layer.sicl4_g_min)
+    needed = mfc.slpm_for(layer.sicl4_g_min) * process_model.O2_SLPM_PER_SICL4_SLPM
     if layer.o2_slpm < needed:
         yield (
             (*loc, "o2_slpm"),
@@ -395,7 +395,9 @@ def _check_boundaries(recipe: Recipe, line: LineConfig) -> Iterator[Finding]:
                 yield (loc,
                        f"its boundary at {num(round(target, 3))} mm needs {wanted:.2f}x the "
                        f"layer's glass at the nominal efficiency {num(efficiency)}; its trims "
-                       f"(sicl4_trim_pct, traverse_trim_pct) allow {low:.2f}-{high:.2f}x")
+                       f"(sicl4_trim_pct, traverse_trim_pct) allow {low:.2f}-{high:.2f}x: "
+                       "widen them, change its passes or flows, or move the boundary "
+                       "(target_diameter_mm)")
             diameter = target
 
 

@@ -10,6 +10,8 @@ import math
 
 SIO2_PER_SICL4 = 0.354  # g of SiO2 per g of SiCl4 (SiO2 60.08 / SiCl4 169.9)
 SILICA_DENSITY_G_CM3 = 2.203
+# SiCl4 + O2 -> SiO2 + 2 Cl2: a mole of O2 per mole of SiCl4, so a standard litre per litre.
+O2_SLPM_PER_SICL4_SLPM = 1.0
 
 
 def grown_diameter_mm(
