@@ -46,7 +46,7 @@ MAX_STEP = 0.1
 # or a layer's radial thickness by more than that (% of its planned thickness).
 OUTLOOK_FINAL_PCT = 0.1
 OUTLOOK_MIN_PASSES = 2
-OUTLOOK_MARGIN = 0.02  # the efficiency estimate's noise over one pass at x200
+OUTLOOK_MARGIN = 0.03  # the efficiency estimate's noise over one pass at x200
 OUTLOOK_LAYER_PCT = 3.0
 
 
