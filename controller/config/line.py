@@ -212,6 +212,12 @@ class SupervisionConfig(Strict):
     post_trip_purge_s: float = Field(default=60.0, ge=0)
     # A flow below this (slpm) counts as no gas flowing, for "at rest".
     rest_flow_slpm: float = Field(default=0.2, ge=0)
+    # A durable record (a command's audit, a pass, a state change) that has not reached the disk
+    # in this long (wall seconds) counts as the records being unavailable: the run holds (rule 9).
+    records_timeout_s: float = Field(default=2.0, gt=0, le=30)
+    # The safety cycle late by more than one period raises an alarm; by more than this (wall
+    # seconds) the run holds: a starved event loop cannot watch the machine.
+    max_safety_gap_s: float = Field(default=0.25, gt=0, le=5)
 
 
 class LineConfig(Strict):
