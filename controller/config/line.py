@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from controller.config.bus_budget import DEFAULT_BUDGET_FRACTION, budget_refusals
 from drivers.transports.endpoint import Endpoint
 
 # The line model's device groups: their one home (every other module imports them).
@@ -36,6 +37,8 @@ class BusConfig(Strict):
     path: str | None = None
     timeout_s: float = Field(default=0.25, gt=0, le=5)
     retries: int = Field(default=1, ge=0, le=5)
+    # The share of a serial bus's time its poll plan may use (controller/config/bus_budget.py).
+    budget_fraction: float = Field(default=DEFAULT_BUDGET_FRACTION, gt=0, le=1)
 
     def endpoint(self) -> Endpoint:
         return Endpoint(
@@ -238,6 +241,9 @@ class LineConfig(Strict):
         for name, device in self.devices.items():
             if device.bus not in self.buses:
                 raise ValueError(f"device {name}: unknown bus {device.bus!r}")
+        refusals = budget_refusals(self.buses, self.devices.values())
+        if refusals:
+            raise ValueError("; ".join(refusals))
         return self
 
     def device(self, name: str) -> DeviceConfig:
