@@ -7,6 +7,7 @@
     povd [--data-dir DIR] runs list [--json]
     povd [--data-dir DIR] runs show ID [--json]
     povd [--data-dir DIR] runs report ID [--json]
+    povd [--data-dir DIR] runs verify [--run ID] [--json]
 
 Exit codes: 0 complete / ok; 1 a run ended otherwise; 2 invalid input; 3 refused."""
 
@@ -106,6 +107,11 @@ def _add_runs_command(sub: Subparsers) -> None:
     runs_report = runs_sub.add_parser("report", help="a run's report: product, passes, events")
     runs_report.add_argument("run_id", type=int)
     runs_report.add_argument("--json", action="store_true")
+    runs_verify = runs_sub.add_parser(
+        "verify", help="check sequence numbers, pass continuity, state transitions, audit chain")
+    runs_verify.add_argument("--run", type=int, default=None, metavar="ID",
+                             help="only this run (default: every run)")
+    runs_verify.add_argument("--json", action="store_true")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

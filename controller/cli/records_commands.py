@@ -1,16 +1,20 @@
-"""``povd runs list|show``: read the run records directly, no service needed."""
+"""``povd runs list|show|report|verify``: read the run records directly, no service needed."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
-from controller.cli.output import EXIT_INVALID, EXIT_OK, out
+from controller.cli.admin_commands import audit_path
+from controller.cli.output import EXIT_ENDED_OTHERWISE, EXIT_INVALID, EXIT_OK, out
 from controller.records.layer_report import layer_reports
 from controller.records.run_records import RecordsReader, RunDetail, records_path, resolve_data_dir
 from controller.records.schema import to_plain
+from controller.records.verify import LegalTransitions, verify_records
+from controller.safety.states import TRANSITIONS
 
 
 def _when(t: float | None) -> str:
@@ -25,6 +29,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
             return EXIT_OK
         out(f"no run records at {path}")
         return EXIT_INVALID
+    if args.runs_command == "verify":
+        return cmd_runs_verify(args, path)
     reader = RecordsReader(path)
     if args.runs_command == "list":
         _list_runs(reader, as_json=args.json)
@@ -44,6 +50,38 @@ def cmd_runs(args: argparse.Namespace) -> int:
     else:
         _show_run(detail)
     return EXIT_OK
+
+
+def legal_transitions() -> LegalTransitions:
+    """The (from, to) state pairs the state machine's table allows, for ``verify_records``."""
+    return frozenset((before.value, after.value) for (before, _), after in TRANSITIONS.items())
+
+
+def cmd_runs_verify(args: argparse.Namespace, path: Path) -> int:
+    """``povd runs verify [--run ID] [--json]``: 0 when every check passes, 1 with findings."""
+    data_dir = resolve_data_dir(args.data_dir)
+    result = verify_records(path, legal_transitions(), run_id=args.run,
+                            audit=audit_path(data_dir))
+    if args.run is not None and not result.runs:
+        out(f"no run {args.run}")
+        return EXIT_INVALID
+    if args.json:
+        out(json.dumps(result.to_json(), indent=2))
+    else:
+        audit = ("no audit trail" if result.audit_entries is None
+                 else f"audit trail {result.audit_entries} entries")
+        out(f"{path}: {len(result.runs)} runs, {result.events} events, {audit}")
+        for run in result.runs:
+            verdict = "ok" if run.ok else f"{len(run.findings)} findings"
+            out(f"  run {run.run_id:>4}  {run.outcome or 'interrupted':<11} "
+                f"{run.passes:>4} passes {run.states:>4} state changes "
+                f"{run.resumes} resumes  {verdict}")
+        for finding in result.all_findings:
+            where = "" if finding.run_id is None else f"run {finding.run_id}: "
+            out(f"  FINDING [{finding.check}] {where}{finding.detail}")
+        out("verified: every check passed" if result.ok
+            else f"NOT VERIFIED: {len(result.all_findings)} findings")
+    return EXIT_OK if result.ok else EXIT_ENDED_OTHERWISE
 
 
 def _list_runs(reader: RecordsReader, *, as_json: bool) -> None:
