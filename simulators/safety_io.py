@@ -3,10 +3,17 @@
 The PLC reads the plant (and the injected process faults) into its inputs, drives the plant
 from its outputs word, and owns the RF enable: the safety relay closed, the controller's
 heartbeat alive and not latched lost, and the controller's RF permit (outputs bit 8) set.
-The heartbeat watchdog runs in WALL time (domain.md rule 7): ``step`` stamps each change of
-the heartbeat register with its ``wall_now``, and the beat is lost once no change has been
-seen for ``heartbeat_timeout_s``. Until a first beat arrives the heartbeat counts as lost (no
-RF enable) but nothing is latched: a controller must be alive before RF can be enabled.
+The heartbeat watchdog runs in WALL time (domain.md rule 7): ``step`` stamps each counted beat
+with its ``wall_now``, and the beat is lost once none has been counted for
+``heartbeat_timeout_s``. Until a first beat arrives the heartbeat counts as lost (no RF
+enable) but nothing is latched: a controller must be alive before RF can be enabled.
+
+One controller per line (domain.md rule 8), at the machine: a beat is one write of the
+sender's owner id and its counter (HR 3-4). The PLC holds the line's owner (0 = free): a beat
+from the owner, on a free line, or while the owner's heartbeat is lost is accepted (the sender
+becomes the owner) and counts if its counter changed or the owner did; any other beat is
+refused: not counted, its id shown in IR 14, the owner in IR 13. The owner stays the owner
+after its heartbeat is lost (IR 13 names who last controlled the line) until another claims.
 
 Heartbeat loss (a beat was seen, then none for the timeout) is LATCHED (domain.md rule 11): RF
 enable dropped, precursor valve closed, heaters off, exhaust fan forced on at once; the master
@@ -29,7 +36,7 @@ from controller.config.line import SafetyIoConfig
 from drivers.codecs import safety_io_map as io_map
 from drivers.codecs.safety_io_map import SafetyInputs, SafetyOutputs
 from simulators.faults import FaultBoard
-from simulators.modbus_bus import ILLEGAL_VALUE, RegisterDevice
+from simulators.modbus_bus import ILLEGAL_ADDRESS, ILLEGAL_VALUE, RegisterDevice
 from simulators.plant import Plant
 from simulators.rf_generator import ValueFaults
 
@@ -63,6 +70,8 @@ class SafetyIoSim(RegisterDevice):
         self.latched_purge_s = 0.0  # process seconds of purge since the latch
         self.latched_master_closed = False  # the latch has closed the master valve
         self._beat_seen = False
+        self.owner = io_map.NO_OWNER  # whose beats count; 0 = the line is free
+        self.refused_owner = io_map.NO_OWNER  # the last owner id refused
         self._last_beat_value: int | None = None
         self._beat_pending = False
         self._last_beat_wall: float | None = None
@@ -114,6 +123,33 @@ class SafetyIoSim(RegisterDevice):
     # -- Modbus ----------------------------------------------------------------------------
     def on_write(self, address: int, values: list[int]) -> int | None:
         writes = list(enumerate(values, start=address))
+        registers = {r for r, _ in writes}
+        refused = self._refuse_write(address, values, registers)
+        if refused is not None:
+            return refused
+        if io_map.HR_BEAT_OWNER in registers:
+            self._beat(values[0], values[1])
+            return None
+        for register, value in writes:
+            if register == io_map.HR_COMMAND:
+                continue  # a command, not a setting: the register always reads 0
+            self.holding[register] = value
+        if io_map.HR_COMMAND in registers:
+            self._reset_latch()
+        self._apply_to_plant()
+        return None
+
+    @staticmethod
+    def _refuse_write(address: int, values: list[int], registers: set[int]) -> int | None:
+        """The exception code for a malformed write, None for a good one."""
+        beat = {io_map.HR_BEAT_OWNER, io_map.HR_BEAT_COUNTER}
+        if io_map.HR_HEARTBEAT in registers:
+            return ILLEGAL_ADDRESS  # read-only: a beat without an owner id could claim nothing
+        if registers & beat and (address, len(values)) != (io_map.HR_BEAT_OWNER, io_map.BEAT_COUNT):
+            return ILLEGAL_ADDRESS  # owner id and counter only ever together, in one write
+        if registers & beat and values[0] == io_map.NO_OWNER:
+            return ILLEGAL_VALUE
+        writes = list(enumerate(values, start=address))
         if any(r == io_map.HR_OUTPUTS and v & ~io_map.OUTPUTS_MASK for r, v in writes):
             return ILLEGAL_VALUE
         if any(
@@ -121,18 +157,34 @@ class SafetyIoSim(RegisterDevice):
             for r, v in writes
         ):
             return ILLEGAL_VALUE
-        for register, value in writes:
-            if register == io_map.HR_COMMAND:
-                continue  # a command, not a setting: the register always reads 0
-            self.holding[register] = value
-            if register == io_map.HR_HEARTBEAT and value != self._last_beat_value:
-                # Stamped with wall time at the next step, which owns the clock.
-                self._last_beat_value = value
-                self._beat_pending = True
-        if any(r == io_map.HR_COMMAND for r, _ in writes):
-            self._reset_latch()
-        self._apply_to_plant()
         return None
+
+    @property
+    def owner_heartbeat_lost(self) -> bool:
+        """The owner's beats have stopped (or none has come yet): the line may change hands.
+        A beat not yet stamped by a step is a live one."""
+        return not (self.heartbeat_ok or self._beat_pending)
+
+    def _beat(self, owner: int, counter: int) -> None:
+        if self.owner not in (owner, io_map.NO_OWNER) and not self.owner_heartbeat_lost:
+            if owner != self.refused_owner:
+                self._log.warning("safety_io_sim.claim_refused",
+                                  sender=io_map.format_owner_id(owner),
+                                  owner=io_map.format_owner_id(self.owner))
+            self.refused_owner = owner
+            return
+        if owner != self.owner:
+            self._log.warning("safety_io_sim.line_claimed", owner=io_map.format_owner_id(owner),
+                              previous=io_map.format_owner_id(self.owner))
+            self.owner = owner
+            self._last_beat_value = None  # a new owner's first beat always counts
+        if counter != self._last_beat_value:
+            # Stamped with wall time at the next step, which owns the clock.
+            self._last_beat_value = counter
+            self._beat_pending = True
+        self.holding[io_map.HR_HEARTBEAT] = counter
+        self.holding[io_map.HR_BEAT_OWNER] = owner
+        self.holding[io_map.HR_BEAT_COUNTER] = counter
 
     def _reset_latch(self) -> None:
         if not self.heartbeat_latched:
@@ -163,6 +215,8 @@ class SafetyIoSim(RegisterDevice):
             gas_supply_ok=self._gas_supply_ok(),
             heartbeat_latched=self.heartbeat_latched,
             outputs_effective=self.outputs_effective,
+            line_owner=self.owner,
+            refused_owner=self.refused_owner,
             **analog,
         )
 

@@ -180,8 +180,9 @@ class FakeServoAxis(RecordingDevice):
 
 class FakeSafetyIo(RecordingDevice):
     def __init__(self, name: str, log: list[Call],
-                 listeners: list[CallListener] | None = None) -> None:
+                 listeners: list[CallListener] | None = None, owner_id: int = 0x0C0D) -> None:
         super().__init__(name, log, listeners)
+        self.owner_id = owner_id
         self.inputs = healthy_inputs()
 
     async def read(self) -> SafetyInputs:
@@ -192,7 +193,10 @@ class FakeSafetyIo(RecordingDevice):
         await self._record("write_outputs", outputs, urgent=urgent)
 
     async def heartbeat(self) -> None:
+        """A beat on a free line claims it, as the PLC does (a test sets another owner)."""
         await self._record("heartbeat")
+        if self.inputs.line_owner == 0:
+            self.inputs = dataclasses.replace(self.inputs, line_owner=self.owner_id)
 
     async def reset_heartbeat_latch(self) -> None:
         await self._record("reset_heartbeat_latch")

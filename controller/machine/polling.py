@@ -2,7 +2,12 @@
 
 One loop per device at its configured rate stores each reading in the telemetry snapshot and
 counts its failures. The safety I/O loop also sends the heartbeat and has the interlocks judged
-after every read, so the fastest poll is also the interlock cycle."""
+after every read, so the fastest poll is also the interlock cycle.
+
+The heartbeat carries the controller's owner id, and the safety PLC counts beats only from the
+line's owner (docs/devices.md): ``claim_line`` makes the first beats and confirms the claim
+before any poller runs (one controller per line, domain.md rule 8, at the machine itself); the
+safety loop watches the owner and stops beating for good once another controller holds it."""
 
 from __future__ import annotations
 
@@ -16,11 +21,31 @@ import structlog
 from controller.config.line import DEVICE_NAMES, LineConfig
 from controller.machine.devices import Machine
 from controller.machine.telemetry import LinkHealth, Telemetry
+from drivers.codecs.safety_io_map import NO_OWNER, SafetyInputs, format_owner_id
 from drivers.errors import DeviceError
 
 log = structlog.get_logger(__name__)
 
 Spawn = Callable[..., asyncio.Task[None]]
+# After the first answer that names another owner, the claim keeps trying this many heartbeat
+# timeouts: a dead owner's heartbeat is lost within one, and then the PLC hands the line over.
+CLAIM_HANDOVER_TIMEOUTS = 2.0
+
+
+class LineClaimRefused(Exception):
+    """The line could not be claimed at its safety PLC; nothing was written but the beats."""
+
+    def __init__(self, line: str, owner: int | None, detail: str | None = None) -> None:
+        if owner is None:
+            message = f"{line} cannot be claimed: no answer from the safety I/O ({detail})"
+        elif owner == NO_OWNER:
+            message = f"{line} cannot be claimed: the safety PLC did not take our beats"
+        else:
+            message = (f"{line} is controlled by another controller (owner "
+                       f"{format_owner_id(owner)}); stop it first")
+        super().__init__(message)
+        self.line = line
+        self.owner = owner
 
 
 def poll_hz(line: LineConfig, device: str) -> float:
@@ -73,6 +98,7 @@ class Pollers:
         heartbeat_enabled: Callable[[], bool],
         judge: Callable[[], None],
         configure_axis: Callable[[str], Awaitable[None]] | None = None,
+        on_claim_lost: Callable[[int], None] | None = None,
     ) -> None:
         self.machine = machine
         self.line = machine.line
@@ -81,8 +107,59 @@ class Pollers:
         self._heartbeat_enabled = heartbeat_enabled
         self._judge = judge
         self._configure_axis = configure_axis
+        self._on_claim_lost = on_claim_lost
         self.late_cycles = 0
         self.beats = 0
+        self.claim_lost_to: int | None = None  # the owner that took the line from us
+        self._refused_seen: int | None = None
+        self._log = log.bind(line=self.line.line,
+                             owner=format_owner_id(machine.safety_io.owner_id))
+
+    # -- the line claim --------------------------------------------------------------------
+    async def claim_line(self, link_wait_s: float) -> None:
+        """Beat until the safety PLC names us the line's owner; LineClaimRefused when another
+        controller keeps it (still beating after ``CLAIM_HANDOVER_TIMEOUTS`` heartbeat
+        timeouts) or the safety I/O does not answer within ``link_wait_s``. Call it before
+        ``spawn``: until the claim holds, nothing may be written to the line."""
+        io = self.machine.safety_io
+        period = 1.0 / poll_hz(self.line, "safety_io")
+        handover_s = CLAIM_HANDOVER_TIMEOUTS * self.line.safety_io().heartbeat_timeout_s
+        link_deadline = time.monotonic() + link_wait_s
+        refuse_at: float | None = None
+        while True:
+            try:
+                await self.machine.safety_io.heartbeat()
+                inputs = await io.read()
+            except DeviceError as exc:
+                if time.monotonic() > link_deadline:
+                    raise LineClaimRefused(self.line.line, None, str(exc)) from exc
+            else:
+                if inputs.line_owner == io.owner_id:
+                    self._refused_seen = inputs.refused_owner
+                    self._log.info("line.claimed")
+                    return
+                refuse_at = refuse_at or time.monotonic() + handover_s
+                if time.monotonic() > refuse_at:
+                    self._log.error("line.claim_refused",
+                                    holder=format_owner_id(inputs.line_owner))
+                    raise LineClaimRefused(self.line.line, inputs.line_owner)
+            await asyncio.sleep(period)
+
+    def _watch_claim(self, inputs: SafetyInputs) -> None:
+        """After every safety read: another owner on the line means ours was lost (our
+        heartbeat stopped long enough for the PLC to hand the line over); a refused id means
+        another controller is trying to take it."""
+        if inputs.refused_owner != self._refused_seen:
+            if self._refused_seen is not None:
+                self._log.warning("line.claim_contested",
+                                  refused=format_owner_id(inputs.refused_owner))
+            self._refused_seen = inputs.refused_owner
+        owner = inputs.line_owner
+        if self.claim_lost_to is None and owner not in (NO_OWNER, self.machine.safety_io.owner_id):
+            self.claim_lost_to = owner
+            self._log.error("line.claim_lost", holder=format_owner_id(owner))
+            if self._on_claim_lost is not None:
+                self._on_claim_lost(owner)
 
     def spawn(self, spawn: Spawn) -> list[asyncio.Task[None]]:
         """Start every poller, safety I/O first (the order the tasks are first scheduled in)."""
@@ -139,7 +216,8 @@ class Pollers:
         """The safety cycle: read the safety I/O, judge, compute the envelope and reconcile
         (``judge`` does all three without awaiting a device), then beat the heartbeat, but
         only when the whole cycle completed within its period: the beat proves that the
-        controller watches, not merely that a poller runs (rule 4)."""
+        controller watches, not merely that a poller runs (rule 4). Once the line belongs to
+        another controller no beat goes out again: the line is claimed only at start."""
         device = "safety_io"
         health = self.telemetry.link(device)
         period = 1.0 / poll_hz(self.line, device)
@@ -148,10 +226,13 @@ class Pollers:
             started = time.monotonic()
             health.polls += 1
             try:
-                self.telemetry.safety = await self.machine.safety_io.read()
-                _answered(health)
+                inputs = await self.machine.safety_io.read()
             except DeviceError as exc:
                 _failed(health, exc)
+            else:
+                self.telemetry.safety = inputs
+                _answered(health)
+                self._watch_claim(inputs)
             try:
                 self._judge()
             except Exception:
@@ -161,7 +242,7 @@ class Pollers:
             if time.monotonic() - started > period:
                 self.late_cycles += 1
                 return
-            if not self._heartbeat_enabled():
+            if not self._heartbeat_enabled() or self.claim_lost_to is not None:
                 return
             try:
                 await self.machine.safety_io.heartbeat()

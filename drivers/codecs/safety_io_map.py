@@ -2,10 +2,12 @@
 
 Inputs are input registers: one bit-packed digital word, then one register per analog value
 with a fixed scale (signed where the value can be negative: water temperature, exhaust draft).
-Outputs are one bit-packed holding register, written whole; a second holding register is the
-heartbeat the controller keeps changing, a third a command register (reset the PLC's latched
-heartbeat loss). The input block ends with the outputs word the PLC actually drives (after its
-hard-wired logic), in the same bit layout as the outputs register."""
+Outputs are one bit-packed holding register, written whole; a command register resets the PLC's
+latched heartbeat loss. The heartbeat is one write of two registers, the controller's owner id
+and a counter it keeps changing: the PLC hands the line to one owner and counts only its beats
+(one controller per line, domain.md rule 8, enforced at the machine). The input block ends with
+the outputs word the PLC actually drives (after its hard-wired logic), in the same bit layout as
+the outputs register, then the line's owner and the last owner id the PLC refused."""
 
 from __future__ import annotations
 
@@ -34,13 +36,18 @@ IR_GAS_DETECTOR = 9  # acid-gas detector (Cl2 / HCl / HF), ppm x 100, unsigned
 IR_ROD_TEMPERATURE = 10  # rod pyrometer, C x 10, unsigned
 IR_ROOM_O2 = 11  # room O2 monitor, % x 100, unsigned
 IR_OUTPUTS_EFFECTIVE = 12  # the outputs the PLC drives after its own logic, OUTPUT_BITS layout
-INPUT_COUNT = 13
+IR_LINE_OWNER = 13  # owner id whose beats the PLC counts; 0 = free (none since power-up)
+IR_REFUSED_OWNER = 14  # owner id of the last beat the PLC refused; 0 = none since power-up
+INPUT_COUNT = 15
 
 # -- holding registers (function 3 to read, 6 / 16 to write) ---------------------------------
 HR_OUTPUTS = 0
-HR_HEARTBEAT = 1
+HR_HEARTBEAT = 1  # read-only: the counter of the last beat counted (a write: exception 2)
 HR_COMMAND = 2  # write-only command; always reads 0
-HOLDING_COUNT = 3
+HR_BEAT_OWNER = 3  # the beat: owner id, then counter, written together by one FC 16
+HR_BEAT_COUNTER = 4
+BEAT_COUNT = 2  # registers in the beat write
+HOLDING_COUNT = 5
 
 COMMAND_RESET_HEARTBEAT_LATCH = 1  # the only command; any other value: exception 3
 
@@ -79,6 +86,8 @@ OUTPUT_BITS: tuple[str, ...] = (
 )
 OUTPUTS_MASK = (1 << len(OUTPUT_BITS)) - 1
 HEARTBEAT_MODULUS = 0x10000  # the counter wraps 65535 -> 0
+NO_OWNER = 0  # the line is free; never a controller's id
+MAX_OWNER_ID = 0xFFFF
 
 
 @dataclass(frozen=True)
@@ -126,6 +135,8 @@ class SafetyInputs:
     heartbeat_latched: bool = False
     # What the PLC drives after its hard-wired logic; rf_permit = the RF enable it gives.
     outputs_effective: SafetyOutputs = field(default_factory=SafetyOutputs)
+    line_owner: int = NO_OWNER  # whose beats the PLC counts (0: free)
+    refused_owner: int = NO_OWNER  # the last owner id whose beat the PLC refused (0: none)
 
 
 OUTPUT_NAMES: frozenset[str] = frozenset(f.name for f in fields(SafetyOutputs))
@@ -171,6 +182,8 @@ def encode_inputs(inputs: SafetyInputs) -> list[int]:
     for name, (register, scale, signed) in ANALOG_CHANNELS.items():
         words[register] = encode_analog(getattr(inputs, name), scale, signed=signed)
     words[IR_OUTPUTS_EFFECTIVE] = encode_outputs(inputs.outputs_effective)
+    words[IR_LINE_OWNER] = inputs.line_owner
+    words[IR_REFUSED_OWNER] = inputs.refused_owner
     return words
 
 
@@ -185,6 +198,8 @@ def decode_inputs(words: list[int]) -> SafetyInputs:
     for name, (register, scale, signed) in ANALOG_CHANNELS.items():
         values[name] = decode_analog(words[register], scale, signed=signed)
     values["outputs_effective"] = decode_outputs(words[IR_OUTPUTS_EFFECTIVE])
+    values["line_owner"] = words[IR_LINE_OWNER]
+    values["refused_owner"] = words[IR_REFUSED_OWNER]
     return SafetyInputs(**values)
 
 
@@ -201,3 +216,22 @@ def decode_outputs(word: int) -> SafetyOutputs:
 
 def next_heartbeat(counter: int) -> int:
     return (counter + 1) % HEARTBEAT_MODULUS
+
+
+def check_owner_id(owner_id: int) -> int:
+    """A controller's owner id: 1-65535 (0 means a free line)."""
+    if not NO_OWNER < owner_id <= MAX_OWNER_ID:
+        raise ValueError(f"an owner id is 1-{MAX_OWNER_ID}, got {owner_id}")
+    return owner_id
+
+
+def encode_beat(owner_id: int, counter: int) -> list[int]:
+    """The heartbeat write's registers (HR 3-4): who beats, then the counter."""
+    if not 0 <= counter < HEARTBEAT_MODULUS:
+        raise ValueError(f"a heartbeat counter is 0-{HEARTBEAT_MODULUS - 1}, got {counter}")
+    return [check_owner_id(owner_id), counter]
+
+
+def format_owner_id(owner_id: int) -> str:
+    """How an owner id is shown to people (logs, refusals, status): 0x1A2B."""
+    return f"0x{owner_id:04X}"

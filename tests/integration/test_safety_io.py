@@ -32,6 +32,8 @@ from simulators.safety_io import SafetyIoSim
 from tests.waiting import first_failure
 
 WALL0 = 1000.0
+OWNER = 0x1A2B  # the rig's controller
+OTHER = 0x2B3C  # a second controller on the same line
 
 
 @dataclass
@@ -71,7 +73,8 @@ async def rig() -> AsyncIterator[Rig]:
         "io_link", Endpoint("modbus-tcp", host="127.0.0.1", port=bus.port), timeout_s=0.2
     )
     try:
-        yield Rig(config, faults, plant, sim, bus, transport, SafetyIo(transport, config.unit))
+        io = SafetyIo(transport, config.unit, owner_id=OWNER)
+        yield Rig(config, faults, plant, sim, bus, transport, io)
     finally:
         await transport.close()
         await bus.stop()
@@ -109,6 +112,8 @@ async def test_healthy_inputs(rig: Rig) -> None:
         room_o2_pct=pytest.approx(20.9),  # type: ignore[arg-type]
         heartbeat_latched=False,
         outputs_effective=SafetyOutputs(exhaust_fan=True, rf_permit=True),
+        line_owner=OWNER,
+        refused_owner=0,
     )
     assert rig.plant.rf_enable
     assert rig.plant.exhaust_fan_on
@@ -297,12 +302,17 @@ async def test_heartbeat_loss_drops_rf_and_latches(rig: Rig) -> None:
     assert rig.plant.rf_enable
 
 
+async def _beat(rig: Rig, owner: int, counter: int) -> None:
+    await rig.transport.write_registers(
+        rig.config.unit, io_map.HR_BEAT_OWNER, io_map.encode_beat(owner, counter))
+
+
 async def test_rewriting_the_same_value_is_no_heartbeat(rig: Rig) -> None:
-    await rig.transport.write_register(rig.config.unit, io_map.HR_HEARTBEAT, 7)
+    await _beat(rig, OWNER, 7)
     rig.step()
     for _ in range(3):
         rig.step(rig.config.heartbeat_timeout_s * 0.5)
-        await rig.transport.write_register(rig.config.unit, io_map.HR_HEARTBEAT, 7)
+        await _beat(rig, OWNER, 7)
     rig.step()
     assert not (await rig.io.read()).heartbeat_ok
 
@@ -318,15 +328,81 @@ async def test_watchdog_runs_in_wall_time_not_process_time(rig: Rig) -> None:
 async def test_heartbeat_counter_wraps(rig: Rig) -> None:
     await rig.io.heartbeat()
     await rig.io.heartbeat()
-    assert rig.sim.holding[io_map.HR_HEARTBEAT] == 2
+    assert rig.sim.holding[io_map.HR_BEAT_COUNTER] == 2
     rig.io._heartbeat = 65534  # as after a long run
     await rig.io.heartbeat()
-    assert rig.sim.holding[io_map.HR_HEARTBEAT] == 65535
+    assert rig.sim.holding[io_map.HR_BEAT_COUNTER] == 65535
     rig.step()
     await rig.io.heartbeat()
-    assert rig.sim.holding[io_map.HR_HEARTBEAT] == 0
+    assert rig.sim.holding[io_map.HR_BEAT_COUNTER] == 0
     rig.step(rig.config.heartbeat_timeout_s * 0.9)
     assert (await rig.io.read()).heartbeat_ok  # the wrap to 0 counted as a beat
+
+
+# -- the line's owner: one controller per line (docs/devices.md) -----------------------------
+def _other(rig: Rig) -> SafetyIo:
+    """A second controller's driver on the same PLC."""
+    return SafetyIo(rig.transport, rig.config.unit, name="other", owner_id=OTHER)
+
+
+async def test_a_free_line_is_claimed_by_the_first_beat(rig: Rig) -> None:
+    before = await rig.io.read()
+    assert (before.line_owner, before.refused_owner) == (io_map.NO_OWNER, io_map.NO_OWNER)
+    inputs = await rig.alive()
+    assert inputs.line_owner == OWNER and inputs.heartbeat_ok
+
+
+async def test_a_second_controller_is_refused_and_its_beats_do_not_count(rig: Rig) -> None:
+    other = _other(rig)
+    await rig.io.set_output("rf_permit", True)
+    await rig.alive()
+    await other.heartbeat()  # at once, before any step: the owner's beat is fresh
+    inputs = await rig.io.read()
+    assert (inputs.line_owner, inputs.refused_owner) == (OWNER, OTHER)
+    # Only the other controller beats from here: its beats keep nothing alive.
+    for _ in range(3):
+        rig.step(rig.config.heartbeat_timeout_s * 0.3)
+        await other.heartbeat()
+        assert (await rig.io.read()).line_owner == OWNER
+    rig.step(rig.config.heartbeat_timeout_s * 0.2)  # past the timeout since OWNER's last beat
+    inputs = await rig.io.read()
+    assert not inputs.heartbeat_ok and inputs.heartbeat_latched and not inputs.rf_enable
+
+
+async def test_the_line_changes_hands_once_the_owners_heartbeat_is_lost(rig: Rig) -> None:
+    other = _other(rig)
+    await rig.io.write_outputs(SafetyOutputs(exhaust_fan=True, rf_permit=True))
+    await rig.alive()
+    rig.step(rig.config.heartbeat_timeout_s * 1.1)
+    assert (await rig.io.read()).heartbeat_latched
+    await other.heartbeat()  # the owner is lost: the claim is accepted and the beat counts
+    rig.step()
+    inputs = await other.read()
+    assert inputs.line_owner == OTHER and inputs.heartbeat_ok
+    assert inputs.heartbeat_latched and not inputs.rf_enable  # the new owner resets it
+    await rig.io.heartbeat()  # the old owner comes back: refused, not counted
+    assert (await other.read()).refused_owner == OWNER
+    await other.write_outputs(SafetyOutputs(exhaust_fan=True))
+    await other.reset_heartbeat_latch()
+    rig.step()
+    assert not (await other.read()).heartbeat_latched
+
+
+async def test_the_owner_keeps_its_line_across_its_own_loss(rig: Rig) -> None:
+    await rig.alive()
+    rig.step(rig.config.heartbeat_timeout_s * 1.1)
+    assert (await rig.io.read()).heartbeat_latched
+    inputs = await rig.alive()  # nobody claimed it in between: its beats count again
+    assert inputs.line_owner == OWNER and inputs.heartbeat_ok
+    assert inputs.refused_owner == io_map.NO_OWNER
+
+
+async def test_a_claim_waits_for_a_beat_not_yet_stamped(rig: Rig) -> None:
+    """A beat the PLC has not yet stamped (no step since) is a live owner's: no handover."""
+    await rig.io.heartbeat()
+    await _other(rig).heartbeat()
+    inputs = await rig.io.read()
+    assert (inputs.line_owner, inputs.refused_owner) == (OWNER, OTHER)
 
 
 # -- outputs -------------------------------------------------------------------------------
@@ -432,10 +508,10 @@ async def _exchange(rig: Rig, request: bytes, reply_length: int) -> bytes:
 async def test_wire_read_inputs(rig: Rig) -> None:
     await rig.io.write_outputs(SafetyOutputs(exhaust_fan=True, rf_permit=True))
     await rig.alive()
-    request = bytes.fromhex("0011 0000 0006 01 04 0000 000D")
+    request = bytes.fromhex("0011 0000 0006 01 04 0000 000F")
     reply = await _exchange(rig, request, 9 + 2 * io_map.INPUT_COUNT)
     assert reply == bytes.fromhex(
-        "0011 0000 001D 01 04 1A"
+        "0011 0000 0021 01 04 1E"
         "00DF"  # digital: all true but plasma_optical (and heartbeat_latched, bit 8)
         "00FA"  # water flow 25.0 L/min
         "00DC"  # water temperature 22.0 C
@@ -445,14 +521,42 @@ async def test_wire_read_inputs(rig: Rig) -> None:
         "00FA"  # rod 25.0 C
         "082A"  # room O2 20.90 %
         "0104"  # effective outputs: exhaust fan, RF permit (the enable given)
+        "1A2B"  # the line's owner: the rig's controller
+        "0000"  # no beat refused
     )
 
 
-async def test_wire_heartbeat_write_echoes(rig: Rig) -> None:
-    request = bytes.fromhex("0012 0000 0006 01 06 0001 002A")
-    assert await _exchange(rig, request, 12) == request
+async def test_wire_beat_is_one_fc16_of_owner_and_counter(rig: Rig) -> None:
+    # FC 16 at HR 3, 2 registers, 4 bytes: owner 0x1A2B, counter 42; the reply echoes the
+    # address and the count.
+    request = bytes.fromhex("0012 0000 000B 01 10 0003 0002 04 1A2B 002A")
+    assert await _exchange(rig, request, 12) == bytes.fromhex("0012 0000 0006 01 10 0003 0002")
     rig.step()
     assert rig.sim.heartbeat_ok
+    assert rig.sim.owner == OWNER
+    # HR 1 reads the count of the last beat counted, HR 3-4 the beat itself.
+    read = bytes.fromhex("0013 0000 0006 01 03 0001 0004")
+    assert await _exchange(rig, read, 17) == bytes.fromhex(
+        "0013 0000 000B 01 03 08 002A 0000 1A2B 002A")
+
+
+@pytest.mark.parametrize(
+    ("request_hex", "code"),
+    [
+        ("01 06 0001 002A", 2),  # the old beat, HR 1 alone: read-only now (no owner id)
+        ("01 06 0004 002A", 2),  # the counter without the owner id
+        ("01 10 0003 0001 02 1A2B", 2),  # the owner id without the counter
+        ("01 10 0003 0002 04 0000 002A", 3),  # owner id 0: the free line's mark, nobody's id
+    ],
+)
+async def test_wire_malformed_beats_are_exceptions(rig: Rig, request_hex: str,
+                                                   code: int) -> None:
+    pdu = bytes.fromhex(request_hex)
+    request = bytes.fromhex("0020 0000") + len(pdu).to_bytes(2, "big") + pdu
+    reply = await _exchange(rig, request, 9)
+    assert reply == bytes.fromhex(f"0020 0000 0003 01 {pdu[1] | 0x80:02X} {code:02X}")
+    rig.step()
+    assert not rig.sim.heartbeat_ok and rig.sim.owner == io_map.NO_OWNER
 
 
 async def test_wire_outputs_with_reserved_bits_is_exception_3(rig: Rig) -> None:
@@ -639,5 +743,5 @@ async def test_urgent_outputs_write_goes_ahead_of_queued_polls(rig: Rig) -> None
         poll,
         (rig.config.unit, 6, io_map.HR_OUTPUTS),
         *[poll] * 5,
-        (rig.config.unit, 6, io_map.HR_HEARTBEAT),
+        (rig.config.unit, 16, io_map.HR_BEAT_OWNER),
     ]

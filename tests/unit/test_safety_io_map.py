@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from pymodbus.framer import FramerSocket
+from pymodbus.pdu import DecodePDU
+from pymodbus.pdu.register_message import WriteMultipleRegistersRequest
 
 from drivers.codecs import safety_io_map as io_map
 from drivers.codecs.safety_io_map import SafetyInputs, SafetyOutputs
@@ -33,6 +36,8 @@ NOMINAL = SafetyInputs(
     outputs_effective=SafetyOutputs(
         gas_master_valve=True, exhaust_fan=True, beacon_green=True, rf_permit=True
     ),
+    line_owner=0x1A2B,
+    refused_owner=0,
 )
 
 
@@ -51,14 +56,18 @@ def test_nominal_inputs_encode_to_the_documented_words() -> None:
         15000,  # 1500 C x 10
         2090,  # room O2 20.9 % x 100
         0x0185,  # effective outputs: master valve, exhaust fan, beacon green, RF permit
+        0x1A2B,  # the line's owner
+        0,  # no beat refused
     ]
 
 
 def test_input_and_holding_addresses_are_pinned() -> None:
     assert (io_map.IR_GAS_DETECTOR, io_map.IR_ROD_TEMPERATURE) == (9, 10)
-    assert (io_map.IR_ROOM_O2, io_map.IR_OUTPUTS_EFFECTIVE, io_map.INPUT_COUNT) == (11, 12, 13)
+    assert (io_map.IR_ROOM_O2, io_map.IR_OUTPUTS_EFFECTIVE) == (11, 12)
+    assert (io_map.IR_LINE_OWNER, io_map.IR_REFUSED_OWNER, io_map.INPUT_COUNT) == (13, 14, 15)
     assert (io_map.HR_OUTPUTS, io_map.HR_HEARTBEAT, io_map.HR_COMMAND) == (0, 1, 2)
-    assert io_map.HOLDING_COUNT == 3
+    assert (io_map.HR_BEAT_OWNER, io_map.HR_BEAT_COUNTER, io_map.BEAT_COUNT) == (3, 4, 2)
+    assert io_map.HOLDING_COUNT == 5
     assert io_map.COMMAND_RESET_HEARTBEAT_LATCH == 1
     assert io_map.OUTPUTS_MASK == 0x01FF
 
@@ -86,12 +95,14 @@ def test_effective_outputs_with_reserved_bits_are_malformed() -> None:
 def test_new_input_fields_default_to_fresh_air_and_nothing_latched() -> None:
     legacy = dataclasses.replace(NOMINAL)
     fields = {f.name: getattr(legacy, f.name) for f in dataclasses.fields(SafetyInputs)}
-    for name in ("room_o2_pct", "heartbeat_latched", "outputs_effective"):
+    for name in ("room_o2_pct", "heartbeat_latched", "outputs_effective", "line_owner",
+                 "refused_owner"):
         del fields[name]
     built = SafetyInputs(**fields)
     assert built.room_o2_pct == io_map.NOMINAL_ROOM_O2_PCT == 20.9
     assert not built.heartbeat_latched
     assert built.outputs_effective == SafetyOutputs()
+    assert built.line_owner == built.refused_owner == io_map.NO_OWNER == 0  # a free line
 
 
 def test_inputs_round_trip() -> None:
@@ -159,3 +170,44 @@ def test_heartbeat_counter_wraps_at_65535() -> None:
 def test_wrong_block_length_is_refused() -> None:
     with pytest.raises(ValueError):
         io_map.decode_inputs([0] * 3)
+
+
+# -- the heartbeat: owner id and counter in one write (docs/devices.md) -------------------------
+def test_the_beat_is_owner_then_counter() -> None:
+    assert io_map.encode_beat(0x1A2B, 7) == [0x1A2B, 7]
+    assert io_map.encode_beat(0xFFFF, 65535) == [0xFFFF, 65535]
+
+
+def test_the_beat_pins_its_fc16_frame() -> None:
+    """The request a controller with owner id 0x1A2B sends as its 42nd beat to unit 1 (Modbus
+    TCP: MBAP header, FC 16 at HR 3, 2 registers, 4 bytes, owner, counter)."""
+    request = WriteMultipleRegistersRequest(
+        address=io_map.HR_BEAT_OWNER, registers=io_map.encode_beat(0x1A2B, 42), dev_id=1,
+        transaction_id=0x12,
+    )
+    frame = FramerSocket(DecodePDU(is_server=False)).buildFrame(request)
+    assert frame == bytes.fromhex("0012 0000 000B 01 10 0003 0002 04 1A2B 002A")
+
+
+@pytest.mark.parametrize("owner_id", [0, -1, 0x10000])
+def test_an_owner_id_is_nonzero_16_bits(owner_id: int) -> None:
+    with pytest.raises(ValueError, match="owner id"):
+        io_map.encode_beat(owner_id, 1)
+
+
+@pytest.mark.parametrize("counter", [-1, 0x10000])
+def test_a_beat_counter_is_16_bits(counter: int) -> None:
+    with pytest.raises(ValueError, match="counter"):
+        io_map.encode_beat(1, counter)
+
+
+def test_owner_ids_are_shown_as_four_hex_digits() -> None:
+    assert io_map.format_owner_id(0x1A2B) == "0x1A2B"
+    assert io_map.format_owner_id(0x00AF) == "0x00AF"
+
+
+def test_the_owner_and_the_refused_id_are_plain_registers() -> None:
+    words = io_map.encode_inputs(dataclasses.replace(NOMINAL, refused_owner=0xBEEF))
+    assert words[io_map.IR_REFUSED_OWNER] == 0xBEEF
+    decoded = io_map.decode_inputs(words)
+    assert (decoded.line_owner, decoded.refused_owner) == (0x1A2B, 0xBEEF)

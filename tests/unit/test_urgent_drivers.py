@@ -55,7 +55,7 @@ async def test_safety_io(urgent: bool) -> None:
     io = SafetyIo(bus, 1)  # type: ignore[arg-type]
     await io.write_outputs(SafetyOutputs(exhaust_fan=True), urgent=urgent)
     await io.heartbeat()
-    assert bus.calls == [("write_register", urgent), ("write_register", False)]
+    assert bus.calls == [("write_register", urgent), ("write_registers", False)]  # beat: FC 16
 
 
 @pytest.mark.parametrize("urgent", [True, False])
