@@ -6,7 +6,7 @@
          [--serial S] [--operator NAME] [--resume RUN_ID | --abandon RUN_ID]
     povd [--data-dir DIR] runs list [--json]
     povd [--data-dir DIR] runs show ID [--json]
-    povd [--data-dir DIR] runs report ID [--json]
+    povd [--data-dir DIR] runs report ID [--json | --html FILE | --csv DIR]
     povd [--data-dir DIR] runs verify [--run ID] [--json]
 
 Exit codes: 0 complete / ok; 1 a run ended otherwise; 2 invalid input; 3 refused."""
@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import TypeAlias
 
 from controller.cli.output import (
+    EXIT_CLOSED_PIPE,
     EXIT_INVALID,
     EXIT_OK,
     err,
     load_config_or_exit,
     out,
+    stdout_to_devnull,
 )
 from controller.config.logging_setup import configure_logging
 from controller.recipes.forecast import forecast
@@ -107,6 +109,10 @@ def _add_runs_command(sub: Subparsers) -> None:
     runs_report = runs_sub.add_parser("report", help="a run's report: product, passes, events")
     runs_report.add_argument("run_id", type=int)
     runs_report.add_argument("--json", action="store_true")
+    runs_report.add_argument("--html", type=Path, default=None, metavar="FILE",
+                             help="write the printable report: one HTML file that opens offline")
+    runs_report.add_argument("--csv", type=Path, default=None, metavar="DIR",
+                             help="write the run's samples and passes as CSV files into DIR")
     runs_verify = runs_sub.add_parser(
         "verify", help="check sequence numbers, pass continuity, state transitions, audit chain")
     runs_verify.add_argument("--run", type=int, default=None, metavar="ID",
@@ -135,6 +141,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Every command; one whose reader has gone (``povd runs list | head -1``) ends quietly,
+    with no traceback."""
+    try:
+        try:
+            _dispatch(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+    except BrokenPipeError:
+        stdout_to_devnull()
+        sys.exit(EXIT_CLOSED_PIPE)
+
+
+def _dispatch(argv: list[str] | None) -> None:
     args = _parser().parse_args(argv)
     configure_logging(json=True if args.log_json else None, level=args.log_level.upper())
     if getattr(args, "client_command", None):

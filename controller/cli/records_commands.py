@@ -1,4 +1,6 @@
-"""``povd runs list|show|report|verify``: read the run records directly, no service needed."""
+"""``povd runs list|show|report|verify``: read the run records directly, no service needed. A
+report is text, JSON, or files: the printable HTML page (``--html FILE``) and the CSV of the
+run's samples and passes (``--csv DIR``)."""
 
 from __future__ import annotations
 
@@ -9,16 +11,19 @@ from pathlib import Path
 from typing import Any
 
 from controller.cli.admin_commands import audit_path
-from controller.cli.output import EXIT_ENDED_OTHERWISE, EXIT_INVALID, EXIT_OK, out
-from controller.records.layer_report import layer_reports
+from controller.cli.output import EXIT_ENDED_OTHERWISE, EXIT_INVALID, EXIT_OK, err, out
+from controller.records.report_csv import (
+    passes_filename,
+    samples_filename,
+    write_passes_csv,
+    write_samples_csv,
+)
 from controller.records.run_records import RecordsReader, RunDetail, records_path, resolve_data_dir
 from controller.records.schema import to_plain
 from controller.records.verify import LegalTransitions, verify_records
 from controller.safety.states import TRANSITIONS
-
-
-def _when(t: float | None) -> str:
-    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+from controller.service.reports.summary import run_report
+from controller.service.reports.summary import when as _when
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -39,6 +44,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if detail is None:
         out(f"no run {args.run_id}")
         return EXIT_INVALID
+    if args.runs_command == "report" and (args.html or args.csv):
+        return _write_report_files(reader, detail, html=args.html, csv_dir=args.csv)
     if args.runs_command == "report":
         report = run_report(detail)
         if args.json:
@@ -118,39 +125,32 @@ def _show_run(detail: RunDetail) -> None:
         out(f"    {_when(c.t)} {to_plain(c)}")
 
 
-def run_report(detail: RunDetail) -> dict[str, Any]:
-    """A run's report: what was made, how, and what happened on the way."""
-    r = detail.run
-    passes = detail.passes
-    diameters = [p.diameter_mm for p in passes if p.diameter_mm is not None]
-    deposited = sum(p.deposited_g or 0.0 for p in passes)
-    first_out = next((a for a in detail.alarms if a.first_out), None)
-    return {
-        "run": r.id, "recipe": r.recipe_name, "recipe_sha256": r.recipe_hash,
-        "line": r.line, "machine": r.machine, "operator": r.operator,
-        "preform_serial": r.preform_serial, "bait_rod_lot": r.bait_rod_lot,
-        "precursor_lot": r.precursor_lot,
-        "started": _when(r.started_at), "ended": _when(r.ended_at),
-        "duration_s": None if r.ended_at is None else round(r.ended_at - r.started_at, 1),
-        "outcome": r.outcome.value if r.outcome else "interrupted",
-        "first_out": first_out.alarm_id if first_out else None,
-        "passes": len(passes),
-        "final_diameter_mm": diameters[-1] if diameters else None,
-        "deposited_g": round(deposited, 2),
-        "alarms_raised": sorted({a.alarm_id for a in detail.alarms if a.action == "activate"}),
-        "operator_commands": [
-            {"t": _when(c.t), "user": c.user, "command": c.command, "accepted": c.accepted,
-             "reason": c.reason}
-            for c in detail.commands
-        ],
-        "states": [f"{s.from_state} -> {s.to_state}" for s in detail.states],
-        "pass_table": [
-            {"layer": p.layer, "pass": p.pass_index, "diameter_mm": p.diameter_mm,
-             "deposited_g": p.deposited_g, "duration_s": p.duration_s}
-            for p in passes
-        ],
-        "layers": to_plain(layer_reports(passes)),
-    }
+def _write_report_files(reader: RecordsReader, detail: RunDetail, *, html: Path | None,
+                        csv_dir: Path | None) -> int:
+    """The report as files: the printable HTML page and / or the CSV of samples and passes."""
+    from controller.service.reports.html_page import report_html  # noqa: PLC0415 - only here
+
+    run_id = detail.run.id
+    samples = reader.telemetry(run_id)
+    try:
+        if html is not None:
+            html.write_text(report_html(detail, samples, generated_at=time.time()),
+                            encoding="utf-8")
+            out(f"wrote {html}")
+        if csv_dir is not None:
+            csv_dir.mkdir(parents=True, exist_ok=True)
+            path = csv_dir / samples_filename(run_id)
+            with path.open("w", encoding="utf-8", newline="") as f:
+                rows = write_samples_csv(samples, f, detail.run.started_at)
+            out(f"wrote {path} ({rows} samples)")
+            path = csv_dir / passes_filename(run_id)
+            with path.open("w", encoding="utf-8", newline="") as f:
+                rows = write_passes_csv(detail.passes, f)
+            out(f"wrote {path} ({rows} passes)")
+    except OSError as exc:
+        err(f"cannot write the report: {exc}")
+        return EXIT_INVALID
+    return EXIT_OK
 
 
 def print_report(report: dict[str, Any]) -> None:
