@@ -35,6 +35,9 @@ STEP_KINDS = ("purge", "ignite", "ramp", "deposit", "dwell", "cool_down")
 GAS_FIELDS = {"ar_slpm": "mfc_ar", "o2_slpm": "mfc_o2", "n2_slpm": "mfc_n2"}
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 MAX_EXTRA_PASSES = 100  # a layer may be given at most this many extra passes
+# A run is tens to hundreds of passes (domain.md: 50-300); 10,000 four-minute passes is four
+# weeks. Beyond it a count is a typo, and the forecast and the plan walk every pass.
+MAX_RUN_PASSES = 10_000
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,6 +303,16 @@ class Recipe(_Strict):
 
     _text: str = PrivateAttr(default="")
     _path: Path | None = PrivateAttr(default=None)
+
+    @field_validator("steps")
+    @classmethod
+    def _passes_bounded(cls, steps: tuple[Step, ...]) -> tuple[Step, ...]:
+        total = sum(layer.passes for step in steps if isinstance(step, DepositStep)
+                    for layer in step.layers)
+        if total > MAX_RUN_PASSES:
+            raise ValueError(f"{total} passes in all: more than the {MAX_RUN_PASSES} a run may "
+                             "have (a run is tens to hundreds)")
+        return steps
 
     @property
     def text(self) -> str:

@@ -4,6 +4,8 @@ never an exception of another kind and never minutes of parsing (issue 11)."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,8 @@ from controller.recipes.loading import (
     load_recipe,
     parse_recipe,
 )
-from controller.recipes.recipe import RecipeError
+from controller.recipes.parse_worker import RecipeReader, parse_recipe_off_loop
+from controller.recipes.recipe import MAX_RUN_PASSES, RecipeError, recipe_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "recipes").glob("*.yaml")) + sorted(
@@ -140,3 +143,87 @@ def test_duplicate_keys_inside_an_anchor_are_reported_once() -> None:
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_recipe_still_loads(path: Path) -> None:
     assert load_recipe(path, LINE).total_passes() > 0
+
+
+def test_a_run_of_more_passes_than_any_run_has_is_refused_at_its_steps() -> None:
+    text = (ROOT / "recipes/smoke-test.yaml").read_text()
+    text = text.replace("passes: 3", f"passes: {MAX_RUN_PASSES}", 1)
+    err = refusal(text)
+    assert [issue.field for issue in err.errors] == ["steps"]
+    assert f"more than the {MAX_RUN_PASSES}" in err.errors[0].reason
+
+
+# --------------------------------------------------------------------------------------------
+# Off the loop: the service reads recipes in a worker process
+
+# A worker that reads like the real one, except that a text starting "#hang" never answers.
+HANGING_WORKER = (
+    "import time\n"
+    "from controller.recipes import parse_worker\n"
+    "real = parse_worker.parse_recipe\n"
+    "def parse(text, line, path):\n"
+    "    if text.startswith('#hang'):\n"
+    "        time.sleep(3600)\n"
+    "    return real(text, line, path)\n"
+    "parse_worker.parse_recipe = parse\n"
+    "parse_worker._main()\n"
+)
+
+
+@pytest.fixture
+def reader() -> Iterator[RecipeReader]:
+    made = RecipeReader()
+    yield made
+    made.close()
+
+
+async def test_off_the_loop_a_recipe_reads_as_it_does_in_process(reader: RecipeReader) -> None:
+    path = ROOT / "recipes/f-doped-cladding.yaml"
+    text = path.read_text()
+    recipe = await reader.parse(text, LINE, path)
+    assert recipe == parse_recipe(text, LINE, path)
+    assert (recipe.text, recipe.path, recipe.sha256) == (text, path, recipe_hash(text))
+
+
+async def test_off_the_loop_a_refusal_carries_every_issue(reader: RecipeReader) -> None:
+    text = (ROOT / "recipes/smoke-test.yaml").read_text().replace("power_kw: 50", "power_kw: 500")
+    with pytest.raises(RecipeError) as caught:
+        await reader.parse(text, LINE, Path("x.yaml"))
+    assert caught.value.path == Path("x.yaml")
+    assert caught.value.errors == refusal(text).errors
+    assert len(caught.value.errors) > 1
+
+
+async def test_off_the_loop_the_alias_bomb_is_refused() -> None:
+    with pytest.raises(RecipeError) as caught:
+        await parse_recipe_off_loop(alias_bomb(), LINE)
+    assert "too many aliases" in caught.value.errors[0].reason
+
+
+async def test_a_text_over_the_bound_is_refused_before_the_pipe(reader: RecipeReader) -> None:
+    with pytest.raises(RecipeError) as caught:
+        await reader.parse("#" * (MAX_RECIPE_BYTES + 1), LINE)
+    assert "too large" in caught.value.errors[0].reason
+    assert reader._process is None  # no worker was needed to say so
+
+
+async def test_a_read_past_the_timeout_is_refused_and_the_next_one_reads() -> None:
+    reader = RecipeReader(timeout_s=1.0,
+                          command=[sys.executable, "-c", HANGING_WORKER])
+    try:
+        with pytest.raises(RecipeError) as caught:
+            await reader.parse("#hang\n" + alias_bomb(), LINE)
+        assert "took more than 1 s to read" in caught.value.errors[0].reason
+        text = (ROOT / "recipes/smoke-test.yaml").read_text()
+        assert (await reader.parse(text, LINE)).name == "smoke-test"  # a new worker
+    finally:
+        reader.close()
+
+
+async def test_a_worker_that_died_is_replaced(reader: RecipeReader) -> None:
+    text = (ROOT / "recipes/smoke-test.yaml").read_text()
+    await reader.parse(text, LINE)
+    assert reader._process is not None
+    reader._process.kill()
+    reader._process.wait()
+    assert (await reader.parse(text, LINE)).name == "smoke-test"
