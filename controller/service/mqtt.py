@@ -10,7 +10,15 @@ machine offline if the controller dies), ``alarms`` / ``alarms/active``, every d
 plant has not seen yet, then telemetry at ``telemetry_hz``. aiomqtt does not reconnect by itself:
 the loop here does, with exponential backoff. Events are published from the durable log
 (``events_since(last_seq)``), woken by live items and polled, so each carries its ``seq`` and
-nothing is skipped across a broker outage (at least once: a consumer dedupes by ``seq``)."""
+nothing is skipped across a broker outage (at least once: a consumer dedupes by ``seq``).
+
+Commands (issue 11): each is answered once and executed at most once. A retained command is
+refused, audited and cleared from the broker (it would come back at every subscription); a
+request id seen before (the correlation data, per user and response topic, within the
+``RequestMemory``'s bounds) gets its first reply again; a command whose Message Expiry Interval
+runs out before its turn (behind a slow one) is refused. Every refusal made here, before the
+service, is audited as the service's gate audits its own; the service's refusals are its gate's.
+Messages are stamped as they arrive, so the expiry is judged from then, not from their turn."""
 
 from __future__ import annotations
 
@@ -26,11 +34,16 @@ from typing import Any, Self
 
 import aiomqtt
 import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from controller.records.audit import AuditError, AuditTrail
 from controller.service.mqtt_commands import (
     CommandRequest,
-    Malformed,
+    Rejected,
     ReplyTo,
+    RequestMemory,
     Unanswerable,
     parse_command,
     refusal,
@@ -43,6 +56,8 @@ _EVENTS_PAGE = 200
 _ALARM_BACKLOG = 1000  # alarm changes kept while the broker is away; the oldest go first
 _STOP_TIMEOUT_S = 3.0  # for the offline state and DISCONNECT on the way out
 _PUBLISH_TIMEOUT_S = 5.0
+_INBOX = 1000  # commands received and waiting for their turn (aiomqtt's own queue is as long)
+_AUDIT_EXCERPT = 200  # characters of a refused message's topic and payload kept in the audit
 
 
 @dataclass
@@ -52,9 +67,13 @@ class BridgeCounters:
     published: int = 0
     connections: int = 0
     reconnects: int = 0  # connections lost or refused, each followed by a backoff
-    commands: int = 0  # command messages received (accepted, refused or malformed)
+    received: int = 0  # every message on the command topics
+    commands: int = 0  # command messages from a user (accepted, refused or malformed)
     commands_refused: int = 0
     malformed: int = 0
+    retained: int = 0  # retained commands refused (and cleared)
+    duplicates: int = 0  # request ids seen before: answered again, not executed
+    expired: int = 0  # Message Expiry Interval past before their turn
     errors: int = 0  # unexpected exceptions survived by the reconnect loop
     last_seq: int = 0
     connected: bool = False
@@ -66,10 +85,13 @@ def _dumps(value: Any) -> bytes:
 
 class MqttBridge:
     def __init__(self, service: ControllerService, settings: MqttSettings, *,
-                 resume_after: int | None = None) -> None:
-        """``resume_after``: the last event seq the plant has; None starts at the log's end."""
+                 resume_after: int | None = None, audit: AuditTrail | None = None) -> None:
+        """``resume_after``: the last event seq the plant has; None starts at the log's end.
+        ``audit``: where the refusals made by the bridge itself are recorded."""
         self.service = service
         self.settings = settings
+        self.audit = audit
+        self._requests = RequestMemory(settings.dedupe_requests, settings.dedupe_window_s)
         line = settings.line or service.line
         machine = settings.machine or service.machine
         self.topics = Topics.for_machine(settings.topic_root, line, machine)
@@ -138,6 +160,8 @@ class MqttBridge:
     # -- connection --------------------------------------------------------------------------
     def _client(self) -> aiomqtt.Client:
         s = self.settings
+        connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call] # paho: untyped
+        connect.SessionExpiryInterval = s.session_expiry_s
         return aiomqtt.Client(
             s.host, s.port, username=s.username, password=s.resolved_password(),
             identifier=self._client_id, protocol=aiomqtt.ProtocolVersion.V5,
@@ -145,7 +169,9 @@ class MqttBridge:
             tls_context=ssl.create_default_context() if s.tls else None,
             # Plain {"online": false}: what the plant sees if we vanish without a DISCONNECT.
             will=aiomqtt.Will(self.topics.state, _dumps({"online": False}), qos=1, retain=True),
-            max_queued_incoming_messages=1000,
+            max_queued_incoming_messages=_INBOX,
+            # A kept session is resumed (its queued commands, still within their expiry).
+            clean_start=s.session_expiry_s == 0, properties=connect,
         )
 
     async def _connect_loop(self) -> None:
@@ -174,18 +200,23 @@ class MqttBridge:
     def _on_connected(self) -> None:
         self.counters.connections += 1
         self.counters.connected = True
-        self._connected.set()
         # The broker may have lost the retained topics (persistence off, a new broker).
         self._sent_state = self._sent_active = None
         self._wake.set()
         self._log.info("mqtt.connected", last_seq=self.counters.last_seq)
 
     async def _session(self, client: aiomqtt.Client) -> None:
-        await client.subscribe(self.topics.commands, qos=1)
+        # Retain as published: a retained command shows as one even when it arrives live. No
+        # local: the bridge's own clearing of a retained command does not come back to it.
+        options = SubscribeOptions(qos=1, noLocal=True, retainAsPublished=True)
+        await client.subscribe(self.topics.commands, options=options)
+        self._connected.set()  # connected means listening: a command sent now is heard
+        inbox: asyncio.Queue[tuple[float, aiomqtt.Message]] = asyncio.Queue(_INBOX)
         try:
             async with asyncio.TaskGroup() as tg:
                 workers = [
-                    tg.create_task(self._serve_commands(client), name="mqtt-commands"),
+                    tg.create_task(self._receive_commands(client, inbox), name="mqtt-inbox"),
+                    tg.create_task(self._serve_commands(client, inbox), name="mqtt-commands"),
                     tg.create_task(self._publish_changes(client), name="mqtt-changes"),
                     tg.create_task(self._publish_telemetry(client), name="mqtt-telemetry"),
                 ]
@@ -283,28 +314,78 @@ class MqttBridge:
                 self.counters.last_seq = event.seq
 
     # -- commands ------------------------------------------------------------------------------
-    async def _serve_commands(self, client: aiomqtt.Client) -> None:
+    async def _receive_commands(self, client: aiomqtt.Client,
+                                inbox: asyncio.Queue[tuple[float, aiomqtt.Message]]) -> None:
+        """Stamps each message as it arrives: its expiry runs from then, not from its turn."""
         async for message in client.messages:
-            request = parse_command(self.topics, message.topic.value, message.payload,
-                                    message.properties)
+            self.counters.received += 1
+            await inbox.put((time.monotonic(), message))
+
+    async def _serve_commands(self, client: aiomqtt.Client,
+                              inbox: asyncio.Queue[tuple[float, aiomqtt.Message]]) -> None:
+        """One at a time, in arrival order: the unit has one state."""
+        while True:
+            arrived, message = await inbox.get()
+            topic = message.topic.value
+            request = parse_command(self.topics, topic, message.payload, message.properties,
+                                    retained=message.retain, arrived=arrived,
+                                    expiry_required=self.settings.session_expiry_s > 0)
             if isinstance(request, Unanswerable):
                 self.counters.malformed += 1
-                self._log.warning("mqtt.command_dropped", topic=request.topic,
+                self._log.warning("mqtt.command_dropped", topic=request.topic[:_AUDIT_EXCERPT],
                                   reason=request.reason)
+                await self._audit_refusal(request.user or "-", "-", request.reason, topic,
+                                          message.payload)
                 continue
             self.counters.commands += 1
-            reply = await self._execute(request)
+            if message.retain:
+                await self._clear_retained(client, topic)
+            reply = await self._answer(request, topic, message.payload)
             if not reply.accepted:
                 self.counters.commands_refused += 1
             if request.reply_to is not None:
                 await self._reply(client, reply, request.reply_to)
 
-    async def _execute(self, request: CommandRequest | Malformed) -> CommandReply:
+    async def _answer(self, request: CommandRequest | Rejected, topic: str,
+                      payload: Any) -> CommandReply:
+        if isinstance(request, Rejected):
+            return await self._reject(request, topic, payload)
+        if request.expired(time.monotonic()):
+            self.counters.expired += 1
+            reason = "the command expired (its Message Expiry Interval) before its turn"
+            await self._audit_refusal(request.user, request.command, reason, topic, payload)
+            return refusal(request.command, reason, self._state())
+        key = request.key()
+        if key is None:
+            return await self._execute(request)
+        known = self._requests.recall(key, request.fingerprint())
+        if known is None:
+            reply = await self._execute(request)
+            self._requests.remember(key, request.fingerprint(), reply)
+            return reply
+        self.counters.duplicates += 1
+        if isinstance(known, str):  # the id reused for another command
+            await self._audit_refusal(request.user, request.command, known, topic, payload)
+            return refusal(request.command, known, self._state())
+        self._log.info("mqtt.command_duplicate", user=request.user, command=request.command)
+        await self._audit_refusal(request.user, request.command,
+                                  "duplicate request id: not executed again, its first reply "
+                                  "sent again", topic, payload)
+        return known
+
+    async def _reject(self, request: Rejected, topic: str, payload: Any) -> CommandReply:
         log = self._log.bind(user=request.user, command=request.command)
-        if isinstance(request, Malformed):
+        if request.kind == "retained":
+            self.counters.retained += 1
+            log.warning("mqtt.command_retained", reason=request.reason)
+        else:
             self.counters.malformed += 1
             log.warning("mqtt.command_malformed", reason=request.reason)
-            return refusal(request.command, request.reason, self._state())
+        await self._audit_refusal(request.user, request.command, request.reason, topic, payload)
+        return refusal(request.command, request.reason, self._state())
+
+    async def _execute(self, request: CommandRequest) -> CommandReply:
+        log = self._log.bind(user=request.user, command=request.command)
         try:
             reply = await self.service.execute(request.user, request.command, request.args,
                                                session=f"mqtt:{request.user}")
@@ -316,6 +397,25 @@ class MqttBridge:
         log.info("mqtt.command", accepted=reply.accepted, reason=reply.reason,
                  replied=request.reply_to is not None)
         return reply
+
+    async def _audit_refusal(self, user: str, command: str, reason: str, topic: str,
+                             payload: Any) -> None:
+        """Rule 5: the reason for each refusal is recorded, the bridge's as the gate's."""
+        if self.audit is None:
+            return
+        raw = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
+        detail = {"channel": "mqtt", "topic": topic[:_AUDIT_EXCERPT],
+                  "payload": bytes(raw[:_AUDIT_EXCERPT]).decode(errors="backslashreplace")}
+        try:
+            await self.audit.append_async(user, command, detail, "refused", reason)
+        except AuditError as exc:
+            # Nothing was executed; the refusal still goes out, and the log says it is missing.
+            self._log.error("mqtt.refusal_not_audited", user=user, command=command,
+                            error=str(exc))
+
+    async def _clear_retained(self, client: aiomqtt.Client, topic: str) -> None:
+        """An empty retained message deletes the broker's retained one on that topic."""
+        await self._publish(client, topic, b"", retain=True)
 
     def _state(self) -> str | None:
         state = self.service.status().get("state")

@@ -2,7 +2,8 @@
 
 Topics live under ``<topic_root>/<line>/<machine>/`` (issue 4): ``state`` (retained, with a last
 will), ``telemetry``, ``alarms`` (+ retained ``alarms/active``), ``events``, commands on
-``cmd/<username>/<command>`` and replies on ``reply/<username>/...``."""
+``cmd/<username>/<command>`` and replies on ``reply/<username>/...``. The bridge listens to all
+of ``cmd/#``, so a command topic of the wrong shape is refused with a reason, not ignored."""
 
 from __future__ import annotations
 
@@ -38,6 +39,16 @@ class MqttSettings(BaseModel):
     # The durable event log is also polled, because a live item can precede its record.
     events_poll_s: float = Field(default=0.5, gt=0, le=10)
     client_id: str | None = None
+    # 0: a clean session at every connection; a command sent while the controller is away is
+    # dropped by the broker (the requester's wait times out). Above 0: the broker keeps the
+    # session (and queues commands) that long; every command must then carry a Message Expiry
+    # Interval, since one without could run hours after it was sent (issue 11).
+    session_expiry_s: int = Field(default=0, ge=0, le=86_400)
+    # Duplicate request ids (a resend after a reconnect, a broker's redelivery) get the first
+    # reply again: the last `dedupe_requests` requests are remembered, each for
+    # `dedupe_window_s` (a requester must not reuse an id within it for a new command).
+    dedupe_requests: int = Field(default=1000, ge=1, le=100_000)
+    dedupe_window_s: float = Field(default=600.0, gt=0, le=86_400)
 
     @model_validator(mode="after")
     def _checks(self) -> MqttSettings:
@@ -104,8 +115,9 @@ class Topics:
 
     @property
     def commands(self) -> str:
-        """The subscription: any user, any command."""
-        return f"{self.base}/cmd/+/+"
+        """The subscription: everything under cmd/, well formed or not (a malformed one is
+        refused with a reason where the requester can be answered)."""
+        return f"{self.base}/cmd/#"
 
     def command(self, user: str, command: str) -> str:
         return f"{self.base}/cmd/{user}/{command}"
@@ -115,11 +127,10 @@ class Topics:
         return f"{self.base}/reply/{user}/"
 
     def parse_command(self, topic: str) -> tuple[str, str] | None:
-        """(username, command) from a command topic, or None if it is not one."""
+        """(username, the rest) from a topic under cmd/, or None if it is not under cmd/. The
+        rest is a command's name only when the topic is well formed: the parser checks it."""
         prefix = f"{self.base}/cmd/"
         if not topic.startswith(prefix):
             return None
-        parts = topic[len(prefix):].split("/")
-        if len(parts) != 2 or not all(parts):
-            return None
-        return parts[0], parts[1]
+        user, _, rest = topic[len(prefix):].partition("/")
+        return user, rest

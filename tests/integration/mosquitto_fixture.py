@@ -58,7 +58,9 @@ class MosquittoBroker:
     host = "127.0.0.1"
 
     def __init__(self, workdir: Path, users: dict[str, str] | None = None,
-                 acl: str = DEFAULT_ACL) -> None:
+                 acl: str = DEFAULT_ACL, *, persistence: bool = False) -> None:
+        """``persistence``: sessions, their queued messages and retained messages survive a
+        restart (saved at a clean stop), as on the line PC (deploy/mosquitto/povd.conf)."""
         binary, passwd = find_tool("mosquitto"), find_tool("mosquitto_passwd")
         if binary is None or passwd is None:
             raise FileNotFoundError("mosquitto and mosquitto_passwd are needed")
@@ -68,6 +70,7 @@ class MosquittoBroker:
         self.users = dict(DEFAULT_USERS if users is None else users)
         self.port = _free_port()
         self.log_path = workdir / "mosquitto.log"
+        self.persistence = persistence
         self._proc: subprocess.Popen[bytes] | None = None
         self._write_files(passwd, acl)
 
@@ -87,12 +90,14 @@ class MosquittoBroker:
 
     def _write_config(self) -> Path:
         config = self.workdir / "mosquitto.conf"
+        persistence = (f"persistence true\npersistence_location {self.workdir}/\n"
+                       if self.persistence else "persistence false\n")
         config.write_text(
             f"listener {self.port} {self.host}\n"
             "allow_anonymous false\n"
             f"password_file {self.password_file}\n"
             f"acl_file {self.acl_file}\n"
-            "persistence false\n"
+            f"{persistence}"
             # As root, mosquitto drops to its own user before reading the files; stay root.
             "user root\n"
             "log_dest stderr\n"
@@ -157,10 +162,10 @@ class MosquittoBroker:
 
 
 def start_broker(workdir: Path, users: dict[str, str] | None = None,
-                 acl: str = DEFAULT_ACL) -> MosquittoBroker:
+                 acl: str = DEFAULT_ACL, *, persistence: bool = False) -> MosquittoBroker:
     """A started broker; a port taken between choosing and binding it is retried."""
     for attempt in range(3):
-        broker = MosquittoBroker(workdir, users, acl)
+        broker = MosquittoBroker(workdir, users, acl, persistence=persistence)
         try:
             broker.start()
             return broker
@@ -178,6 +183,20 @@ def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
     workdir = tmp_path / "mosquitto"
     workdir.mkdir()
     broker = start_broker(workdir)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def persistent_mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """Like ``mosquitto``, with persistence on (the line PC's setting, deploy/mosquitto): a
+    restart keeps the sessions, their queued messages and the retained messages."""
+    require_tool("mosquitto", "mosquitto_passwd", package="mosquitto")
+    workdir = tmp_path / "mosquitto"
+    workdir.mkdir()
+    broker = start_broker(workdir, persistence=True)
     try:
         yield broker
     finally:
