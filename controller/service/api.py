@@ -35,9 +35,9 @@ from fastapi.responses import JSONResponse
 
 from controller.config.line import LineConfig
 from controller.recipes.forecast import forecast
-from controller.recipes.loading import parse_recipe
+from controller.recipes.parse_worker import parse_recipe_off_loop
 from controller.recipes.planning import plan_from_recipe
-from controller.recipes.recipe import RecipeError
+from controller.recipes.recipe import Recipe, RecipeError
 from controller.records.audit import AuditError, AuditTrail
 from controller.records.reader import RecordsReader
 from controller.records.schema import RecordsUnavailable, to_plain
@@ -178,13 +178,7 @@ async def get_run(run_id: int, user: Reader, ctx: Ctx) -> dict[str, Any]:
     return result
 
 
-def _validate(text: str, efficiency: float, line: LineConfig) -> ValidateReply:
-    try:
-        recipe = parse_recipe(text, line)
-    except RecipeError as exc:
-        return ValidateReply(valid=False, errors=[
-            RecipeIssueModel(field=i.field, reason=i.reason, line=i.line) for i in exc.errors
-        ])
+def _forecast(recipe: Recipe, efficiency: float, line: LineConfig) -> ValidateReply:
     prediction = forecast(plan_from_recipe(recipe, line), line, efficiency=efficiency)
     return ValidateReply(valid=True, forecast=prediction.to_json(), name=recipe.name,
                          sha256=recipe.sha256)
@@ -192,7 +186,13 @@ def _validate(text: str, efficiency: float, line: LineConfig) -> ValidateReply:
 
 @reads.post("/recipes/validate")
 async def validate(body: ValidateRequest, user: Validator, ctx: Ctx) -> ValidateReply:
-    return await asyncio.to_thread(_validate, body.text, body.efficiency, ctx.line)
+    try:  # parsed in a worker process: no recipe holds the loop (or its GIL) while it reads
+        recipe = await parse_recipe_off_loop(body.text, ctx.line)
+    except RecipeError as exc:
+        return ValidateReply(valid=False, errors=[
+            RecipeIssueModel(field=i.field, reason=i.reason, line=i.line) for i in exc.errors
+        ])
+    return await asyncio.to_thread(_forecast, recipe, body.efficiency, ctx.line)
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from controller.recipes.loading import parse_recipe
+from controller.recipes.parse_worker import parse_recipe_off_loop
 from controller.recipes.planning import plan_from_recipe
 from controller.recipes.recipe import Recipe, RecipeError
 from controller.records.audit import AuditTrail
@@ -211,7 +211,7 @@ class LineService:
     # -- handlers --------------------------------------------------------------------------
     async def _start(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
         line = self.sup.line
-        recipe = self._recipe_of(args)
+        recipe = await self._recipe_of(args)
         cursor, run_id = await self._interrupted_run_for(user, args, recipe.name)
         header = RunHeader(
             recipe_name=recipe.name, recipe_text=recipe.text, line=line.line,
@@ -229,13 +229,14 @@ class LineService:
         return {"run_id": self.sup.run_id, "recipe": recipe.name, "passes":
                 recipe.total_passes()}
 
-    def _recipe_of(self, args: dict[str, Any]) -> Recipe:
+    async def _recipe_of(self, args: dict[str, Any]) -> Recipe:
         text = args.get("recipe_text")
         if not isinstance(text, str) or not text.strip():
             raise Refused("start needs the recipe's text (recipe_text)")
         path = Path(str(args.get("recipe_path") or "<api>"))
         try:
-            return parse_recipe(text, self.sup.line, path)
+            # In a worker process: no recipe holds the loop the heartbeat needs (issue 11).
+            return await parse_recipe_off_loop(text, self.sup.line, path)
         except RecipeError as exc:
             issues = "; ".join(f"{i.field}: {i.reason}" if i.field else i.reason
                                for i in exc.errors)
