@@ -112,8 +112,15 @@ class RunRecords:
         telemetry_flush_s: float = 1.0,
         telemetry_max_pending: int = 20_000,
         connect: Connect = default_connect,
+        timeout_s: float | None = None,
     ) -> None:
         self.path = Path(path)
+        # An awaited record not written in this long (a stalled disk) fails with
+        # RecordsUnavailable and is reported like a failed write; the write itself still lands
+        # when the disk answers. None: wait as long as it takes (tools, tests).
+        self.timeout_s = timeout_s
+        self.healthy = True  # the last awaited record was written (in time)
+        self._listeners: list[Callable[[RecordsUnavailable], None]] = []
         self.line = line
         self.stats = RecordsStats()
         self._on_failure = on_failure
@@ -270,13 +277,37 @@ class RunRecords:
     def _at(self, t: float, run_id: int | None) -> rows.Stamp:
         return rows.Stamp(self.line, t, run_id)
 
+    def add_failure_listener(self, listener: Callable[[RecordsUnavailable], None]) -> None:
+        """Called on every failed or stalled write (the supervisor holds the run)."""
+        self._listeners.append(listener)
+
     async def _submit(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
         if self._writer is None:
             raise RecordsError("run records are not open")
-        return await self._writer.submit(work)
+        future = self._writer.submit(work)
+        if self.timeout_s is None:
+            value = await future
+        else:
+            done, _ = await asyncio.wait({future}, timeout=self.timeout_s)
+            if not done:
+                # Cancelled so nobody waits on it; the writer thread still writes it.
+                future.cancel()
+                error = RecordsUnavailable(
+                    f"no answer from the records in {self.timeout_s:g} s (storage stalled)")
+                self._failed(error)
+                raise error
+            value = future.result()
+        self.healthy = True
+        return value
 
     def _failed(self, error: RecordsUnavailable) -> None:
+        self.healthy = False
         self.stats.failures += 1
+        for listener in self._listeners:
+            try:
+                listener(error)
+            except Exception:
+                log.exception("records_failure_listener_failed")
         if self._on_failure is not None:
             try:
                 self._on_failure(error)

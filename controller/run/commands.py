@@ -31,6 +31,10 @@ log = structlog.get_logger(__name__)
 
 # Commands that move the line towards its safe state: never refused for want of a record.
 SAFE_WARD_COMMANDS = frozenset({"hold", "stop", "abort", "jog_stop", "cool_rotation"})
+# Rule 9: these act at once, like a trip; their record follows and the answer says whether it
+# is durable yet. Every other command is acknowledged only once its record is durable.
+ACT_FIRST_COMMANDS = frozenset({"stop", "abort", "jog_stop"})
+RECORD_PENDING = "carried out; its record is not yet durable (records stalled): alarm raised"
 OPERATOR_COMMANDS = ("start", "hold", "unhold", "stop", "abort", "reset", "clear")
 
 
@@ -46,6 +50,7 @@ class CommandResult:
     accepted: bool
     reason: str | None = None
     state: str | None = None
+    record_pending: bool = False  # accepted and carried out, its record not yet durable
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,10 @@ class CommandedLine(SupervisedLine, Protocol):
     def record_setpoint(self, device: str, quantity: str, value: float, source: str) -> None: ...
     async def record_command(self, user: str, command: str, args: dict[str, Any],
                              accepted: bool, reason: str | None) -> None: ...
-    async def record_flush(self) -> None: ...
+    def submit_command_record(self, user: str, command: str, args: dict[str, Any],
+                              accepted: bool, reason: str | None) -> asyncio.Future[None]: ...
+    async def record_written(self, record: asyncio.Future[None]) -> bool: ...
+    async def record_settle(self) -> bool: ...
 
 
 class Commands:
@@ -146,6 +154,8 @@ class Commands:
         """An operator command: checked, recorded durably, then carried out."""
         sup = self._sup
         refusal = self._refusal(command, plan)
+        if refusal is None and command in ACT_FIRST_COMMANDS:
+            return await self._act_then_record(command, user, reason)
         if refusal is None and command == "clear":
             # Clearing resets the devices' own latches (RF fault, drive alarms) first, so the
             # check of the trip conditions sees the truth; the reset itself is recorded first.
@@ -162,8 +172,27 @@ class Commands:
             await self._run.start(plan, header, cursor, run_id)
         else:
             await self._carry_out(command, user)
-        await sup.record_flush()
+        # What the command caused (state changes) is on disk before the answer, if the disk
+        # answers in time; if not, the records' own alarm and hold say so.
+        await sup.record_settle()
         return CommandResult(command, True, None, sup.sm.state.value)
+
+    async def _act_then_record(self, command: str, user: str,
+                               reason: str | None) -> CommandResult:
+        """Stop and abort never wait on a disk (rule 9): the record is queued first (so it
+        keeps its place before the reaction's), the command carried out, and the answer says
+        whether the record is durable yet; until it is, the records' alarm stands."""
+        sup = self._sup
+        record = sup.submit_command_record(user, command, {"reason": reason}, True, None)
+        self._log.info("command.accepted", command=command, user=user)
+        await self._carry_out(command, user)
+        written = await sup.record_written(record)
+        pending = not written or record.exception() is not None
+        if pending:
+            self._log.error("command.record_pending", command=command, user=user)
+            sup.alarms.evaluate("records_unavailable", True, time.time())
+        return CommandResult(command, True, RECORD_PENDING if pending else None,
+                             sup.sm.state.value, record_pending=pending)
 
     async def _record(self, command: str, user: str, reason: str | None,
                       refusal: str | None) -> str | None:

@@ -453,7 +453,11 @@ class Deposition:
             # The pass is made and counted: it is recorded (and checkpointed) even when a hold
             # cancels the boundary's writes (rule 9: nothing made goes unrecorded).
             # Shielded: a second cancel (a hold, then a trip) cannot cut the record short.
-            await asyncio.shield(host.pass_ended(summary))
+            record = asyncio.ensure_future(host.pass_ended(summary))
+            # Cancelled while it finishes, nobody reads its failure (the records' own listener
+            # has held the run): read it here so it is not reported as lost.
+            record.add_done_callback(lambda f: f.cancelled() or f.exception())
+            await asyncio.shield(record)
         return following
 
 

@@ -337,10 +337,20 @@ class Reactions:
             await self.abort_with("step_failed", str(exc))
 
     def records_unavailable(self, exc: RecordsUnavailable) -> None:
-        """The record sink cannot write: stop depositing now, hold from a task of its own."""
+        """The records cannot be written (or stalled): stop depositing now, hold from a task of
+        its own; the alarm in any state."""
+        self._sup.alarms.evaluate("records_unavailable", True, time.time())
         if self._sup.sm.state is State.EXECUTE and self._tasks.executor_running:
             self._tasks.cancel_now(acting_too=False)
             self._tasks.spawn(self.records_failed(exc), "records-failed")
+
+    def safety_cycle_starved(self, gap_s: float) -> None:
+        """The event loop let the safety cycle stall past max_safety_gap_s: nobody watched
+        the machine meanwhile, so the run holds (the PLC's heartbeat covers a longer stall)."""
+        if self._sup.sm.state is State.EXECUTE and self._tasks.executor_running:
+            self._tasks.cancel_now(acting_too=False)
+            self._tasks.spawn(self.hold(cause=f"safety cycle stalled {gap_s:.3f} s"),
+                              "cycle-starved")
 
     async def records_failed(self, exc: Exception) -> None:
         self._sup.alarms.evaluate("records_unavailable", True, time.time())

@@ -25,7 +25,7 @@ import structlog
 
 from controller.config.line import DEVICE_NAMES, cooling_speed_rpm
 from controller.machine.devices import Machine
-from controller.machine.polling import Pollers
+from controller.machine.polling import Pollers, poll_hz
 from controller.machine.polling import link_alive as _link_alive
 from controller.machine.polling import link_lost as _link_lost
 from controller.machine.polling import wait_links as _wait_links
@@ -44,6 +44,7 @@ from controller.run.rest_keeper import RestKeeper
 from controller.run.run_tasks import RunTasks, cancel_and_wait
 from controller.safety.alarm_catalog import alarm_definitions
 from controller.safety.alarms import AlarmEvent, AlarmManager
+from controller.safety.cycle_watchdog import SafetyCycleWatchdog
 from controller.safety.envelope import Envelope, EnvelopeInputs, compute
 from controller.safety.interlocks import Reaction, Signals, blocking_start, evaluate
 from controller.safety.judgement import GapTarget, Judge, build_signals
@@ -52,8 +53,6 @@ from controller.safety.states import ACTIVE_STATES, State, StateMachine, Transit
 from controller.safety.writer import Actuators, EnvelopeRefused
 
 log = structlog.get_logger(__name__)
-
-RECORD_TIMEOUT_S = 30.0
 
 
 class Supervisor:
@@ -87,14 +86,22 @@ class Supervisor:
         failures = Failures(self, self.reactions, self._judge)
         self.run = CurrentRun(self, self.run_tasks, self.reactions, failures)
         self.commands = Commands(self, self.run, self.reactions)
-        self.record_sink = RecordSink(timeout_s=RECORD_TIMEOUT_S,
+        records_timeout_s = self.line.supervision.records_timeout_s
+        self.record_sink = RecordSink(timeout_s=records_timeout_s,
                                       on_unavailable=self.reactions.records_unavailable)
+        # Every awaited record (a pass, a checkpoint, a run's start) is bounded the same way: a
+        # stalled disk holds the run within records_timeout_s (rule 9), never the executor.
+        records.timeout_s = records_timeout_s
+        records.add_failure_listener(self.reactions.records_unavailable)
+        self.cycle_watchdog = SafetyCycleWatchdog(
+            1.0 / poll_hz(self.line, "safety_io"), self.line.supervision.max_safety_gap_s)
         self.reconciler = Reconciler(self.act, self.telemetry, self.line,
                                      spawn=self._spawn_owned, alarm=self._alarm_level)
         self._pollers = Pollers(machine, self.telemetry,
                                 heartbeat_enabled=self._may_beat,
                                 judge=self._safety_cycle,
-                                configure_axis=self._configure_axis_watchdog)
+                                configure_axis=self._configure_axis_watchdog,
+                                on_claim_lost=self._on_claim_lost)
         self.maintenance = Maintenance(self, lease_s=self.line.supervision.jog_lease_s)
         self.rest = RestKeeper(self)
         self.sm.add_listener(self._on_transition)
@@ -162,6 +169,13 @@ class Supervisor:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
+        # The line is claimed at its safety PLC before any poller runs: the safety cycle's
+        # reconciliation writes, and this line may be another controller's (rule 8).
+        try:
+            await self._pollers.claim_line(self.link_wait_s)
+        except BaseException:
+            await self.machine.close()
+            raise
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
         self.run_tasks.attach(self._tg)
@@ -171,6 +185,7 @@ class Supervisor:
         self._tasks.append(spawn(self.record_sink.run(), name="records"))
         self._tasks.extend(self._pollers.spawn(spawn))
         self._tasks.append(spawn(self._telemetry_loop(), name="telemetry"))
+        self._tasks.append(spawn(self._watch_loop(), name="loop-watchdog"))
         self._tasks.append(spawn(self.maintenance.watchdog(), name="jog-leases"))
         self._tasks.append(spawn(self.rest.watch(), name="rest-keeper"))
         return self
@@ -237,7 +252,8 @@ class Supervisor:
         signals = self.signals()
         conditions = {i.id for i in evaluate(signals, self.line)}
         io = self.telemetry.safety if self.link_alive("safety_io") else None
-        if io is not None and io.heartbeat_latched:
+        if (io is not None and io.heartbeat_latched) or self._pollers.claim_lost_to is not None:
+            # A line lost to another controller is a lost heartbeat: the PLC acted alone.
             conditions.add("heartbeat_latched")
         outputs = self.act.commanded.outputs
         effective = io.outputs_effective if io is not None else None
@@ -269,6 +285,25 @@ class Supervisor:
         self._judge_interlocks()
         self.reconciler.cycle(self.envelope_now())
 
+    async def _watch_loop(self) -> None:
+        """The loop-lag watchdog: a probe that sleeps one safety period wakes as late as the
+        safety cycle would (the device's own answer time aside, which its link health
+        watches): late by more than a period is annunciated, past max_safety_gap_s the run
+        holds."""
+        while True:
+            await asyncio.sleep(self.cycle_watchdog.period_s)
+            self._watch_cycle()
+
+    def _watch_cycle(self) -> None:
+        health = self.cycle_watchdog.cycle()
+        self._alarm_level("safety_cycle_late", health.late,
+                          value=round(self.cycle_watchdog.worst_gap_s * 1000, 1))
+        self._alarm_level("safety_cycle_starved", health.starved,
+                          value=round(health.gap_s * 1000, 1))
+        if health.starved:
+            self._log.error("safety_cycle.starved", gap_s=round(health.gap_s, 3))
+            self.reactions.safety_cycle_starved(health.gap_s)
+
     def _gap_target(self) -> GapTarget | None:
         executor = self.executor
         layer = executor.current_layer() if executor is not None else None
@@ -293,6 +328,9 @@ class Supervisor:
         ) and self.run_tasks.executor_running:
             self.reactions.begin_suspend(worst)
 
+    def _on_claim_lost(self, owner: int) -> None:
+        self._alarm_level("line_claim_lost", True)
+
     def _may_beat(self) -> bool:
         return self.reactions.heartbeat_enabled and not self.reconciler.stop_heartbeat
 
@@ -301,9 +339,10 @@ class Supervisor:
         self._owned.add(task)
         task.add_done_callback(self._owned.discard)
 
-    def _alarm_level(self, alarm_id: str, active: bool) -> None:
+    def _alarm_level(self, alarm_id: str, active: bool, value: float | None = None) -> None:
         if active != self.alarms.status(alarm_id).condition:
-            self.alarms.evaluate(alarm_id, active, time.time(), machine_state=self.sm.state.value)
+            self.alarms.evaluate(alarm_id, active, time.time(), value=value,
+                                 machine_state=self.sm.state.value)
 
     async def _configure_axis_watchdog(self, axis: str) -> None:
         """The drive's own communication watchdog (rule 11), set at connect: a named exception
@@ -331,13 +370,23 @@ class Supervisor:
         await self.record_sink.durable(lambda: self.records.record_command(
             current_run, user, command, args, accepted=accepted, reason=reason))
 
-    async def record_flush(self) -> None:
-        await self.record_sink.flush()
+    def submit_command_record(self, user: str, command: str, args: dict[str, Any],
+                              accepted: bool, reason: str | None) -> asyncio.Future[None]:
+        """Queue a command's record in order without waiting (stop and abort act first)."""
+        current_run = self.run_id
+        return self.record_sink.submit(lambda: self.records.record_command(
+            current_run, user, command, args, accepted=accepted, reason=reason))
+
+    async def record_written(self, record: asyncio.Future[None]) -> bool:
+        return await self.record_sink.written(record)
+
+    async def record_settle(self) -> bool:
+        return await self.record_sink.settle()
 
     @property
     def records_ok(self) -> bool:
-        """The last record write succeeded."""
-        return self.record_sink.ok
+        """The last record write succeeded, in time."""
+        return self.record_sink.ok and self.records.healthy
 
     def _on_refusal(self, refusal: EnvelopeRefused, source: str) -> None:
         self.record_event("envelope_refused", {

@@ -27,6 +27,14 @@ SUPERVISOR_ALARMS = (
                     Priority.CRITICAL, Category.TRIP),
     AlarmDefinition("records_unavailable", "records_unavailable",
                     "run records cannot be written: run held", Priority.HIGH, Category.SYSTEM),
+    # The event loop is starved: the safety cycle ran late (value: the gap in ms), or so late
+    # that the run holds (max_safety_gap_s).
+    AlarmDefinition("safety_cycle_late", "safety_cycle_late",
+                    "the safety cycle ran late by more than one period", Priority.LOW,
+                    Category.SYSTEM),
+    AlarmDefinition("safety_cycle_starved", "safety_cycle_starved",
+                    "the safety cycle stalled past max_safety_gap_s: run held", Priority.HIGH,
+                    Category.SYSTEM),
     # Rule 12: the loop cannot land the plan inside the recipe's trims; the value is the final
     # diameter expected at the limit (the run goes on there; extra passes are the operator's).
     AlarmDefinition("growth_out_of_authority", "growth_out_of_authority",
@@ -49,6 +57,11 @@ SUPERVISOR_ALARMS = (
     AlarmDefinition("cooling_rotation_needed", "cooling_rotation_needed",
                     "the rod is hot and not turning: restart cooling rotation (cool_rotation)",
                     Priority.HIGH, Category.PROCESS),
+    # Rule 8 at the machine: our heartbeat was lost and the safety PLC gave the line to another
+    # controller; this one beats no more (as after a heartbeat loss) until it is restarted.
+    AlarmDefinition("line_claim_lost", "line_claim_lost",
+                    "another controller took over the line at the safety PLC: this one "
+                    "no longer controls it", Priority.CRITICAL, Category.TRIP),
 )
 
 

@@ -10,17 +10,22 @@ maps the reply to its own terms (an HTTP status code, an MQTT reply).
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from controller.records.audit import AuditTrail, Outcome, canonical
+from controller.records.audit import AuditError, AuditTrail, Outcome, canonical
 from controller.service.protocol import CommandReply
 from controller.service.roles import SERVICE_COMMANDS, Role, refusal
 
 MAX_NAME = 64  # an unknown command's name is audited, cut to this
 LEASED = frozenset({"jog", "move"})
+# Rule 9: these have acted before they are audited; a stalled trail delays only their answer's
+# "durable", never the answer (the others get a 503 from a trail that does not answer).
+ACT_FIRST = frozenset({"stop", "abort", "jog_stop"})
 
 RoleOf = Callable[[str], Role | None]
 
@@ -53,10 +58,13 @@ class LeaseRenewals:
 class CommandGate:
     def __init__(self, audit: AuditTrail | None, role_of: RoleOf | None, *,
                  renewal_window_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 audit_timeout_s: float | None = None) -> None:
         """``role_of`` None: a local controller without user management (`povd run`, tests):
-        no role check; ``audit`` None: no audit trail."""
+        no role check; ``audit`` None: no audit trail. ``audit_timeout_s``: an entry not
+        written in this long counts as the trail unavailable (a stalled disk)."""
         self.audit = audit
+        self.audit_timeout_s = audit_timeout_s
         self.role_of = role_of
         self.renewals = LeaseRenewals(renewal_window_s, clock)
 
@@ -93,8 +101,13 @@ class CommandGate:
             await self._audit(user, command, args, "failed", f"{type(exc).__name__}: {exc}")
             raise
         if not self.renewals.is_renewal(user, command, args, reply.accepted):
-            await self._audit(user, command, args,
-                              "accepted" if reply.accepted else "refused", reply.reason)
+            try:
+                await self._audit(user, command, args,
+                                  "accepted" if reply.accepted else "refused", reply.reason)
+            except AuditError:
+                if command not in ACT_FIRST:
+                    raise
+                return dataclasses.replace(reply, data={**reply.data, "audit": "pending"})
         return reply
 
     async def _audit(self, user: str, command: str, args: dict[str, Any], outcome: Outcome,
@@ -102,5 +115,12 @@ class CommandGate:
         if self.audit is None:
             return
         shown = {k: v for k, v in args.items() if k != "session"}
-        await self.audit.append_async(user, command[:MAX_NAME], {"args": shown}, outcome,
-                                      reason)
+        entry = asyncio.ensure_future(self.audit.append_async(
+            user, command[:MAX_NAME], {"args": shown}, outcome, reason))
+        # Shielded: a late entry still lands (the thread cannot be stopped), in its turn.
+        done, _ = await asyncio.wait({entry}, timeout=self.audit_timeout_s)
+        if not done:
+            entry.add_done_callback(lambda f: f.cancelled() or f.exception())
+            raise AuditError(self.audit.path,
+                             f"no answer in {self.audit_timeout_s:g} s (storage stalled)")
+        entry.result()

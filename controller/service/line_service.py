@@ -20,7 +20,12 @@ from controller.recipes.planning import plan_from_recipe
 from controller.recipes.recipe import Recipe, RecipeError
 from controller.records.audit import AuditTrail
 from controller.records.run_records import RecordsReader, RecordsUnavailable, RunHeader
-from controller.run.commands import SAFE_WARD_COMMANDS, CoolingRotationRefused
+from controller.run.commands import (
+    ACT_FIRST_COMMANDS,
+    RECORD_PENDING,
+    SAFE_WARD_COMMANDS,
+    CoolingRotationRefused,
+)
 from controller.run.executor import Cursor
 from controller.run.maintenance import MaintenanceRefused
 from controller.run.rest_keeper import PurgeRefused
@@ -49,6 +54,16 @@ class RecordedRefusal(Refused):
     """A refusal the supervisor has already recorded (a start it refused itself)."""
 
 
+class NotRecorded(Refused):
+    """A command carried out whose record did not reach the disk in time: never acknowledged
+    (rule 9). What it changed stays in effect; the records' alarm stands and a run holds."""
+
+    def __init__(self, command: str, detail: str) -> None:
+        super().__init__(f"{command} was carried out but could not be recorded ({detail}); "
+                         "run records unavailable: only hold, stop, abort and jog_stop are "
+                         "accepted until they recover")
+
+
 def _whole(args: dict[str, Any], name: str) -> int | None:
     """A whole-number argument (None if absent); Refused for anything else (2.5, "3", true)."""
     value = args.get(name)
@@ -73,7 +88,8 @@ class LineService:
         self.machine = sup.line.machine
         self._lock = asyncio.Lock()  # one command at a time: the unit has one state
         role_of = None if users is None else self._role_of
-        self.gate = CommandGate(audit, role_of, renewal_window_s=renewal_window_s)
+        self.gate = CommandGate(audit, role_of, renewal_window_s=renewal_window_s,
+                                audit_timeout_s=sup.line.supervision.records_timeout_s)
         self._handlers: dict[str, Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
             "start": self._start,
             "retry": self._retry,
@@ -144,8 +160,9 @@ class LineService:
             await self._record(user, command, args, False, reply.reason)
 
         async def act() -> CommandReply:
-            if command == "abort":
-                # An abort never queues behind another command: it cuts into whatever runs.
+            if command in ACT_FIRST_COMMANDS:
+                # Stop, abort and a jog's stop never queue behind another command (one held up
+                # by a stalled disk, say): they cut into whatever runs, like a trip (rule 9).
                 return await self._execute(user, command, args)
             async with self._lock:
                 return await self._execute(user, command, args)
@@ -163,7 +180,8 @@ class LineService:
                                "abort and jog_stop are accepted")
         if command in RUN_COMMANDS:
             result = await self.sup.command(command, user, reason=args.get("reason"))
-            return self._reply(command, result.accepted, result.reason)
+            data = {"record": "pending"} if result.record_pending else None
+            return self._reply(command, result.accepted, result.reason, data)
         handler = self._handlers.get(command)
         if handler is None:
             reason = f"{command!r} is not a command of this controller"
@@ -174,7 +192,7 @@ class LineService:
         except (Refused, MaintenanceRefused, CommandRefused, AlarmError, EnvelopeRefused,
                 CoolingRotationRefused, PurgeRefused) as exc:
             reason = getattr(exc, "reason", None) or str(exc)
-            if not isinstance(exc, RecordedRefusal):
+            if not isinstance(exc, RecordedRefusal | NotRecorded):
                 await self._record(user, command, args, False, reason)
             return self._reply(command, False, reason)
         except (KeyError, TypeError, ValueError) as exc:
@@ -200,13 +218,22 @@ class LineService:
                             state=self.sup.sm.state.value, data=data or {})
 
     async def _record(self, user: str, command: str, args: dict[str, Any], accepted: bool,
-                      reason: str | None) -> None:
+                      reason: str | None) -> dict[str, Any]:
+        """Record a command durably before it is answered. A refusal is answered anyway (it
+        changed nothing); an accepted command that could not be recorded raises NotRecorded,
+        except a jog's stop, which answers that its record is pending (rule 9). The extra
+        reply data is returned."""
         clean = {k: v for k, v in args.items() if k != "recipe_text"}
         try:
             await self.sup.record_command(user, command, clean, accepted, reason)
         except RecordsUnavailable as exc:
-            # The supervisor raises the alarm and holds the run; the answer still goes out.
+            # The supervisor has raised the alarm and holds a run.
             log.error("command.not_recorded", user=user, command=command, error=str(exc))  # noqa: TRY400 - the error says it all
+            if accepted and command in ACT_FIRST_COMMANDS:
+                return {"record": "pending", "note": RECORD_PENDING}
+            if accepted:
+                raise NotRecorded(command, exc.detail) from exc
+        return {}
 
     # -- handlers --------------------------------------------------------------------------
     async def _start(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -349,8 +376,7 @@ class LineService:
 
     async def _jog_stop(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
         await self.sup.maintenance.jog_stop(str(args["axis"]), user)
-        await self._record(user, "jog_stop", args, True, None)
-        return {}
+        return await self._record(user, "jog_stop", args, True, None)
 
     async def _home(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
         await self.sup.maintenance.home(str(args["axis"]), user)
