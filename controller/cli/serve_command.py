@@ -30,6 +30,8 @@ from controller.run.process_clock import ProcessClock
 from controller.run.supervisor import Supervisor
 from controller.safety.states import ACTIVE_STATES, State
 from controller.service.api import create_app
+from controller.service.hmi.sessions import DEFAULT_IDLE_LOGOUT_S
+from controller.service.hmi.settings import HmiSettings
 from controller.service.line_service import LineService
 from controller.service.mqtt import MqttBridge
 from controller.service.mqtt_settings import MqttSettings, load_mqtt_settings
@@ -38,6 +40,7 @@ from controller.service.users import TokenIssuer, UserStore
 log = structlog.get_logger(__name__)
 
 DEFAULT_HTTP = "127.0.0.1:8470"
+SHUTDOWN_GRACE_S = 3
 
 
 def add_serve_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,6 +56,9 @@ def add_serve_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve.add_argument("--mqtt-config", type=Path, default=None,
                        help="MQTT bridge settings (YAML); without it, no MQTT")
     serve.add_argument("--link-wait", type=float, default=15.0)
+    serve.add_argument("--idle-logout-min", type=float, default=DEFAULT_IDLE_LOGOUT_S / 60,
+                       help="log a browser (HMI) session out after this many idle minutes "
+                       f"(default {DEFAULT_IDLE_LOGOUT_S / 60:g})")
     serve.add_argument("--url-file", type=Path, default=None,
                        help="also write the served URL here (for scripts and tests)")
 
@@ -121,9 +127,12 @@ async def _serve(
                 service = LineService(sup, users, db, audit)
                 if service.status()["interrupted_runs"]:
                     await sup.make_safe("restart")  # a run died with the last controller
-                app = create_app(service, users, tokens, audit, line, records_path=db)
+                app = create_app(service, users, tokens, audit, line, records_path=db,
+                                 hmi=HmiSettings(idle_logout_s=args.idle_logout_min * 60))
+                # An open HMI keeps its live feed streaming: the shutdown ends it after a grace.
                 config = uvicorn.Config(app, lifespan="off", log_config=None, ws="none",
-                                        access_log=False)
+                                        access_log=False,
+                                        timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
                 server = uvicorn.Server(config)
                 host, port = sock.getsockname()[:2]
                 url = f"http://{host}:{port}"

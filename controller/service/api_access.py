@@ -1,9 +1,16 @@
 """Who is calling the HTTP API: the context the endpoints reach (``app.state.povd``), the
-bearer token resolved to a user (401 without a valid one), the role a read needs (403), and
-the non-secret name of the client session behind a token (a lease belongs to it)."""
+caller resolved to a user (401 without a valid session), the role a read needs (403), and the
+non-secret name of the client session (a lease belongs to it).
+
+A caller presents its token one of two ways: ``Authorization: Bearer`` (the CLI, scripts), or
+the HMI's HttpOnly session cookie (a browser; server-sent events cannot carry a header). A
+cookie alone is something a browser sends on its own, so a cookie session's unsafe requests
+must also carry the CSRF header (403 without it), and an idle cookie session is logged out
+(``hmi.sessions``). Both are the same tokens, users, roles and audit."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 from collections.abc import Awaitable, Callable
@@ -15,9 +22,17 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from controller.config.line import LineConfig
 from controller.records.audit import AuditTrail
+from controller.service.hmi.sessions import (
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    BrowserSessions,
+    csrf_ok,
+)
 from controller.service.protocol import ControllerService
 from controller.service.roles import refusal
 from controller.service.users import TokenIssuer, User, UserStore
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclasses.dataclass
@@ -30,6 +45,7 @@ class ApiContext:
     audit: AuditTrail
     line: LineConfig
     records_path: Path | None
+    browser: BrowserSessions = dataclasses.field(default_factory=BrowserSessions)
 
 
 def _context(request: Request) -> ApiContext:
@@ -47,24 +63,82 @@ def unauthorized(detail: str) -> HTTPException:
                          headers={"WWW-Authenticate": "Bearer"})
 
 
-async def _current_user(ctx: Ctx, creds: Credentials) -> User:
-    if creds is None or creds.scheme.lower() != "bearer":
+def session_name(token: str) -> str:
+    """A stable, non-secret name for the client session behind a token (rule 6: a lease
+    belongs to the session that took it)."""
+    return "http:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    user: User
+    token: str
+    browser: bool  # the HMI's cookie session, not a bearer token
+
+    @property
+    def session(self) -> str:
+        return session_name(self.token)
+
+
+async def log_in(ctx: ApiContext, username: str, password: str,
+                 channel: str | None = None) -> tuple[User, str]:
+    """Check the password and issue a token; every attempt audited. 401 never says which part
+    was wrong."""
+    user = await asyncio.to_thread(ctx.users.verify, username, password)
+    detail = {} if channel is None else {"channel": channel}
+    if user is None:
+        await ctx.audit.append_async(username, "login", detail, "failed", "bad credentials")
+        raise unauthorized("wrong user name or password")
+    token = await asyncio.to_thread(ctx.tokens.issue, user)
+    await ctx.audit.append_async(user.name, "login", {"role": user.role.value, **detail}, "ok")
+    return user, token
+
+
+async def log_out(ctx: ApiContext, caller: Caller, reason: str | None = None) -> None:
+    """Revoke the caller's token (a browser's idle time with it), audited."""
+    await asyncio.to_thread(ctx.tokens.revoke, caller.token)
+    ctx.browser.close(caller.token)
+    detail = {"channel": "hmi"} if caller.browser else {}
+    await ctx.audit.append_async(caller.user.name, "logout", detail, "ok", reason)
+
+
+def idle_reason(ctx: ApiContext) -> str:
+    return f"idle for more than {ctx.browser.idle_logout_s / 60:g} min"
+
+
+async def _caller(request: Request, ctx: Ctx, creds: Credentials) -> Caller:
+    if creds is not None and creds.scheme.lower() == "bearer":
+        token, browser = creds.credentials, False
+    elif cookie := request.cookies.get(SESSION_COOKIE):
+        token, browser = cookie, True
+    else:
         raise unauthorized("not logged in: POST /api/login for a token")
-    user = ctx.tokens.resolve(creds.credentials)
+    user = ctx.tokens.resolve(token)
     if user is None:
         raise unauthorized("token expired or revoked: log in again")
-    return user
+    caller = Caller(user, token, browser)
+    if browser:
+        unsafe = request.method not in SAFE_METHODS
+        if unsafe and not csrf_ok(token, request.headers.get(CSRF_HEADER)):
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                f"CSRF check failed: no valid {CSRF_HEADER} header")
+        if ctx.browser.idled_out(token):
+            why = idle_reason(ctx)
+            await log_out(ctx, caller, why)
+            raise unauthorized(f"logged out: {why}")
+        if unsafe:
+            ctx.browser.touch(token)
+    return caller
+
+
+CurrentCaller = Annotated[Caller, Depends(_caller)]
+
+
+async def _current_user(caller: CurrentCaller) -> User:
+    return caller.user
 
 
 CurrentUser = Annotated[User, Depends(_current_user)]
-
-
-def session_of(creds: HTTPAuthorizationCredentials | None) -> str | None:
-    """A stable, non-secret name for the client session behind a token (rule 6: a lease
-    belongs to the session that took it)."""
-    if creds is None:
-        return None
-    return "http:" + hashlib.sha256(creds.credentials.encode()).hexdigest()[:16]
 
 
 def _may(action: str) -> Callable[[User], Awaitable[User]]:
