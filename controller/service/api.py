@@ -3,8 +3,9 @@
 Served on loopback by `povd serve`; the OpenAPI document is at /openapi.json (/docs renders it).
 
 Authentication: POST /api/login returns a bearer token; every other endpoint needs
-``Authorization: Bearer <token>`` (401 without a valid, unexpired one). A failed login says
-401 and never which part was wrong.
+``Authorization: Bearer <token>`` (401 without a valid, unexpired one), or the HMI's session
+cookie with its CSRF header on commands (`controller.service.hmi`). A failed login says 401 and
+never which part was wrong. The operator HMI is served at / (its routes under /hmi/).
 
 Commands: POST /api/commands/{command} with ``{"args": {...}, "reason": "..."}``. The service
 checks the role and keeps the audit trail (its gate, `controller.service.gate`, the same for
@@ -43,13 +44,13 @@ from controller.records.reader import RecordsReader
 from controller.records.schema import RecordsUnavailable, to_plain
 from controller.service.api_access import (
     ApiContext,
-    Credentials,
     Ctx,
+    CurrentCaller,
     CurrentUser,
     Reader,
     Validator,
-    session_of,
-    unauthorized,
+    log_in,
+    log_out,
 )
 from controller.service.api_models import (
     COMMAND_RESPONSES,
@@ -66,6 +67,9 @@ from controller.service.api_models import (
     ValidateRequest,
     WhoAmI,
 )
+from controller.service.hmi import routes as hmi_routes
+from controller.service.hmi.sessions import BrowserSessions
+from controller.service.hmi.settings import HmiSettings
 from controller.service.protocol import ControllerService
 from controller.service.report_routes import reports as run_reports
 from controller.service.roles import SERVICE_COMMANDS
@@ -96,23 +100,16 @@ sessions = APIRouter(prefix="/api", tags=["sessions"])
 
 @sessions.post("/login", responses=UNAUTHORIZED)
 async def login(body: LoginRequest, ctx: Ctx) -> LoginReply:
-    user = await asyncio.to_thread(ctx.users.verify, body.username, body.password)
-    if user is None:
-        await ctx.audit.append_async(body.username, "login", {}, "failed", "bad credentials")
-        raise unauthorized("wrong user name or password")
-    token = await asyncio.to_thread(ctx.tokens.issue, user)
+    user, token = await log_in(ctx, body.username, body.password)
     expires_at = ctx.tokens.expires_at(token)
     assert expires_at is not None
-    await ctx.audit.append_async(user.name, "login", {"role": user.role.value}, "ok")
     return LoginReply(token=token, expires_at=expires_at, role=user.role.value,
                       username=user.name)
 
 
 @sessions.post("/logout", responses=UNAUTHORIZED)
-async def logout(user: CurrentUser, creds: Credentials, ctx: Ctx) -> OkReply:
-    assert creds is not None  # _current_user has checked it
-    await asyncio.to_thread(ctx.tokens.revoke, creds.credentials)
-    await ctx.audit.append_async(user.name, "logout", {}, "ok")
+async def logout(caller: CurrentCaller, ctx: Ctx) -> OkReply:
+    await log_out(ctx, caller)
     return OkReply()
 
 
@@ -208,7 +205,7 @@ commands = APIRouter(prefix="/api", tags=["commands"])
     description="Commands: " + ", ".join(sorted(SERVICE_COMMANDS)) + ".",
 )
 async def run_command(
-    command: str, user: CurrentUser, ctx: Ctx, response: Response, *, creds: Credentials,
+    command: str, caller: CurrentCaller, ctx: Ctx, response: Response,
     body: Annotated[CommandRequest | None, Body()] = None,
 ) -> CommandReplyModel:
     body = body or CommandRequest()  # no body: no arguments (`curl -X POST .../hold`)
@@ -217,7 +214,7 @@ async def run_command(
         args.setdefault("reason", body.reason)
     # The service checks the role and keeps the audit trail (its gate, for every channel);
     # here a refusal only becomes a status code.
-    reply = await ctx.service.execute(user.name, command, args, session=session_of(creds))
+    reply = await ctx.service.execute(caller.user.name, command, args, session=caller.session)
     if not reply.accepted:
         response.status_code = _REFUSAL_STATUS.get(reply.refused_by,
                                                    status.HTTP_409_CONFLICT)
@@ -240,16 +237,20 @@ def create_app(
     line: LineConfig,
     *,
     records_path: Path | None = None,
+    hmi: HmiSettings | None = None,
 ) -> FastAPI:
     """The API over one running controller (see the module docstring for the contract)."""
     app = FastAPI(title="povd", version=package_version(),
                   description=(__doc__ or "").split("\n\n", 1)[-1])
+    hmi = hmi or HmiSettings()
     app.state.povd = ApiContext(
         service=service, users=users, tokens=tokens, audit=audit, line=line,
-        records_path=records_path,
+        records_path=records_path, browser=BrowserSessions(hmi.idle_logout_s),
     )
+    app.state.hmi = hmi
     app.add_exception_handler(AuditError, _audit_unavailable)
-    for router in (sessions, reads, commands):
+    for router in (sessions, reads, commands, hmi_routes.router):
         app.include_router(router)
     app.include_router(run_reports)  # a run's report: HTML, CSV (issue 10)
+    app.mount("/hmi/static", hmi_routes.static_files(), name="hmi-static")
     return app
