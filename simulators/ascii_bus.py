@@ -14,7 +14,7 @@ from typing import Protocol
 
 import structlog
 
-from simulators.bus_server import BusServer
+from simulators.bus_server import BusServer, SerialWire
 from simulators.faults import FaultBoard
 
 log = structlog.get_logger(__name__)
@@ -46,8 +46,12 @@ class AsciiBusServer(BusServer):
         host: str = "127.0.0.1",
         port: int = 0,
         terminator: bytes = b"\r",
+        baudrate: int | None = None,
     ) -> None:
         self.name = name
+        # A serial line is held to its baud rate (None: served as fast as loopback allows).
+        self.wire = SerialWire(baudrate, "ascii") if baudrate else None
+        self.frame_hooks = []
         self.devices = devices
         self.faults = faults
         self.host = host
@@ -101,10 +105,14 @@ class AsciiBusServer(BusServer):
                 except asyncio.LimitOverrunError:
                     await reader.read(65536)  # a runaway line: drop it, as a UART would
                     continue
+                arrived = await self._over_wire(len(raw))
+                self._frame(False, raw, arrived)
                 reply = self.answer(raw[: -len(self.terminator)])
                 if reply:
+                    sent = await self._over_wire(len(reply), ready_at=arrived)
                     writer.write(reply)
                     await writer.drain()
+                    self._frame(True, reply, sent)
         except ConnectionError:
             return
         finally:

@@ -127,9 +127,11 @@ class LineSimulator:
         if bus.protocol in ("modbus-tcp", "modbus-rtu"):
             registers = [m for m in members if isinstance(m, RegisterDevice)]
             framing: Literal["tcp", "rtu"] = "tcp" if bus.protocol == "modbus-tcp" else "rtu"
-            return ModbusBusServer(name, framing, registers, self.faults, host=self.host, port=port)
+            return ModbusBusServer(name, framing, registers, self.faults, host=self.host, port=port,
+                                   baudrate=bus.baudrate)  # held to it on RTU only
         ascii_devices = [m for m in members if not isinstance(m, RegisterDevice)]
-        return AsciiBusServer(name, ascii_devices, self.faults, host=self.host, port=port)
+        return AsciiBusServer(name, ascii_devices, self.faults, host=self.host, port=port,
+                              baudrate=bus.baudrate)
 
     async def __aenter__(self) -> Self:
         await self.start()

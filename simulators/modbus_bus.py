@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from simulators.bus_server import BusServer
+from simulators.bus_server import BusServer, SerialWire
 from simulators.faults import FaultBoard
 
 # pymodbus logs an ERROR with a traceback for every request to an absent unit; on a shared
@@ -147,6 +149,65 @@ def _sim_device(device: RegisterDevice, on_request: RequestHook) -> SimDevice:
     )
 
 
+class _WireHandler(ServerRequestHandler):
+    """One client connection of a bus: each request is handled once it has crossed the line,
+    and each reply reaches the client once it has crossed it too (``SerialWire``); on a TCP
+    link, at once. Either way the bus's frame hooks see both."""
+
+    def __init__(self, owner: _WireServer, bus: ModbusBusServer) -> None:
+        super().__init__(  # type: ignore[no-untyped-call]
+            owner, owner.trace_packet, owner.trace_pdu, owner.trace_connect)
+        self._bus = bus
+        self._request = b""
+        self._arrived: float | None = None  # when the request being answered arrived
+
+    def callback_data(self, data: bytes, addr: tuple[str, int] | None = None) -> int:
+        used: int = super().callback_data(data, addr)
+        self._request = bytes(data[:used])
+        if self._bus.wire is None and self.last_pdu is not None:
+            self._bus.frame_in(self._request, time.monotonic())
+        return used
+
+    async def handle_request(self) -> None:
+        pdu, addr = self.last_pdu, self.last_addr
+        if pdu is None:
+            return
+        wire = self._bus.wire
+        if wire is not None:
+            request = self._request
+            self._arrived = await wire.carry(len(request))
+            self._bus.frame_in(request, self._arrived)
+            self.last_pdu, self.last_addr = pdu, addr  # a request may have come meanwhile
+        await super().handle_request()  # type: ignore[no-untyped-call]
+
+    def send(self, data: bytes, addr: tuple[str, int] | None = None) -> None:
+        wire = self._bus.wire
+        if not data:
+            return  # a silent bus (an absent unit, a cut line) sends nothing
+        if wire is None:
+            super().send(data, addr)
+            self._bus.frame_out(data, time.monotonic())
+            return
+        arrives = wire.reserve(len(data), ready_at=self._arrived)
+
+        def deliver() -> None:
+            super(_WireHandler, self).send(data, addr)
+            self._bus.frame_out(data, arrives)
+
+        self.loop.call_later(max(0.0, arrives - time.monotonic()), deliver)
+
+
+class _WireServer(ModbusTcpServer):
+    """pymodbus's TCP server with a ``_WireHandler`` per connection."""
+
+    def __init__(self, bus: ModbusBusServer, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._bus = bus
+
+    def callback_new_connection(self) -> _WireHandler:
+        return _WireHandler(self, self._bus)
+
+
 class ModbusBusServer(BusServer):
     """One bus: a TCP listener speaking Modbus TCP (MBAP) or RTU framing."""
 
@@ -159,6 +220,7 @@ class ModbusBusServer(BusServer):
         *,
         host: str = "127.0.0.1",
         port: int = 0,
+        baudrate: int | None = None,
     ) -> None:
         if not devices:
             raise ValueError(f"bus {name} has no devices")
@@ -179,6 +241,9 @@ class ModbusBusServer(BusServer):
         self.frames_out = 0
         # The last requests the devices saw, in arrival order: (unit, function code, address).
         self.requests_seen: deque[tuple[int, int, int]] = deque(maxlen=256)
+        # An RTU line is held to its baud rate (None: served as fast as loopback allows).
+        self.wire = SerialWire(baudrate, "modbus-rtu") if baudrate and framing == "rtu" else None
+        self.frame_hooks = []
         self._log = log.bind(bus=name)
 
     @property
@@ -186,7 +251,8 @@ class ModbusBusServer(BusServer):
         return self._server is not None
 
     async def _listen(self) -> None:
-        server = ModbusTcpServer(
+        server = _WireServer(
+            self,
             [_sim_device(d, self._on_request) for d in self.devices.values()],
             address=(self.host, self.port),
             framer=FramerType.SOCKET if self.framing == "tcp" else FramerType.RTU,
@@ -220,6 +286,12 @@ class ModbusBusServer(BusServer):
         if self.faults.link_fault(device.name) in ("silent", "disconnect"):
             return  # a cut line: the request never reached the device
         device.on_request()
+
+    def frame_in(self, frame: bytes, at: float) -> None:
+        self._frame(False, frame, at)
+
+    def frame_out(self, frame: bytes, at: float) -> None:
+        self._frame(True, frame, at)
 
     def _unit_of(self, frame: bytes) -> int | None:
         index = 6 if self.framing == "tcp" else 0
