@@ -37,6 +37,7 @@ from controller.cli.output import (
 from controller.cli.sim_child import SimulatorChild
 from controller.config.line import LineConfig
 from controller.machine.devices import build_machine, load_endpoints
+from controller.machine.polling import LineClaimRefused
 from controller.recipes.forecast import forecast
 from controller.recipes.loading import load_recipe
 from controller.recipes.planning import plan_from_recipe
@@ -98,6 +99,9 @@ async def run_recipe(args: argparse.Namespace) -> int:
     try:
         with _signals_queued() as interrupts:
             return await _run_locked(args, line, recipe, data_dir, interrupts)
+    except LineClaimRefused as exc:  # another controller drives the line: nothing was written
+        err(f"refused: {exc}")
+        return EXIT_REFUSED
     finally:
         lock.release()
 

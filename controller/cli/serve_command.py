@@ -24,6 +24,7 @@ from controller.cli.output import EXIT_INVALID, EXIT_OK, EXIT_REFUSED, err, load
 from controller.cli.run_command import machine_endpoints
 from controller.config.line import ConfigError, LineConfig
 from controller.machine.devices import build_machine
+from controller.machine.polling import LineClaimRefused
 from controller.records.audit import AuditTrail
 from controller.records.run_records import RunRecords, records_path, resolve_data_dir
 from controller.run.process_clock import ProcessClock
@@ -95,6 +96,9 @@ async def serve(args: argparse.Namespace) -> int:
         return EXIT_REFUSED
     try:
         return await _serve(args, line, data_dir, sock, mqtt_settings)
+    except LineClaimRefused as exc:  # another controller drives the line: nothing was written
+        err(f"refused: {exc}")
+        return EXIT_REFUSED
     finally:
         sock.close()
         lock.release()
