@@ -1,6 +1,11 @@
-"""One controller per line (domain.md rule 8): an exclusive, non-blocking lock on a file in the
-data dir. The kernel releases it when the process dies, even on kill -9, so a crash never
-leaves a stale lock behind."""
+"""One controller per line (domain.md rule 8), the early local check: an exclusive,
+non-blocking lock on a file in the data dir. The kernel releases it when the process dies, even
+on kill -9, so a crash never leaves a stale lock behind.
+
+The data dir depends on the user and ``POVD_DATA_DIR``, so this lock cannot see a controller
+run by another user or on another PC. The line itself is claimed at the machine: the safety
+PLC counts heartbeats only from one owner id (``Pollers.claim_line``; docs/devices.md, safety
+PLC). This lock stays for its clear, immediate error on the usual mistake."""
 
 from __future__ import annotations
 
