@@ -105,7 +105,9 @@ class AsciiBusServer(BusServer):
                 except asyncio.LimitOverrunError:
                     await reader.read(65536)  # a runaway line: drop it, as a UART would
                     continue
-                arrived = await self._over_wire(len(raw))
+                # One timer per exchange: the device answers at once, and its reply leaves
+                # once the request and then the reply have crossed the line.
+                arrived = self._on_wire(len(raw))
                 self._frame(False, raw, arrived)
                 reply = self.answer(raw[: -len(self.terminator)])
                 if reply:
@@ -113,7 +115,9 @@ class AsciiBusServer(BusServer):
                     writer.write(reply)
                     await writer.drain()
                     self._frame(True, reply, sent)
-        except ConnectionError:
+        except (ConnectionError, asyncio.CancelledError):
+            # Only the server's close cancels a handler (while it waits for its reply to cross
+            # the line); asyncio's streams log a handler that ends cancelled as an error.
             return
         finally:
             self._writers.discard(writer)

@@ -69,6 +69,12 @@ class BusServer(ABC):
     wire: SerialWire | None = None  # None: a TCP link, not paced
     frame_hooks: list[FrameHook]
 
+    def _on_wire(self, frame_bytes: int) -> float:
+        """Book a frame that has begun to arrive: when its last character will have."""
+        if self.wire is None:
+            return time.monotonic()
+        return self.wire.reserve(frame_bytes)
+
     async def _over_wire(self, frame_bytes: int, ready_at: float | None = None) -> float:
         """Wait for a frame to cross the serial line (at once on a TCP link): when it did."""
         if self.wire is None:

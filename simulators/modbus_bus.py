@@ -150,35 +150,26 @@ def _sim_device(device: RegisterDevice, on_request: RequestHook) -> SimDevice:
 
 
 class _WireHandler(ServerRequestHandler):
-    """One client connection of a bus: each request is handled once it has crossed the line,
-    and each reply reaches the client once it has crossed it too (``SerialWire``); on a TCP
-    link, at once. Either way the bus's frame hooks see both."""
+    """One client connection of a bus. On a serial line (``SerialWire``) a request is booked
+    on the line as it arrives and answered at once, and the reply reaches the client once the
+    request and then the reply have crossed the line: one timer per exchange, so a loaded
+    machine's late timers do not add up. On a TCP link, at once. Either way the bus's frame
+    hooks see both, with the time each crossed the line."""
 
     def __init__(self, owner: _WireServer, bus: ModbusBusServer) -> None:
         super().__init__(  # type: ignore[no-untyped-call]
             owner, owner.trace_packet, owner.trace_pdu, owner.trace_connect)
         self._bus = bus
-        self._request = b""
         self._arrived: float | None = None  # when the request being answered arrived
 
     def callback_data(self, data: bytes, addr: tuple[str, int] | None = None) -> int:
         used: int = super().callback_data(data, addr)
-        self._request = bytes(data[:used])
-        if self._bus.wire is None and self.last_pdu is not None:
-            self._bus.frame_in(self._request, time.monotonic())
+        if self.last_pdu is not None:
+            request = bytes(data[:used])
+            wire = self._bus.wire
+            self._arrived = None if wire is None else wire.reserve(len(request))
+            self._bus.frame_in(request, self._arrived or time.monotonic())
         return used
-
-    async def handle_request(self) -> None:
-        pdu, addr = self.last_pdu, self.last_addr
-        if pdu is None:
-            return
-        wire = self._bus.wire
-        if wire is not None:
-            request = self._request
-            self._arrived = await wire.carry(len(request))
-            self._bus.frame_in(request, self._arrived)
-            self.last_pdu, self.last_addr = pdu, addr  # a request may have come meanwhile
-        await super().handle_request()  # type: ignore[no-untyped-call]
 
     def send(self, data: bytes, addr: tuple[str, int] | None = None) -> None:
         wire = self._bus.wire
