@@ -85,6 +85,7 @@ class Kill:
     unsafe: list[str] = field(default_factory=list)
     safe_at_restart: bool | None = None
     verify_findings: list[str] = field(default_factory=list)
+    restart_failures: list[str] = field(default_factory=list)  # serve died before serving
     resumed_from_pass: int | None = None
     error: str | None = None
 
@@ -131,6 +132,10 @@ def unsafe_conditions(plant: dict[str, Any]) -> list[str]:
     return problems
 
 
+class ControllerExited(RuntimeError):
+    """The controller died by itself before serving (a defect the campaign reports)."""
+
+
 class Controller:
     """One `povd serve` process and a logged-in client; everything it acknowledged."""
 
@@ -143,8 +148,14 @@ class Controller:
              "serve", "--endpoints", str(endpoints), "--http", "127.0.0.1:0",
              "--url-file", str(url_file)],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
-        _until(lambda: url_file.exists() and url_file.read_text().strip() != "", 90,
-               "povd serve's URL", 0.05)
+        def serving() -> bool:
+            if self.proc.poll() is not None:
+                self._log.close()
+                raise ControllerExited(f"povd serve exited with {self.proc.returncode} at "
+                                       f"start-up (serve-{generation}.log)")
+            return url_file.exists() and url_file.read_text().strip() != ""
+
+        _until(serving, 90, "povd serve's URL", 0.05)
         self.client = httpx.Client(base_url=url_file.read_text().strip(), timeout=30)
         token = self.client.post("/api/login", json={"username": USER, "password": PASSWORD})
         token.raise_for_status()
@@ -210,9 +221,18 @@ class Campaign:
 
     def _one_kill(self, sim: Sim, index: int) -> Kill:
         target = self.rng.choice(PHASES)
-        since = RecordsReader(self.db).last_seq(LINE) if self.db.exists() else 0
-        controller = Controller(self.work, self.data, sim.endpoints, index, since)
         kill = Kill(index, target, decision="new")
+        for attempt in range(1, 4):
+            since = RecordsReader(self.db).last_seq(LINE) if self.db.exists() else 0
+            try:
+                controller = Controller(self.work, self.data, sim.endpoints,
+                                        index * 10 + attempt, since)
+                break
+            except ControllerExited as exc:
+                kill.restart_failures.append(str(exc))
+        else:
+            kill.error = "the controller would not start three times running"
+            return kill
         try:
             self._start_or_resume(controller, sim, kill)
             self._wait_for_moment(controller, kill)
@@ -360,6 +380,8 @@ def summary(campaign: Campaign, wall_s: float, command: str) -> dict[str, Any]:
         "unsafe_at_restart": sum(1 for k in kills if k.safe_at_restart is False),
         "kills_with_findings": sum(1 for k in kills if k.verify_findings),
         "errors": [f"kill {k.index}: {k.error}" for k in kills if k.error],
+        "controller_exited_at_start_up": [f"kill {k.index}: {f}" for k in kills
+                                          for f in k.restart_failures],
         "final_verify": {"exit_code": final.get("exit_code"), "ok": final.get("ok"),
                          "events": final.get("events"), "audit_entries": final.get("audit_entries"),
                          "runs": len(runs),
