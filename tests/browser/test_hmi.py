@@ -1,0 +1,160 @@
+"""The operator HMI in Chromium against `povd serve` on the simulated line: a run started from
+the browser and watched, hold and unhold, a fault's first-out alarm acknowledged, a viewer's
+disabled commands, hold-to-jog on the maintenance page, and a finished run's report. The tests
+share one line and run in order (the run, then maintenance once it has ended)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from tests.browser.conftest import Line, log_in, screenshot
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # the first test starts the line
+
+RUN_S = 90.0  # the smoke test is some 20 s of wall time at x200; generous for a loaded machine
+
+
+def until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def number(page: Page, selector: str) -> int:
+    text = page.inner_text(selector)
+    return int(text) if text.isdigit() else -1
+
+
+def points(page: Page, trend: str) -> int:
+    return int(page.get_attribute(f"#trend-{trend}", "data-points") or 0)
+
+
+def test_a_run_from_the_browser(browser: Browser, line: Line) -> None:
+    page = log_in(browser, line, "olga")
+    expect(page.locator("#state")).to_have_text("Idle")
+    page.click("#cmd-start")
+    page.select_option("#start-recipe", "smoke-test.yaml")
+    expect(page.locator("#start-forecast")).to_contain_text("9 passes in 3 layers")
+    page.fill("#start-serial", "P-HMI-1")
+    page.fill("#start-bait-lot", "BR-7")
+    page.click("#start-confirm")
+    expect(page.locator("#message")).to_have_text("run started")  # else: the refusal
+    expect(page.locator("#recipe")).to_have_text("smoke-test", timeout=30_000)
+    expect(page.locator("#serial")).to_have_text("P-HMI-1")
+    expect(page.locator("#passes-total")).to_have_text("9")
+
+    until(lambda: number(page, "#passes-done") >= 1, "the first pass", RUN_S)
+    first, trend = number(page, "#passes-done"), points(page, "power")
+    until(lambda: number(page, "#passes-done") > first, "the pass counter to move", RUN_S)
+    until(lambda: points(page, "power") > trend, "the power trend to grow")
+    expect(page.locator("#state")).to_have_text("Execute")
+    screenshot(page, "main-mid-run")
+
+    page.click("#cmd-hold")
+    expect(page.locator("#state")).to_have_text("Held", timeout=30_000)
+    expect(page.locator("#cmd-hold")).to_be_disabled()
+    expect(page.locator("[data-why=hold]")).to_contain_text("hold is not allowed in Held")
+    page.click("#cmd-unhold")
+    expect(page.locator("#state")).to_have_text("Execute", timeout=30_000)
+    expect(page.locator("#state")).to_have_text("Complete", timeout=RUN_S * 1000)
+    page.click("#cmd-reset")
+    expect(page.locator("#state")).to_have_text("Idle", timeout=30_000)
+    page.context.close()
+
+
+def test_a_viewer_sees_every_command_disabled_with_the_reason(browser: Browser,
+                                                              line: Line) -> None:
+    page = log_in(browser, line, "vera")
+    expect(page.locator("#state")).not_to_have_text("—")
+    for command in ("start", "hold", "unhold", "stop", "abort", "reset", "clear"):
+        expect(page.locator(f"#cmd-{command}")).to_be_disabled()
+        expect(page.locator(f"[data-why={command}]")).to_contain_text(
+            f"role viewer may not {command}")
+    expect(page.locator("#cmd-trim")).to_be_disabled()
+    page.context.close()
+
+
+def test_an_interlock_fault_shows_its_first_out_alarm(browser: Browser, line: Line) -> None:
+    page = log_in(browser, line, "olga")
+    line.control({"cmd": "fault", "device": "safety_io", "kind": "water_flow_low",
+                  "duration_s": 2.0})
+    lock = page.locator("[data-interlock=water_flow_low]")
+    expect(lock).to_contain_text("TRIPPED", timeout=30_000)
+    alarm = page.locator("[data-alarm=water_flow_low]")
+    expect(alarm).to_contain_text("FIRST OUT")
+    expect(alarm).to_contain_text("cooling water flow low")
+    screenshot(page, "interlock-first-out")
+    alarm.locator("button.ack").click()
+    expect(alarm.locator("button.ack")).to_be_disabled(timeout=30_000)
+    # The fault clears by itself; acknowledged and returned, the alarm leaves the list.
+    expect(alarm).to_have_count(0, timeout=30_000)
+    expect(lock).to_contain_text("OK")
+    page.context.close()
+
+
+def carriage_mm(line: Line) -> float:
+    return float(line.plant()["carriage_mm"])
+
+
+def still(line: Line) -> bool:
+    """The carriage has not moved over a few simulator ticks."""
+    before = carriage_mm(line)
+    time.sleep(0.3)
+    return abs(carriage_mm(line) - before) < 0.01
+
+
+def test_hold_to_jog_on_the_maintenance_page(browser: Browser, line: Line) -> None:
+    page = log_in(browser, line, "mary", "/maintenance")
+    expect(page.locator("button.jog").first).to_be_disabled()
+    page.click("#mode-toggle")
+    expect(page.locator("#mode")).to_have_text("maintenance", timeout=30_000)
+    jog = page.locator("button.jog[data-axis=carriage][data-direction='+']")
+    expect(jog).to_be_enabled()
+
+    start = carriage_mm(line)
+    jog.hover()
+    page.mouse.down()
+    until(lambda: carriage_mm(line) > start + 5, "the carriage to move while held")
+    screenshot(page, "maintenance")
+    page.mouse.up()
+    until(lambda: still(line), "the carriage to stop on release", 10)
+    stopped = carriage_mm(line)
+    time.sleep(1.0)  # longer than a lease: nothing renews it
+    assert abs(carriage_mm(line) - stopped) < 0.01
+
+    # Closing the page mid-jog: the renewals end with it, the lease runs out, the axis stops.
+    jog.hover()
+    page.mouse.down()
+    until(lambda: carriage_mm(line) > stopped + 5, "the carriage to move again")
+    page.close()
+    until(lambda: still(line), "the carriage to stop once the page is closed", 10)
+
+    page = log_in(browser, line, "mary", "/maintenance")
+    page.click("#mode-toggle")
+    expect(page.locator("#mode")).to_have_text("production", timeout=30_000)
+    page.context.close()
+
+
+def test_a_finished_runs_report_and_csv(browser: Browser, line: Line) -> None:
+    page = log_in(browser, line, "olga")
+    run = page.locator("#runs li").first
+    expect(run).to_contain_text("P-HMI-1")
+    with page.context.expect_page() as opened:
+        run.locator("a.report").click()
+    report = opened.value
+    report.wait_for_load_state()
+    expect(report.locator("body")).to_contain_text("smoke-test")
+    screenshot(report, "report")
+    href = run.locator("a.csv").first.get_attribute("href")
+    assert href is not None
+    reply = page.request.get(line.url + href)
+    assert reply.ok, reply.status
+    assert reply.headers["content-type"].startswith("text/csv")
+    assert reply.text().count("\n") > 1
+    page.context.close()
