@@ -104,13 +104,22 @@ def posture_on_bus(line: LineConfig, frames: list[Frame], bus: str,
     return (last.at - detect) * 1000, bound * 1000
 
 
-async def start_run(rig: Rig) -> None:
-    deadline = time.monotonic() + 60
-    while not (await rig.start("quick")).accepted:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"start refused: {rig.sup.start_blockers()}")
-        await asyncio.sleep(0.05)
-    await rig.wait_for(lambda: rig.sim.plant.rf_on, 60, "RF on")
+async def start_run(rig: Rig, fault: str) -> int:
+    """Start a run and wait for the RF to be on; a run that ends before (a loaded machine can
+    starve the heartbeat) is cleared and started again. Returns how many were lost so."""
+    lost = 0
+    while True:
+        deadline = time.monotonic() + 60
+        while not (await rig.start("quick")).accepted:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"start refused: {rig.sup.start_blockers()}")
+            await asyncio.sleep(0.05)
+        await rig.wait_for(lambda: rig.sim.plant.rf_on or rig.sup.sm.state is State.ABORTED,
+                           60, "RF on")
+        if rig.sim.plant.rf_on and rig.sup.sm.state is not State.ABORTED:
+            return lost
+        lost += 1
+        await back_to_idle(rig, fault)
 
 
 async def back_to_idle(rig: Rig, fault: str) -> None:
@@ -130,7 +139,7 @@ async def back_to_idle(rig: Rig, fault: str) -> None:
 async def one_trip(rig: Rig, frames: FrameLog, fault: str, period_s: float,
                    rng: random.Random) -> dict[str, Any]:
     line, io_config = rig.line, rig.line.safety_io()
-    await start_run(rig)
+    lost_starts = await start_run(rig, fault)
     await asyncio.sleep(rng.uniform(0.0, 0.3))  # somewhere in ignition or the ramp
     await asyncio.sleep(rng.uniform(0.0, period_s))  # and anywhere in the poll's phase
     frames.clear()
@@ -152,6 +161,7 @@ async def one_trip(rig: Rig, frames: FrameLog, fault: str, period_s: float,
         "plc_writes_ms": (permit.at - detect.at) * 1000,
         "end_to_end_ms": (rf_off.at - injected) * 1000,
         "posture": {},
+        "lost_starts": lost_starts,
     }
     for bus in line.buses:
         measured = posture_on_bus(line, after, bus, detect.at)
@@ -174,6 +184,7 @@ def summarise(line: LineConfig, trips: list[dict[str, Any]], period_ms: float) -
                      ("plc_writes_ms", period_ms), ("end_to_end_ms", 2 * period_ms)):
         figures = stats([t[key] for t in trips])
         result[key] = {**figures, "bar_p99": bar, "met": figures["p99"] <= bar}
+    result["runs_lost_before_rf_on"] = sum(t["lost_starts"] for t in trips)
     phases = [t["phase"] for t in trips]
     result["phase_deciles"] = [sum(1 for p in phases if d / 10 <= p < (d + 1) / 10)
                                for d in range(10)]
