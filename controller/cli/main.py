@@ -3,6 +3,7 @@
     povd [--data-dir DIR] validate RECIPE [--config LINE] [--json]
     povd recipe schema
     povd [--data-dir DIR] run RECIPE [--config LINE] [--sim | --endpoints FILE] [--time-scale N]
+         [--virtual-time [--seed N] [--fault AT:DEVICE:KIND[:FOR]]]
          [--serial S] [--operator NAME] [--resume RUN_ID | --abandon RUN_ID]
     povd [--data-dir DIR] runs list [--json]
     povd [--data-dir DIR] runs show ID [--json]
@@ -96,6 +97,14 @@ def _add_run_command(sub: Subparsers) -> None:
                              help="record an interrupted run as abandoned, then start anew")
     run.add_argument("--link-wait", type=float, default=15.0,
                      help="seconds to wait for every device to answer")
+    run.add_argument("--virtual-time", action="store_true",
+                     help="with --sim: a dry run, controller and simulated line in one process on "
+                          "a virtual clock (deterministic, as fast as the CPU allows)")
+    run.add_argument("--seed", type=int, default=None,
+                     help="with --virtual-time: the simulated plant's random seed")
+    run.add_argument("--fault", action="append", default=[], metavar="AT:DEVICE:KIND[:FOR]",
+                     help="with --virtual-time: inject a fault at process second AT of the "
+                          "simulated line (for FOR process seconds); repeatable")
 
 
 def _add_runs_command(sub: Subparsers) -> None:
@@ -179,8 +188,13 @@ def _dispatch(argv: list[str] | None) -> None:
 
         sys.exit(cmd_runs(args))
     if args.command == "run":
-        from controller.cli.run_command import run_recipe  # noqa: PLC0415 - pulls in every driver
+        from controller.cli.run_command import (  # noqa: PLC0415 - pulls in every driver
+            exec_virtual_run,
+            run_recipe,
+        )
 
+        if args.virtual_time:
+            exec_virtual_run(sys.argv[1:] if argv is None else argv)
         sys.exit(asyncio.run(run_recipe(args)))
 
 

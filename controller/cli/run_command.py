@@ -18,9 +18,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
@@ -42,6 +42,7 @@ from controller.recipes.forecast import forecast
 from controller.recipes.loading import load_recipe
 from controller.recipes.planning import plan_from_recipe
 from controller.recipes.recipe import Recipe, RecipeError, format_recipe_error
+from controller.records.resume_check import resume_refusal
 from controller.records.run_records import (
     RecordsReader,
     RunHeader,
@@ -56,6 +57,21 @@ from controller.run.supervisor import Supervisor
 from controller.safety.states import State
 
 log = structlog.get_logger(__name__)
+
+# Where the machine comes from: yields its endpoints document (None: a real line's own buses).
+MachineSource = Callable[
+    [argparse.Namespace, LineConfig], contextlib.AbstractAsyncContextManager[dict[str, Any] | None]
+]
+DRY_RUN_MODULE = "dryrun"
+
+
+def exec_virtual_run(argv: list[str]) -> NoReturn:
+    """``--virtual-time``: the dry run is a program of its own (the ``dryrun`` package), since
+    it runs this controller and the simulated line in one process on a virtual clock, and the
+    controller never imports the simulators. Hash seed fixed: one source of run-to-run
+    difference fewer."""
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    os.execve(sys.executable, [sys.executable, "-m", DRY_RUN_MODULE, *argv], env)  # noqa: S606 - our own program
 
 
 @contextlib.asynccontextmanager
@@ -85,7 +101,8 @@ def _resume_cursor(data_dir: Path, run_id: int) -> Cursor:
     return Cursor.from_json(checkpoint.state)
 
 
-async def run_recipe(args: argparse.Namespace) -> int:
+async def run_recipe(args: argparse.Namespace,
+                     machine_source: MachineSource = machine_endpoints) -> int:
     line = load_config_or_exit(args.config)
     try:
         recipe = load_recipe(args.recipe, line)
@@ -98,7 +115,8 @@ async def run_recipe(args: argparse.Namespace) -> int:
         return EXIT_REFUSED
     try:
         with _signals_queued() as interrupts:
-            return await _run_locked(args, line, recipe, data_dir, interrupts)
+            return await _run_locked(args, line, recipe, data_dir, interrupts,
+                                     machine_source=machine_source)
     except LineClaimRefused as exc:  # another controller drives the line: nothing was written
         err(f"refused: {exc}")
         return EXIT_REFUSED
@@ -108,7 +126,7 @@ async def run_recipe(args: argparse.Namespace) -> int:
 
 async def _run_locked(
     args: argparse.Namespace, line: LineConfig, recipe: Recipe, data_dir: Path,
-    interrupts: asyncio.Queue[str],
+    interrupts: asyncio.Queue[str], *, machine_source: MachineSource,
 ) -> int:
     interrupted = _interrupted(data_dir, line)
     interrupted_ids = [r.id for r in interrupted]
@@ -127,8 +145,10 @@ async def _run_locked(
         return EXIT_REFUSED
     if args.resume is not None:
         r = next(r for r in interrupted if r.id == args.resume)
-        if r.recipe_name != recipe.name:
-            err(f"refused: run {r.id} ran recipe {r.recipe_name!r}, not {recipe.name!r}")
+        ran = RecordsReader(records_path(data_dir)).get_run(r.id)
+        why = resume_refusal(r, ran.recipe_text if ran else None, recipe.name, recipe.text)
+        if why is not None:
+            err(f"refused: {why}")
             return EXIT_REFUSED
         cursor = _resume_cursor(data_dir, args.resume)
         run_id = args.resume
@@ -139,7 +159,7 @@ async def _run_locked(
                                          accepted=True, reason=None)
             await records.end_run(args.abandon, "abandoned")
             out(f"run {args.abandon} recorded as abandoned")
-        async with machine_endpoints(args, line) as endpoints:
+        async with machine_source(args, line) as endpoints:
             machine = build_machine(line, endpoints)
             scale = machine.time_scale if args.time_scale is None else args.time_scale
             if endpoints is not None and "time_scale" in endpoints:
