@@ -37,7 +37,7 @@ class LineClaimRefused(Exception):
 
     def __init__(self, line: str, owner: int | None, detail: str | None = None) -> None:
         if owner is None:
-            message = f"{line} cannot be claimed: no answer from the safety I/O ({detail})"
+            message = f"{line} cannot be claimed at its safety I/O: {detail}"
         elif owner == NO_OWNER:
             message = f"{line} cannot be claimed: the safety PLC did not take our beats"
         else:

@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from controller.config.line import load_line_config
 from controller.machine.devices import Machine, build_machine
 from controller.machine.polling import LineClaimRefused
 from controller.records.run_records import RunRecords
@@ -122,6 +124,24 @@ async def test_a_stopped_heartbeat_loses_the_line_to_a_new_controller(
         assert first._pollers.beats == beats
         inputs = await machine.safety_io.read()
         assert inputs.line_owner == machine.safety_io.owner_id and inputs.heartbeat_ok
+
+
+async def test_no_answer_from_the_safety_io_refuses_the_claim(tmp_path: Path) -> None:
+    line = load_line_config()
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoints = {"devices": {name: {"host": "127.0.0.1", "port": port}
+                             for name in line.devices}}
+    machine = build_machine(line, endpoints)
+    requests = _spy_on_requests(machine)
+    async with RunRecords(tmp_path / "records.sqlite3", line=line.line) as records:
+        with pytest.raises(LineClaimRefused, match="line1 cannot be claimed at its safety I/O"):
+            async with Supervisor(machine, records, link_wait_s=0.5):
+                pytest.fail("started without a claim")
+    io_bus = line.devices["safety_io"].bus
+    assert requests and {(bus, name) for bus, name, _ in requests} == {
+        (io_bus, "write_registers")}  # the beat was tried, and nothing else
 
 
 # -- as the line PC runs it: two `povd serve`, one `povd-sim` ---------------------------------
