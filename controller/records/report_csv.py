@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 from controller.records.schema import PASS_FIELDS, PassRecord
@@ -30,24 +30,29 @@ def passes_filename(run_id: int) -> str:
     return f"run-{run_id}-passes.csv"
 
 
-def flatten(sample: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """Every leaf of a sample with its dotted path; a device with no reading (None) is a leaf."""
-    for key, value in sample.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            yield from flatten(value, path + ".")
+def flatten(sample: Mapping[str, Any]) -> dict[str, Any]:
+    """Every leaf of a sample by its dotted path; a device with no reading (None) is a leaf."""
+    leaves: dict[str, Any] = {}
+    _flatten_into(leaves, sample, "")
+    return leaves
+
+
+def _flatten_into(leaves: dict[str, Any], node: Mapping[str, Any], prefix: str) -> None:
+    for key, value in node.items():
+        # A sample is decoded JSON: its nodes are dicts (checked as such: it is the hot path).
+        if isinstance(value, dict):
+            _flatten_into(leaves, value, f"{prefix}{key}.")
         else:
-            yield path, value
+            leaves[f"{prefix}{key}"] = value
 
 
-def sample_columns(samples: Iterable[Sample]) -> list[str]:
-    """The value columns, in the order first seen. A device that had no reading in some
-    samples (its value None) has no column of its own once its fields are known: those
-    samples leave its fields' cells empty."""
+def sample_columns(flat_samples: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The value columns of flattened samples, in the order first seen. A device that had no
+    reading in some samples (its value None) has no column of its own once its fields are
+    known: those samples leave its fields' cells empty."""
     seen: dict[str, None] = {}
-    for _t, sample in samples:
-        for path, _value in flatten(sample):
-            seen.setdefault(path, None)
+    for flat in flat_samples:
+        seen.update(dict.fromkeys(flat))
     return [path for path in seen if not any(other.startswith(path + ".") for other in seen)]
 
 
@@ -55,11 +60,11 @@ def write_samples_csv(samples: Sequence[Sample], out: TextIO,
                       started_at: float | None = None) -> int:
     """Writes the samples (``started_at``: the run's start, for ``elapsed_s``); returns the
     number of rows."""
-    columns = sample_columns(samples)
+    flat = [flatten(sample) for _t, sample in samples]
+    columns = sample_columns(flat)
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([*SAMPLE_TIME_COLUMNS, *columns])
-    for t, sample in samples:
-        values = dict(flatten(sample))
+    for (t, _sample), values in zip(samples, flat, strict=True):
         elapsed = None if started_at is None else round(t - started_at, 3)
         writer.writerow([_cell(t), _cell(elapsed), *(_cell(values.get(c)) for c in columns)])
     return len(samples)
@@ -89,7 +94,7 @@ def passes_csv(passes: Sequence[PassRecord]) -> str:
 def _cell(value: Any) -> str:
     if value is None:
         return ""
-    if isinstance(value, bool):
+    if value is True or value is False:
         return "1" if value else "0"
     if isinstance(value, list | tuple | set | frozenset):
         return " ".join(str(v) for v in value)
