@@ -38,6 +38,9 @@ def points(page: Page, trend: str) -> int:
 def test_a_run_from_the_browser(browser: Browser, line: Line) -> None:
     page = log_in(browser, line, "olga")
     expect(page.locator("#state")).to_have_text("Idle")
+    # Every link up and no interlock tripped (the service refuses a start until then).
+    expect(page.locator("#interlocks li")).not_to_have_count(0)
+    expect(page.locator("#interlocks li.bad")).to_have_count(0, timeout=60_000)
     page.click("#cmd-start")
     page.select_option("#start-recipe", "smoke-test.yaml")
     expect(page.locator("#start-forecast")).to_contain_text("9 passes in 3 layers")
