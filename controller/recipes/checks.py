@@ -240,11 +240,20 @@ def _check_coil_gaps(recipe: Recipe, line: LineConfig) -> Iterator[Finding]:
 
 
 def _check_target(recipe: Recipe, line: LineConfig) -> Iterator[Finding]:
+    gauge = line.gauge()
+    # A layer's boundary past the gauge cannot be measured (and 1e300 mm overflowed the plan).
+    for i, step in recipe.deposit_steps():
+        for k, layer in enumerate(step.layers):
+            if layer.target_diameter_mm is not None and layer.target_diameter_mm > gauge.max_mm:
+                yield (
+                    ("steps", i, "layers", k, "target_diameter_mm"),
+                    f"{num(layer.target_diameter_mm)} mm exceeds the diameter gauge's range "
+                    f"({num(gauge.min_mm)}-{num(gauge.max_mm)} mm)",
+                )
     target = recipe.target_diameter_mm
     if target is None:
         return
     bait = line.geometry.bait_rod_diameter_mm
-    gauge = line.gauge()
     if target <= bait:
         yield (
             ("target_diameter_mm",),

@@ -102,8 +102,10 @@ def num(value: float) -> str:
 
 
 class _Strict(BaseModel):
-    # extra="forbid": a misspelt field must never be silently ignored.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # extra="forbid": a misspelt field must never be silently ignored. allow_inf_nan=False: YAML
+    # reads .nan and .inf as floats, and a bound like gt=0 lets inf through (a cool-down of
+    # `duration_s: .inf` was a valid recipe).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _trim_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
