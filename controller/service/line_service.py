@@ -19,6 +19,7 @@ from controller.recipes.parse_worker import parse_recipe_off_loop
 from controller.recipes.planning import plan_from_recipe
 from controller.recipes.recipe import Recipe, RecipeError
 from controller.records.audit import AuditTrail
+from controller.records.resume_check import resume_refusal
 from controller.records.run_records import RecordsReader, RecordsUnavailable, RunHeader
 from controller.run.commands import (
     ACT_FIRST_COMMANDS,
@@ -239,7 +240,7 @@ class LineService:
     async def _start(self, user: str, args: dict[str, Any]) -> dict[str, Any]:
         line = self.sup.line
         recipe = await self._recipe_of(args)
-        cursor, run_id = await self._interrupted_run_for(user, args, recipe.name)
+        cursor, run_id = await self._interrupted_run_for(user, args, recipe)
         header = RunHeader(
             recipe_name=recipe.name, recipe_text=recipe.text, line=line.line,
             machine=line.machine, operator=str(args.get("operator") or user or getpass.getuser()),
@@ -270,7 +271,7 @@ class LineService:
             raise Refused(f"invalid recipe: {issues}") from None
 
     async def _interrupted_run_for(self, user: str, args: dict[str, Any],
-                                   recipe_name: str) -> tuple[Cursor | None, int | None]:
+                                   recipe: Recipe) -> tuple[Cursor | None, int | None]:
         """A start after a dead controller: resume the interrupted run (its cursor and id),
         or record it as abandoned first; refused while one waits for that decision."""
         resume, abandon = args.get("resume_run_id"), args.get("abandon_run_id")
@@ -281,9 +282,12 @@ class LineService:
             match = [r for r in self._interrupted_runs if r.id == int(chosen)]
             if not match:
                 raise Refused(f"run {chosen} is not an interrupted run of this line")
-            if resume is not None and match[0].recipe_name != recipe_name:
-                raise Refused(f"run {resume} ran recipe {match[0].recipe_name!r}, "
-                              f"not {recipe_name!r}: start it with its own recipe")
+            if resume is not None:
+                ran = RecordsReader(self.records_db).get_run(match[0].id)
+                why = resume_refusal(match[0], ran.recipe_text if ran else None,
+                                     recipe.name, recipe.text)
+                if why is not None:
+                    raise Refused(why)
         if abandon is not None:
             await self.sup.records.end_run(int(abandon), "abandoned")
             await self._record(user, "abandon", {"run_id": int(abandon)}, True, None)

@@ -159,8 +159,17 @@ async def test_an_interrupted_run_must_be_resumed(tmp_path: Path) -> None:
                                       {"recipe_text": LONG, "resume_run_id": interrupted + 7})
         assert not wrong.accepted
         assert wrong.reason == f"run {interrupted + 7} is not an interrupted run of this line"
+        # The same name is not the same recipe: only the text it ran (its hash) resumes it.
+        edited = LONG.replace("passes: 40", "passes: 41", 1)
+        assert edited != LONG
+        other = await service.execute("olga", "start",
+                                      {"recipe_text": edited, "resume_run_id": interrupted})
+        assert not other.accepted and other.reason is not None
+        assert f"run {interrupted} ran recipe 'long' (sha256 " in other.reason
+        assert "differences: -" in other.reason
+        assert "passes: 40" in other.reason and "passes: 41" in other.reason
         refusals = [e for e in command_events(rig) if e["command"] == "start"]
-        assert [e["reason"] for e in refusals] == [refused.reason, wrong.reason]
+        assert [e["reason"] for e in refusals] == [refused.reason, wrong.reason, other.reason]
 
         resumed = await service.execute("olga", "start",
                                         {"recipe_text": LONG, "resume_run_id": interrupted})
