@@ -78,6 +78,11 @@ class RecordSink:
             return False
         return True
 
+    async def flush(self) -> None:
+        """Wait until everything queued is written, however long (tests and tools, which
+        check what was recorded; never on a command's or the executor's path)."""
+        await self._queue.join()
+
     async def drain(self, timeout_s: float) -> None:
         """Flush, but give up after ``timeout_s`` (shutting down)."""
         await asyncio.wait_for(self._queue.join(), timeout=timeout_s)

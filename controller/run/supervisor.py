@@ -383,6 +383,10 @@ class Supervisor:
     async def record_settle(self) -> bool:
         return await self.record_sink.settle()
 
+    async def record_flush(self) -> None:
+        """Everything queued written, however long it takes (for tests and tools)."""
+        await self.record_sink.flush()
+
     @property
     def records_ok(self) -> bool:
         """The last record write succeeded, in time."""
