@@ -1,0 +1,97 @@
+"""The virtual-time dry run (``povd run RECIPE --sim --virtual-time``), through the CLI as an
+operator runs it: two runs of one seed leave the same records (wall-clock fields aside), the
+product is a scaled run's, and a fault set for a process time lands at that process time."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dryrun.records_view import Product, product_of, records_without_wall_clock
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "tests/system/recipes/quick.yaml"
+SCALE = 200.0
+RUN_TIMEOUT_S = 540  # a ceiling on a stuck run, not a speed requirement
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def _povd_run(data_dir: Path, *extra: str) -> subprocess.Popen[str]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "controller.cli.main", "--data-dir", str(data_dir), "run",
+         str(RECIPE), "--sim", "--time-scale", f"{SCALE:g}", "--operator", "test", *extra],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finished(process: subprocess.Popen[str]) -> str:
+    stdout, stderr = process.communicate(timeout=RUN_TIMEOUT_S)
+    assert process.returncode == 0, f"exit {process.returncode}\n{stdout[-2000:]}\n{stderr[-4000:]}"
+    return stdout
+
+
+def _dry_run_figures(stdout: str) -> dict[str, Any]:
+    figures: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])["dry_run"]
+    return figures
+
+
+def _records(data_dir: Path) -> Path:
+    return data_dir / "records.sqlite3"
+
+
+def _product(data_dir: Path) -> Product:
+    return product_of(_records(data_dir), 1, SCALE)
+
+
+def test_two_virtual_runs_of_one_seed_leave_the_same_records(tmp_path: Path) -> None:
+    runs = [_povd_run(tmp_path / name, "--virtual-time", "--seed", "5") for name in "ab"]
+    for run in runs:
+        _finished(run)
+    first, second = (records_without_wall_clock(_records(tmp_path / n)) for n in "ab")
+    assert first["passes"], "the run made no pass"
+    for table, rows in first.items():
+        assert rows == second[table], f"table {table} differs between two runs of one seed"
+
+
+def test_the_product_is_the_scaled_runs(tmp_path: Path) -> None:
+    virtual = _povd_run(tmp_path / "virtual", "--virtual-time", "--seed", "1")
+    scaled = _povd_run(tmp_path / "scaled")  # povd-sim as a child, real time at x200
+    _finished(virtual)
+    _finished(scaled)
+    dry, wall = _product(tmp_path / "virtual"), _product(tmp_path / "scaled")
+    assert dry.passes == wall.passes == 4
+    assert math.isclose(dry.final_diameter_mm, wall.final_diameter_mm, rel_tol=0.002)
+    assert len(dry.layer_boundaries_mm) == len(wall.layer_boundaries_mm)
+    for mine, theirs in zip(dry.layer_boundaries_mm, wall.layer_boundaries_mm, strict=True):
+        assert math.isclose(mine, theirs, rel_tol=0.002), (dry, wall)
+    assert dry.gas_totals_sl.keys() == wall.gas_totals_sl.keys()
+    for gas, total in dry.gas_totals_sl.items():
+        assert math.isclose(total, wall.gas_totals_sl[gas], rel_tol=0.01, abs_tol=0.05), gas
+
+
+def test_a_fault_lands_at_its_process_time(tmp_path: Path) -> None:
+    """A flame-out set for process second 80 (mid-deposit) lands there, and the run suspends
+    within two RF / safety-I/O polls of it (each 1/20 s of virtual wall time, x200)."""
+    at_s = 80.0
+    stdout = _finished(_povd_run(tmp_path, "--virtual-time", "--seed", "1",
+                                 "--fault", f"{at_s:g}:rf:flame_out:5"))
+    [landed] = _dry_run_figures(stdout)["faults"]
+    assert landed["landed_process_s"] == pytest.approx(at_s, abs=1e-6)
+    conn = sqlite3.connect(_records(tmp_path))
+    try:
+        suspended = conn.execute(
+            "SELECT t FROM state_changes WHERE to_state = 'Suspending' ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    assert suspended, "the flame-out did not suspend the run"
+    reaction_process_s = (suspended[0][0] - landed["landed_epoch"]) * SCALE
+    rf_poll_process_s = SCALE / 20
+    assert 0 <= reaction_process_s <= 2 * rf_poll_process_s
