@@ -54,6 +54,7 @@ from controller.service.api_access import (
 )
 from controller.service.api_models import (
     COMMAND_RESPONSES,
+    LOGIN_RESPONSES,
     UNAUTHORIZED,
     CommandReplyModel,
     CommandRequest,
@@ -98,9 +99,10 @@ async def _audit_unavailable(request: Request, exc: Exception) -> JSONResponse:
 sessions = APIRouter(prefix="/api", tags=["sessions"])
 
 
-@sessions.post("/login", responses=UNAUTHORIZED)
-async def login(body: LoginRequest, ctx: Ctx) -> LoginReply:
-    user, token = await log_in(ctx, body.username, body.password)
+@sessions.post("/login", responses=LOGIN_RESPONSES)
+async def login(body: LoginRequest, ctx: Ctx, request: Request) -> LoginReply:
+    client = request.client.host if request.client else None
+    user, token = await log_in(ctx, body.username, body.password, client=client)
     expires_at = ctx.tokens.expires_at(token)
     assert expires_at is not None
     return LoginReply(token=token, expires_at=expires_at, role=user.role.value,

@@ -28,6 +28,7 @@ from controller.service.hmi.sessions import (
     BrowserSessions,
     csrf_ok,
 )
+from controller.service.login_throttle import LoginThrottle
 from controller.service.protocol import ControllerService
 from controller.service.roles import refusal
 from controller.service.users import TokenIssuer, User, UserStore
@@ -46,6 +47,7 @@ class ApiContext:
     line: LineConfig
     records_path: Path | None
     browser: BrowserSessions = dataclasses.field(default_factory=BrowserSessions)
+    throttle: LoginThrottle = dataclasses.field(default_factory=LoginThrottle)
 
 
 def _context(request: Request) -> ApiContext:
@@ -81,14 +83,25 @@ class Caller:
 
 
 async def log_in(ctx: ApiContext, username: str, password: str,
-                 channel: str | None = None) -> tuple[User, str]:
+                 channel: str | None = None, client: str | None = None) -> tuple[User, str]:
     """Check the password and issue a token; every attempt audited. 401 never says which part
-    was wrong."""
-    user = await asyncio.to_thread(ctx.users.verify, username, password)
+    was wrong; 429 while the name or the client address is locked out after repeated
+    failures (``login_throttle``), without checking the password."""
     detail = {} if channel is None else {"channel": channel}
+    keys = [f"user:{username}"] + ([f"client:{client}"] if client else [])
+    wait = ctx.throttle.retry_after(keys)
+    if wait is not None:
+        await ctx.audit.append_async(username, "login", {**detail, "client": client},
+                                     "refused", "too many failed log-ins")
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
+                            f"too many failed log-ins: try again in {wait:.0f} s",
+                            headers={"Retry-After": str(max(1, round(wait)))})
+    user = await asyncio.to_thread(ctx.users.verify, username, password)
     if user is None:
+        ctx.throttle.failed(keys)
         await ctx.audit.append_async(username, "login", detail, "failed", "bad credentials")
         raise unauthorized("wrong user name or password")
+    ctx.throttle.succeeded(keys)
     token = await asyncio.to_thread(ctx.tokens.issue, user)
     await ctx.audit.append_async(user.name, "login", {"role": user.role.value, **detail}, "ok")
     return user, token

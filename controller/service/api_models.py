@@ -92,6 +92,10 @@ class ValidateReply(_Model):
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorReply, "description": "no valid token"},
 }
+LOGIN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorReply, "description": "wrong user name or password"},
+    429: {"model": ErrorReply, "description": "too many failed log-ins: see Retry-After"},
+}
 COMMAND_RESPONSES: dict[int | str, dict[str, Any]] = {
     **UNAUTHORIZED,
     403: {"model": CommandReplyModel, "description": "refused for the user's role"},

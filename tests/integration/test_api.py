@@ -16,6 +16,7 @@ from controller.config.line import load_line_config
 from controller.records.audit import AuditError, AuditTrail
 from controller.service.api import create_app
 from controller.service.gate import CommandGate
+from controller.service.login_throttle import LoginThrottle
 from controller.service.protocol import CommandReply, Event
 from controller.service.roles import PERMISSIONS, SERVICE_COMMANDS, Role
 from controller.service.users import TokenIssuer, UserStore
@@ -342,3 +343,47 @@ async def test_openapi_document_lists_the_endpoints(api: Api) -> None:
     for path in ("/api/login", "/api/status", "/api/events", "/api/runs/{run_id}",
                  "/api/recipes/validate"):
         assert path in doc["paths"]
+
+
+async def test_repeated_failed_logins_lock_the_name_out_for_a_growing_while(api: Api) -> None:
+    throttle = LoginThrottle(clock=api.clock)
+    api.http._transport.app.state.povd.throttle = throttle  # type: ignore[attr-defined]
+    for _ in range(throttle.free_failures):
+        reply = await api.http.post("/api/login",
+                                    json={"username": "operator", "password": "guess"})
+        assert reply.status_code == 401
+    # Locked out: even the right password is not checked, and the refusal is audited.
+    right = {"username": "operator", "password": password(Role.OPERATOR)}
+    locked = await api.http.post("/api/login", json=right)
+    assert locked.status_code == 429
+    assert locked.headers["retry-after"] == "2"
+    assert (api.audit.entries()[-1].action, api.audit.entries()[-1].outcome) == (
+        "login", "refused")
+    # Another name from the same client is locked out too (a guesser changing names).
+    other = await api.http.post("/api/login", json={"username": "viewer", "password": "x"})
+    assert other.status_code == 429
+    api.clock.t += 2.1
+    assert (await api.http.post("/api/login", json=right)).status_code == 200
+    # A success clears the count: the next failure is a plain 401 again.
+    again = await api.http.post("/api/login", json={"username": "operator", "password": "no"})
+    assert again.status_code == 401
+
+
+def test_each_failure_past_the_free_ones_doubles_the_lockout_up_to_the_maximum() -> None:
+    clock = Clock()
+    throttle = LoginThrottle(free_failures=2, base_lockout_s=1, max_lockout_s=8, clock=clock)
+    keys = ["user:a"]
+    waits = []
+    for _ in range(7):
+        throttle.failed(keys)
+        waits.append(throttle.retry_after(keys))
+    assert waits == [None, 1, 2, 4, 8, 8, 8]
+    throttle.succeeded(keys)
+    assert throttle.retry_after(keys) is None
+
+
+def test_the_throttle_memory_is_bounded() -> None:
+    throttle = LoginThrottle(max_keys=100, clock=Clock())
+    for i in range(1000):
+        throttle.failed([f"user:{i}"])
+    assert len(throttle._failures) == 100

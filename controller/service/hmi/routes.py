@@ -61,8 +61,11 @@ def _session_reply(caller: Caller, ctx: Ctx) -> dict[str, Any]:
 
 
 @router.post("/hmi/api/login")
-async def login(body: LoginRequest, ctx: Ctx, response: Response) -> dict[str, Any]:
-    user, token = await log_in(ctx, body.username, body.password, channel="hmi")
+async def login(body: LoginRequest, ctx: Ctx, request: Request,
+                response: Response) -> dict[str, Any]:
+    client = request.client.host if request.client else None
+    user, token = await log_in(ctx, body.username, body.password, channel="hmi",
+                               client=client)
     ctx.browser.touch(token)
     # A session cookie (no max-age): closing the browser ends it; the token's expiry and the
     # idle logout bound it too.
