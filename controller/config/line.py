@@ -221,6 +221,9 @@ class SupervisionConfig(Strict):
     # The safety cycle late by more than one period raises an alarm; by more than this (wall
     # seconds) the run holds: a starved event loop cannot watch the machine.
     max_safety_gap_s: float = Field(default=0.25, gt=0, le=5)
+    # The longest an operator may shelve an alarm (wall seconds): a shift. It comes back by
+    # itself after that.
+    alarm_shelve_max_s: float = Field(default=8 * 3600.0, gt=0, le=7 * 24 * 3600)
 
 
 class LineConfig(Strict):

@@ -72,7 +72,8 @@ class Supervisor:
         self.sm = StateMachine()
         self.telemetry = Telemetry()
         self.fanout = Fanout()
-        self.alarms = AlarmManager(alarm_definitions(self.line))
+        self.alarms = AlarmManager(alarm_definitions(self.line),
+                                   max_shelve_s=self.line.supervision.alarm_shelve_max_s)
         self.act = Actuators(machine, self.envelope_now, self._on_setpoint)
         self.act.add_refusal_listener(self._on_refusal)
         self.armed = False

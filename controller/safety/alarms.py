@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from controller.config.line import SupervisionConfig
 from controller.safety.alarm_model import (
     ANNUNCIATED,
     PRIORITY_RANK,
@@ -59,6 +60,10 @@ __all__ = [
 ]
 
 
+# Its home is the line's configuration (supervision.alarm_shelve_max_s): a shift.
+DEFAULT_MAX_SHELVE_S: float = SupervisionConfig.model_fields["alarm_shelve_max_s"].default
+
+
 @dataclass(slots=True)
 class _Runtime:
     definition: AlarmDefinition
@@ -76,7 +81,11 @@ class _Runtime:
 
 
 class AlarmManager:
-    def __init__(self, definitions: Iterable[AlarmDefinition]) -> None:
+    def __init__(self, definitions: Iterable[AlarmDefinition], *,
+                 max_shelve_s: float = DEFAULT_MAX_SHELVE_S) -> None:
+        # A shelved alarm comes back by itself: no shelve outlasts this (ISA-18.2 shelving is
+        # time-limited; a forgotten shelve would hide an alarm for good).
+        self.max_shelve_s = max_shelve_s
         self._alarms: dict[str, _Runtime] = {}
         self._by_tag: dict[str, str] = {}
         for definition in definitions:
@@ -170,6 +179,9 @@ class AlarmManager:
             raise AlarmRefused(alarm_id, "trip alarms cannot be shelved")
         if duration_s <= 0:
             raise AlarmRefused(alarm_id, "a shelve needs a positive duration")
+        if duration_s > self.max_shelve_s:
+            raise AlarmRefused(alarm_id, f"a shelve lasts at most {self.max_shelve_s:g} s "
+                                         f"({self.max_shelve_s / 3600:g} h), not {duration_s:g} s")
         if not reason.strip():
             raise AlarmRefused(alarm_id, "a shelve needs a reason")
         rt.shelved_until = now + duration_s

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import TypeAdapter
 
+from controller.config.line import SupervisionConfig
 from controller.safety.alarms import (
     AlarmDefinition,
     AlarmEvent,
@@ -304,3 +305,15 @@ def test_a_failing_subscriber_does_not_stop_the_others() -> None:
     mgr.evaluate("diameter_gauge.link", False, now=1.0)
     assert len(seen) == 1
     assert mgr.status("DEV-GAUGE").state is A.RTN_UNACK
+
+
+def test_a_shelve_longer_than_the_maximum_is_refused() -> None:
+    mgr = AlarmManager([GAUGE], max_shelve_s=3600)
+    with pytest.raises(AlarmRefused, match=r"at most 3600 s \(1 h\), not 3601 s"):
+        mgr.shelve(GAUGE.id, "olga", 3601, 0.0, "sensor cleaning")
+    mgr.shelve(GAUGE.id, "olga", 3600, 0.0, "sensor cleaning")
+    assert mgr.status(GAUGE.id).shelved_until == 3600.0
+
+
+def test_the_line_configuration_is_the_default_maximum() -> None:
+    assert AlarmManager([GAUGE]).max_shelve_s == SupervisionConfig().alarm_shelve_max_s == 8 * 3600
