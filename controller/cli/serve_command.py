@@ -142,7 +142,7 @@ async def _serve(
                 url = f"http://{host}:{port}"
                 http_task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
                 bridge = (MqttBridge(service, mqtt_settings,
-                                     resume_after=service.last_event_seq())
+                                     resume_after=service.last_event_seq(), audit=audit)
                           if mqtt_settings is not None else None)
                 async with bridge if bridge is not None else contextlib.nullcontext():
                     out(f"povd serving {line.line}/{line.machine} at {url} "
