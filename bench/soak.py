@@ -55,7 +55,7 @@ from simulators.control import control_request  # noqa: E402
 RECIPES = ("f-doped-cladding", "silica-overclad", "smoke-test")
 # (device, fault, wall seconds): each one the controller recovers from by itself or by the
 # operator's clear and reset; none needs a purge by command (no gas-detector trips).
-FAULTS = (("rf", "flame_out", 0.3), ("gauge", "silent", 2.0), ("mfc_sicl4", "silent", 1.0),
+FAULTS = (("rf", "flame_out", 0.3), ("diameter_gauge", "silent", 2.0), ("mfc_sicl4", "silent", 1.0),
           ("safety_io", "water_flow_low", 1.0))
 OPERATOR = "soak"
 LAG_PROBE_S = 0.05
