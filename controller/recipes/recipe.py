@@ -38,6 +38,9 @@ MAX_EXTRA_PASSES = 100  # a layer may be given at most this many extra passes
 # A run is tens to hundreds of passes (domain.md: 50-300); 10,000 four-minute passes is four
 # weeks. Beyond it a count is a typo, and the forecast and the plan walk every pass.
 MAX_RUN_PASSES = 10_000
+# No step lasts longer than a week of process time (a cool-down is minutes, a whole run hours);
+# beyond it a figure is a typo, and 1.7e308 s overflowed the forecast's gas volumes to inf.
+MAX_STEP_S = 7 * 24 * 3600.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,7 +155,7 @@ class _StepBase(_Strict):
         description="allowed flow deviation, % of each MFC's full scale"
     )
     settle_timeout_s: float = Field(
-        default=DEFAULT_TOLERANCES.settle_s, gt=0,
+        default=DEFAULT_TOLERANCES.settle_s, gt=0, le=MAX_STEP_S,
         description="time allowed to reach the setpoints before the step fails"
     )
 
@@ -168,7 +171,7 @@ class PurgeStep(_StepBase):
     """Flow gases with the RF off: before ignition, or after cool-down."""
 
     step: Literal["purge"]
-    duration_s: float = Field(gt=0)
+    duration_s: float = Field(gt=0, le=MAX_STEP_S)
     ar_slpm: float = Field(default=0.0, ge=0)
     o2_slpm: float = Field(default=0.0, ge=0)
     n2_slpm: float = Field(default=0.0, ge=0)
@@ -184,7 +187,9 @@ class IgniteStep(_PoweredStep):
     o2_slpm: float = Field(default=0.0, ge=0)
     n2_slpm: float = Field(default=0.0, ge=0, description="N2 screen gas")
     spindle_rpm: float = Field(gt=0, description="the rod turns before the plasma heats it")
-    timeout_s: float = Field(gt=0, description="wait this long for plasma-lit, per attempt")
+    timeout_s: float = Field(
+        gt=0, le=MAX_STEP_S, description="wait this long for plasma-lit, per attempt"
+    )
     attempts: int = Field(default=3, ge=1, le=10)
     expected_duration_s: float = Field(
         default=10.0, gt=0, description="typical time to light, for the forecast"
@@ -201,7 +206,7 @@ class RampStep(_PoweredStep):
     """Move power and gases linearly from the previous step's values to these over duration_s."""
 
     step: Literal["ramp"]
-    duration_s: float = Field(gt=0)
+    duration_s: float = Field(gt=0, le=MAX_STEP_S)
     power_kw: float = Field(ge=0, description="power at the end of the ramp (0: plasma off)")
     ar_slpm: float = Field(default=0.0, ge=0)
     o2_slpm: float = Field(default=0.0, ge=0)
@@ -264,7 +269,7 @@ class DwellStep(_StepBase):
     """Hold the previous step's power and gases for a time, precursors off."""
 
     step: Literal["dwell"]
-    duration_s: float = Field(gt=0)
+    duration_s: float = Field(gt=0, le=MAX_STEP_S)
     spindle_rpm: float | None = Field(default=None, gt=0, description="unset: keep the speed")
 
 
@@ -272,8 +277,10 @@ class CoolDownStep(_StepBase):
     """Power down, RF off, purge gases on, the rod cooling while it turns."""
 
     step: Literal["cool_down"]
-    power_ramp_down_s: float = Field(default=30.0, gt=0, description="power to zero over this")
-    duration_s: float = Field(gt=0, description="cooling time after RF off")
+    power_ramp_down_s: float = Field(
+        default=30.0, gt=0, le=MAX_STEP_S, description="power to zero over this"
+    )
+    duration_s: float = Field(gt=0, le=MAX_STEP_S, description="cooling time after RF off")
     ar_slpm: float = Field(default=0.0, ge=0)
     o2_slpm: float = Field(default=0.0, ge=0)
     n2_slpm: float = Field(default=0.0, ge=0)

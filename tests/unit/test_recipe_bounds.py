@@ -19,7 +19,7 @@ from controller.recipes.loading import (
     parse_recipe,
 )
 from controller.recipes.parse_worker import RecipeReader, parse_recipe_off_loop
-from controller.recipes.recipe import MAX_RUN_PASSES, RecipeError, recipe_hash
+from controller.recipes.recipe import MAX_RUN_PASSES, MAX_STEP_S, RecipeError, recipe_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "recipes").glob("*.yaml")) + sorted(
@@ -227,3 +227,12 @@ async def test_a_worker_that_died_is_replaced(reader: RecipeReader) -> None:
     reader._process.kill()
     reader._process.wait()
     assert (await reader.parse(text, LINE)).name == "smoke-test"
+
+
+def test_a_step_longer_than_any_run_is_refused_at_its_field() -> None:
+    # 1.7e308 s was a valid cool-down whose forecast gas volume overflowed to inf.
+    text = (ROOT / "recipes/smoke-test.yaml").read_text().replace("duration_s: 900",
+                                                                 "duration_s: 1.7e308")
+    err = refusal(text)
+    assert [issue.field for issue in err.errors] == ["steps[5].duration_s"]
+    assert str(int(MAX_STEP_S)) in err.errors[0].reason
