@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+from collections import deque
 
 import serial_asyncio_fast
 
@@ -20,11 +22,29 @@ from drivers.transports.endpoint import Endpoint
 MAX_LINE = 512  # longer than any reply of our devices: more is a runaway stream, not a frame
 
 
+class _End(enum.Enum):
+    """Why a wait for a reply line ended without one."""
+
+    TIMED_OUT = "timed out"
+    CLOSED = "closed"
+
+
+def _settle(waiter: asyncio.Future[bytes | _End], outcome: bytes | _End) -> None:
+    if not waiter.done():
+        waiter.set_result(outcome)
+
+
 class _LineProtocol(asyncio.Protocol):
+    """Splits the stream into lines and hands each to the request waiting for it.
+
+    A reply costs one future and one timer (``next_line``): no task, no queue getter, so the
+    ASCII path stays close to a bare stream reader (bench/bench_throughput.py)."""
+
     def __init__(self, terminator: bytes) -> None:
         self.terminator = terminator
         self.buffer = bytearray()
-        self.lines: asyncio.Queue[bytes] = asyncio.Queue()
+        self._lines: deque[bytes] = deque()  # arrived while no request was waiting
+        self._waiter: asyncio.Future[bytes | _End] | None = None
         self.closed = asyncio.Event()
         self.overflow = False
         self.transport: asyncio.BaseTransport | None = None
@@ -35,22 +55,43 @@ class _LineProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffer.extend(data)
         while (i := self.buffer.find(self.terminator)) >= 0:
-            line = bytes(self.buffer[:i])
+            line = bytes(self.buffer[:i]).lstrip(b"\n")
             del self.buffer[: i + len(self.terminator)]
-            self.lines.put_nowait(line.lstrip(b"\n"))
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(line)
+            else:
+                self._lines.append(line)
         if len(self.buffer) > MAX_LINE:
             self.overflow = True
             self.buffer.clear()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed.set()
+        if self._waiter is not None:
+            _settle(self._waiter, _End.CLOSED)
 
     def discard_pending(self) -> None:
         """Forget replies that arrived late to an earlier request."""
         self.buffer.clear()
         self.overflow = False
-        while not self.lines.empty():
-            self.lines.get_nowait()
+        self._lines.clear()
+
+    async def next_line(self, timeout_s: float) -> bytes | _End:
+        """The next line, or why none came: ``timeout_s`` passed, or the link closed."""
+        if self._lines:
+            return self._lines.popleft()
+        if self.closed.is_set():
+            return _End.CLOSED
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bytes | _End] = loop.create_future()
+        self._waiter = waiter
+        timer = loop.call_later(timeout_s, _settle, waiter, _End.TIMED_OUT)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
 
 
 class AsciiTransport(BusTransport):
@@ -129,18 +170,10 @@ class AsciiTransport(BusTransport):
         transport.write(line.encode("ascii") + self.terminator)
         if not reply:
             return ""
-        get = asyncio.ensure_future(protocol.lines.get())
-        closed = asyncio.ensure_future(protocol.closed.wait())
-        try:
-            done, _ = await asyncio.wait(
-                {get, closed}, timeout=self.timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            get.cancel()
-            closed.cancel()
-        if get in done:
-            return self._decode(line, get.result())
-        if closed in done or protocol.closed.is_set():
+        raw = await protocol.next_line(self.timeout_s)
+        if isinstance(raw, bytes):
+            return self._decode(line, raw)
+        if raw is _End.CLOSED or protocol.closed.is_set():
             self._drop()
             raise DeviceDisconnected(self.name, "link closed during request")
         if protocol.overflow or protocol.buffer:
