@@ -38,18 +38,18 @@ class OtherThreads:
     def __init__(self) -> None:
         self._ids: tuple[int, ...] = ()
         self._stats: list[int] = []  # open /proc stat files, read again with pread
+        self._stale = True
 
     def working(self) -> bool:
-        me = threading.get_native_id()
-        ids = tuple(t.native_id for t in threading.enumerate()
-                    if t.native_id is not None and t.native_id != me)
-        if ids != self._ids:
-            self._reopen(ids)
+        # Asked before every select, so kept cheap: the thread list is looked up again only
+        # when the number of threads changes, and each stat file is read without reopening.
+        if self._stale or threading.active_count() - 1 != len(self._ids):
+            self._reopen()
         for fd in self._stats:
             try:
                 text = os.pread(fd, 512, 0)
             except ProcessLookupError:  # it ended: look the threads up again next time
-                self._ids = ()
+                self._stale = True
                 continue
             # The state follows the command name, which is in parentheses and may hold spaces.
             at = text.rfind(b")") + 2
@@ -57,14 +57,18 @@ class OtherThreads:
                 return True
         return False
 
-    def _reopen(self, ids: tuple[int, ...]) -> None:
+    def _reopen(self) -> None:
         self.close()
+        me = threading.get_native_id()
+        ids = tuple(t.native_id for t in threading.enumerate()
+                    if t.native_id is not None and t.native_id != me)
         for tid in ids:
             try:
                 self._stats.append(os.open(f"/proc/self/task/{tid}/stat", os.O_RDONLY))
             except FileNotFoundError:  # it ended meanwhile
                 continue
         self._ids = ids
+        self._stale = False
 
     def close(self) -> None:
         for fd in self._stats:

@@ -62,10 +62,10 @@ def test_two_virtual_runs_of_one_seed_leave_the_same_records(tmp_path: Path) -> 
 
 
 def test_the_product_is_the_scaled_runs(tmp_path: Path) -> None:
-    virtual = _povd_run(tmp_path / "virtual", "--virtual-time", "--seed", "1")
-    scaled = _povd_run(tmp_path / "scaled")  # povd-sim as a child, real time at x200
-    _finished(virtual)
-    _finished(scaled)
+    # One after the other: the scaled run keeps real time (its heartbeat, 1 s of wall time) and
+    # is not to share the CPU with the dry run.
+    _finished(_povd_run(tmp_path / "virtual", "--virtual-time", "--seed", "1"))
+    _finished(_povd_run(tmp_path / "scaled"))  # povd-sim as a child, real time at x200
     dry, wall = _product(tmp_path / "virtual"), _product(tmp_path / "scaled")
     assert dry.passes == wall.passes == 4
     assert math.isclose(dry.final_diameter_mm, wall.final_diameter_mm, rel_tol=0.002)
@@ -78,9 +78,10 @@ def test_the_product_is_the_scaled_runs(tmp_path: Path) -> None:
 
 
 def test_a_fault_lands_at_its_process_time(tmp_path: Path) -> None:
-    """A flame-out set for process second 80 (mid-deposit) lands there, and the run suspends
-    within two RF / safety-I/O polls of it (each 1/20 s of virtual wall time, x200)."""
-    at_s = 80.0
+    """A flame-out set for process second 380 of the simulated line (its clock starts before
+    the run's homing; 380 s is in the second pass) lands there, and the run suspends within two
+    RF polls of it (each 1/20 s of virtual wall time: 10 process seconds at x200)."""
+    at_s = 380.0
     stdout = _finished(_povd_run(tmp_path, "--virtual-time", "--seed", "1",
                                  "--fault", f"{at_s:g}:rf:flame_out:5"))
     [landed] = _dry_run_figures(stdout)["faults"]
