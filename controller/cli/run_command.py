@@ -55,6 +55,7 @@ from controller.run.process_clock import ProcessClock
 from controller.run.restart_reconcile import reconcile
 from controller.run.supervisor import Supervisor
 from controller.safety.states import State
+from drivers.errors import DeviceError
 
 log = structlog.get_logger(__name__)
 
@@ -181,7 +182,11 @@ async def _ready(args: argparse.Namespace, sup: Supervisor, operator: str, *,
         err(f"refused: no answer from {', '.join(missing)}: check that the machine (or "
             f"povd-sim) is running and that the endpoints / line configuration point at it")
         return False
-    await sup.make_idle("connect")
+    try:
+        await sup.make_idle("connect")
+    except DeviceError as exc:
+        err(f"refused: the machine did not take the idle posture: {exc}")
+        return False
     reset = await sup.reset_controller_loss(operator)
     if reset:
         out(f"reset what the hardware latched when the last controller stopped: "

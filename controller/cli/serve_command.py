@@ -37,6 +37,7 @@ from controller.service.line_service import LineService
 from controller.service.mqtt import MqttBridge
 from controller.service.mqtt_settings import MqttSettings, load_mqtt_settings
 from controller.service.users import TokenIssuer, UserStore
+from drivers.errors import DeviceError
 
 log = structlog.get_logger(__name__)
 
@@ -164,7 +165,12 @@ async def _bring_up(sup: Supervisor) -> None:
     missing = await sup.wait_links()
     if missing:
         log.warning("serve.links_missing", devices=missing)
-    await sup.make_idle("serve")
+    try:
+        await sup.make_idle("serve")
+    except DeviceError as exc:
+        # Serving goes on (status shows the device); the reconciler holds the outputs inside
+        # the envelope every safety cycle meanwhile.
+        log.error("serve.idle_posture_failed", error=str(exc))  # noqa: TRY400 - the cause is the device
     await sup.reset_controller_loss(getpass.getuser())
     await sup.wait_healthy()
 

@@ -9,6 +9,7 @@ need of the supervisor is ``CommandedLine``; the run and the reactions are given
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,6 +27,7 @@ from controller.safety.envelope import Envelope
 from controller.safety.interlocks import Reaction, Signals, evaluate
 from controller.safety.states import Command, State
 from drivers.codecs.servo_map import AlarmCode
+from drivers.errors import DeviceError
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +36,8 @@ SAFE_WARD_COMMANDS = frozenset({"hold", "stop", "abort", "jog_stop", "cool_rotat
 # Rule 9: these act at once, like a trip; their record follows and the answer says whether it
 # is durable yet. Every other command is acknowledged only once its record is durable.
 ACT_FIRST_COMMANDS = frozenset({"stop", "abort", "jog_stop"})
+# How long a restart tries to reset the PLC's heartbeat-loss latch (wall seconds).
+HEARTBEAT_LATCH_RESET_S = 5.0
 RECORD_PENDING = "carried out; its record is not yet durable (records stalled): alarm raised"
 OPERATOR_COMMANDS = ("start", "hold", "unhold", "stop", "abort", "reset", "clear")
 
@@ -139,6 +143,8 @@ class CommandedLine(SupervisedLine, Protocol):
                               accepted: bool, reason: str | None) -> asyncio.Future[None]: ...
     async def record_written(self, record: asyncio.Future[None]) -> bool: ...
     async def record_settle(self) -> bool: ...
+    @property
+    def heartbeats(self) -> int: ...
 
 
 class Commands:
@@ -356,11 +362,28 @@ class Commands:
                                  accepted=True, reason=None)
         source = f"restart:{user}"
         resets = [sup.act.reset_axis_alarm(axis, source) for axis in axes]
-        if latched:
-            resets.append(sup.act.reset_heartbeat_latch(source))
         await asyncio.gather(*resets, return_exceptions=True)
+        if latched:
+            await self._reset_heartbeat_latch(source)
         await asyncio.sleep(3 / poll_hz(sup.line, "carriage"))  # fresh readings
         return what
+
+    async def _reset_heartbeat_latch(self, source: str) -> None:
+        """The PLC accepts the reset only while our beats arrive: wait for a few first, then
+        reset until a fresh reading shows the latch gone (bounded; the start blockers say so
+        if it stays)."""
+        sup = self._sup
+        beats, deadline = sup.heartbeats, time.monotonic() + HEARTBEAT_LATCH_RESET_S
+        while sup.heartbeats < beats + 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        while time.monotonic() < deadline:
+            with contextlib.suppress(DeviceError):
+                await sup.act.reset_heartbeat_latch(source)
+            await asyncio.sleep(3 / poll_hz(sup.line, "safety_io"))
+            io = sup.telemetry.safety
+            if io is not None and not io.heartbeat_latched:
+                return
+        self._log.error("restart.heartbeat_latch_stays")
 
     async def restart_cooling_rotation(self, user: str) -> float:
         """Turn a hot rod at its cooling speed again, by command (after an E-stop reset the

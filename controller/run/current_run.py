@@ -60,6 +60,7 @@ class CurrentRun:
         self.executor: Executor | None = None
         self.outcome_reason: str | None = None
         self.finished = asyncio.Event()
+        self._ended: int | None = None  # the run whose end is recorded
         self._log = log.bind(line=sup.line.line)
 
     # -- start -----------------------------------------------------------------------------
@@ -268,8 +269,11 @@ class CurrentRun:
     def on_transition(self, to_state: State, cause: str | None) -> None:
         """A final state ends the run: its outcome recorded, ``finished`` set."""
         run_id = self.run_id
-        if to_state not in FINAL_STATES or run_id is None:
+        if to_state not in FINAL_STATES or run_id is None or run_id == self._ended:
+            # Ended once: clearing an abort (Aborted -> Clearing -> Stopped) is the unit's
+            # way back to rest, not a second end of the run.
             return
+        self._ended = run_id
         outcome = OUTCOME[to_state]
         self.outcome_reason = cause
         self._sup.record(lambda: self._sup.records.end_run(run_id, outcome))

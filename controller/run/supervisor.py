@@ -51,8 +51,11 @@ from controller.safety.judgement import GapTarget, Judge, build_signals
 from controller.safety.reconciler import Reconciler
 from controller.safety.states import ACTIVE_STATES, State, StateMachine, Transition
 from controller.safety.writer import Actuators, EnvelopeRefused
+from drivers.errors import DeviceError
 
 log = structlog.get_logger(__name__)
+
+IDLE_ATTEMPTS = 5  # writes of the idle posture before make_idle gives up
 
 
 class Supervisor:
@@ -232,7 +235,17 @@ class Supervisor:
         reasons = [f"{d}: no link" for d in DEVICE_NAMES if not self.link_alive(d)]
         reasons += [f"interlock {i.id}: {i.description}"
                     for i in blocking_start(self.signals(), self.line)]
+        io = self.telemetry.safety
+        if io is not None and io.heartbeat_latched:
+            # The PLC holds RF, precursors and heaters off until the latch is reset: a start
+            # now would only abort at ignition.
+            reasons.append("safety PLC: heartbeat loss latched (reset by clear or a restart)")
         return reasons
+
+    @property
+    def heartbeats(self) -> int:
+        """Heartbeats written since start (each one a completed safety cycle)."""
+        return self._pollers.beats
 
     async def wait_healthy(self, timeout_s: float = 5.0) -> list[str]:
         """Wait for the start blockers to go (e.g. the exhaust draft coming up)."""
@@ -273,11 +286,22 @@ class Supervisor:
 
     async def make_idle(self, source: str = "idle") -> None:
         """The idle posture: exhaust running (the draft interlock needs it), valves closed,
-        heaters off, RF off."""
-        await self.act.rf_off(source)
-        await self.act.set_outputs(source, exhaust_fan=True, gas_master_valve=False,
-                                   precursor_valve=False, heater_a=False, heater_b=False,
-                                   rf_permit=False, beacon_green=False, beacon_amber=True)
+        heaters off, RF off. A write that fails (a garbled frame, a link coming up) is tried
+        again a few times; DeviceError if it still fails (the envelope's reconciler keeps the
+        outputs safe meanwhile)."""
+        for attempt in range(IDLE_ATTEMPTS):
+            try:
+                await self.act.rf_off(source)
+                await self.act.set_outputs(
+                    source, exhaust_fan=True, gas_master_valve=False, precursor_valve=False,
+                    heater_a=False, heater_b=False, rf_permit=False, beacon_green=False,
+                    beacon_amber=True)
+                return
+            except DeviceError as exc:
+                if attempt == IDLE_ATTEMPTS - 1:
+                    raise
+                self._log.warning("idle.retry", source=source, error=str(exc))
+                await asyncio.sleep(0.2)
 
     # -- the safety cycle ------------------------------------------------------------------
     def _safety_cycle(self) -> None:

@@ -137,6 +137,16 @@ async def test_operator_abort_reaches_the_safe_state_and_needs_a_clear(rig: Rig)
     assert (await rig.sup.command("clear", "carol")).accepted
     assert rig.sup.sm.state is State.STOPPED
     assert (await rig.sup.command("reset", "carol")).accepted
+    # Clearing is the unit's way back to rest, not a second end: the run stays aborted, ended
+    # once (the soak's verify found every cleared abort rewritten as stopped).
+    await rig.sup.record_flush()
+    await rig.records.flush()
+    detail = rig.reader().get_run(rig.sup.run_id or 0)
+    assert detail is not None and detail.run.outcome is not None
+    assert detail.run.outcome.value == "aborted"
+    ends = [e for e in rig.reader().events_since(0, line=rig.line.line)
+            if e.run_id == rig.sup.run_id and e.kind == "run_ended"]
+    assert len(ends) == 1, ends
 
 
 async def test_an_abort_cuts_into_a_stop_in_progress(rig: Rig) -> None:
@@ -185,3 +195,23 @@ async def test_the_forecast_and_the_run_read_the_same_plan(rig: Rig) -> None:
     # The whole run takes longer: the settles, and the rod cooling below the rotation-stop
     # temperature while it turns (the forecast does not model the rod's heat).
     assert process_s >= predicted.duration_s * 0.9, process_s
+
+
+async def test_a_latched_heartbeat_loss_blocks_a_start_until_a_restart_resets_it(
+        rig: Rig) -> None:
+    """A start while the PLC holds its heartbeat-loss latch only aborted at ignition; the
+    restart's reset was written before the PLC saw our beats, refused, and not checked."""
+    rig.sup.reactions.heartbeat_enabled = False  # as a dead controller: no more beats
+    await rig.wait_for(lambda: rig.sup.telemetry.safety is not None
+                       and rig.sup.telemetry.safety.heartbeat_latched, 20, "latched")
+    rig.sup.reactions.heartbeat_enabled = True
+    blockers = rig.sup.start_blockers()
+    assert any("heartbeat loss latched" in b for b in blockers), blockers
+    refused = await rig.start("long")
+    assert not refused.accepted
+    assert "heartbeat loss latched" in (refused.reason or "")
+    # The restart's reset waits for our beats, then checks the latch went.
+    assert "heartbeat_latch" in await rig.sup.reset_controller_loss("carol")
+    await rig.wait_for(lambda: rig.sup.telemetry.safety is not None
+                       and not rig.sup.telemetry.safety.heartbeat_latched, 5, "reset")
+    assert not any("heartbeat" in b for b in rig.sup.start_blockers())
