@@ -15,6 +15,7 @@ inherits the loop's threads and sockets; this one inherits nothing but the envir
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import subprocess
 import sys
@@ -155,6 +156,7 @@ def recipe_reader() -> RecipeReader:
     with _reader_lock:
         if _reader is None:
             _reader = RecipeReader()
+            atexit.register(_reader.close)  # the worker ends with the service, not after it
         return _reader
 
 
