@@ -55,7 +55,8 @@ def _run(data_dir: Path, recipe: Path, scale: float, *extra: str) -> dict[str, A
     last = done.stdout.strip().splitlines()[-1:] or [""]
     if last[0].startswith('{"dry_run"'):
         dry = json.loads(last[0])["dry_run"]
-        figures.update(virtual_s=dry["virtual_s"], clock_jumps=dry["jumps"])
+        figures.update(virtual_s=dry["virtual_s"], clock_jumps=dry["jumps"],
+                       thread_waits=dry["thread_waits"])
     if done.returncode != 0:
         figures["stderr_tail"] = done.stderr[-1500:]
     return figures

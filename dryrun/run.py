@@ -42,6 +42,7 @@ def main(clock: VirtualClock, argv: list[str] | None = None) -> int:
             "wall_s": round(time.perf_counter() - wall0, 3),
             "virtual_s": round(loop.time() - virtual0, 6),
             "jumps": loop.jumps,
+            "thread_waits": loop.thread_waits,  # selects spent waiting for the records' thread
             "seed": args.seed,
             "faults": [{"at_process_s": f.fault.at_process_s, "device": f.fault.device,
                         "kind": f.fault.kind, "landed_process_s": round(f.process_s, 6),
