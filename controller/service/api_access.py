@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import os
+import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
 
@@ -34,6 +37,18 @@ from controller.service.roles import refusal
 from controller.service.users import TokenIssuer, User, UserStore
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+PASSWORD_NICENESS = 10
+
+
+def _below_the_safety_cycle() -> None:
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PASSWORD_NICENESS)
+
+
+# Password checks (argon2: memory-hard work on several threads, ~0.5 s of both cores here) run
+# one at a time on one worker niced below the controller (its threads inherit the niceness): a
+# burst of log-ins on a 2-core line PC starved the safety cycle into a PLC heartbeat loss.
+_password_worker = ThreadPoolExecutor(1, thread_name_prefix="password-check",
+                                      initializer=_below_the_safety_cycle)
 
 
 @dataclasses.dataclass
@@ -96,7 +111,8 @@ async def log_in(ctx: ApiContext, username: str, password: str,
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
                             f"too many failed log-ins: try again in {wait:.0f} s",
                             headers={"Retry-After": str(max(1, round(wait)))})
-    user = await asyncio.to_thread(ctx.users.verify, username, password)
+    user = await asyncio.get_running_loop().run_in_executor(
+        _password_worker, ctx.users.verify, username, password)
     if user is None:
         ctx.throttle.failed(keys)
         await ctx.audit.append_async(username, "login", detail, "failed", "bad credentials")
