@@ -17,18 +17,22 @@ import pytest
 from dryrun.records_view import Product, product_of, records_without_wall_clock
 
 ROOT = Path(__file__).resolve().parents[2]
-RECIPE = ROOT / "tests/system/recipes/quick.yaml"
+QUICK = ROOT / "tests/system/recipes/quick.yaml"
+# 20 passes of 55 process seconds, three layers: long enough passes for a product to compare
+# (quick.yaml's 12-second passes are 60 ms of wall time at x200, of the order of a loaded
+# machine's latency in the scaled run).
+LAYERS = ROOT / "tests/system/recipes/layers.yaml"
 SCALE = 200.0
 RUN_TIMEOUT_S = 540  # a ceiling on a stuck run, not a speed requirement
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-def _povd_run(data_dir: Path, *extra: str) -> subprocess.Popen[str]:
+def _povd_run(data_dir: Path, *extra: str, recipe: Path = QUICK) -> subprocess.Popen[str]:
     data_dir.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
         [sys.executable, "-m", "controller.cli.main", "--data-dir", str(data_dir), "run",
-         str(RECIPE), "--sim", "--time-scale", f"{SCALE:g}", "--operator", "test", *extra],
+         str(recipe), "--sim", "--time-scale", f"{SCALE:g}", "--operator", "test", *extra],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -62,19 +66,23 @@ def test_two_virtual_runs_of_one_seed_leave_the_same_records(tmp_path: Path) -> 
 
 
 def test_the_product_is_the_scaled_runs(tmp_path: Path) -> None:
+    """Passes, final diameter and layer boundaries within 0.2 %, the glass's gases (SiCl4,
+    dopant) within 1 %. Not held here: Ar, O2 and N2, whose totals are set by how long the
+    transitions between steps take, which in the scaled run includes the machine's own latency
+    times 200 (measured: O2 5 % more in the scaled run; docs/benchmarks.md)."""
     # One after the other: the scaled run keeps real time (its heartbeat, 1 s of wall time) and
     # is not to share the CPU with the dry run.
-    _finished(_povd_run(tmp_path / "virtual", "--virtual-time", "--seed", "1"))
-    _finished(_povd_run(tmp_path / "scaled"))  # povd-sim as a child, real time at x200
+    _finished(_povd_run(tmp_path / "virtual", "--virtual-time", "--seed", "1", recipe=LAYERS))
+    _finished(_povd_run(tmp_path / "scaled", recipe=LAYERS))  # povd-sim as a child, x200
     dry, wall = _product(tmp_path / "virtual"), _product(tmp_path / "scaled")
-    assert dry.passes == wall.passes == 4
+    assert dry.passes == wall.passes == 20
     assert math.isclose(dry.final_diameter_mm, wall.final_diameter_mm, rel_tol=0.002)
-    assert len(dry.layer_boundaries_mm) == len(wall.layer_boundaries_mm)
+    assert len(dry.layer_boundaries_mm) == len(wall.layer_boundaries_mm) == 3
     for mine, theirs in zip(dry.layer_boundaries_mm, wall.layer_boundaries_mm, strict=True):
         assert math.isclose(mine, theirs, rel_tol=0.002), (dry, wall)
-    assert dry.gas_totals_sl.keys() == wall.gas_totals_sl.keys()
-    for gas, total in dry.gas_totals_sl.items():
-        assert math.isclose(total, wall.gas_totals_sl[gas], rel_tol=0.01, abs_tol=0.05), gas
+    for gas in ("mfc_sicl4", "mfc_dopant"):
+        assert math.isclose(dry.gas_totals_sl[gas], wall.gas_totals_sl[gas], rel_tol=0.01), (
+            gas, dry.gas_totals_sl, wall.gas_totals_sl)
 
 
 def test_a_fault_lands_at_its_process_time(tmp_path: Path) -> None:
