@@ -193,6 +193,9 @@ def _dispatch(argv: list[str] | None) -> None:
             run_recipe,
         )
 
+        if (args.seed is not None or args.fault) and not args.virtual_time:
+            err("--seed and --fault belong to the dry run: add --virtual-time (with --sim)")
+            sys.exit(EXIT_INVALID)
         if args.virtual_time:
             exec_virtual_run(sys.argv[1:] if argv is None else argv)
         sys.exit(asyncio.run(run_recipe(args)))
