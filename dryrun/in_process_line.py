@@ -17,6 +17,7 @@ import structlog
 
 from controller.cli.run_command import MachineSource
 from controller.config.line import LineConfig
+from simulators.faults import ALL_FAULTS
 from simulators.line import LineSimulator
 
 log = structlog.get_logger(__name__)
@@ -44,6 +45,8 @@ class ScheduledFault:
         parts = text.split(":")
         if len(parts) not in (3, 4):
             raise ValueError(f"--fault wants AT:DEVICE:KIND[:FOR], got {text!r}")
+        if parts[2] not in ALL_FAULTS:
+            raise ValueError(f"--fault: unknown kind {parts[2]!r}; known: {sorted(ALL_FAULTS)}")
         duration = float(parts[3]) if len(parts) == 4 else None
         return cls(float(parts[0]), parts[1], parts[2], duration)
 
@@ -71,14 +74,18 @@ def in_process_line(seed: int | None, faults: list[ScheduledFault],
     ]:
         scale = args.time_scale or DEFAULT_TIME_SCALE
         async with LineSimulator(seeded(line, seed), time_scale=scale, serve_ptys=False) as sim:
-            for fault in faults:
-                _schedule(sim, fault, landed)
-            yield sim.endpoints()
+            pending = [_schedule(sim, fault, landed) for fault in faults]
+            try:
+                yield sim.endpoints()
+            finally:
+                for handle in pending:  # the run ended before they were due
+                    handle.cancel()
 
     return source
 
 
-def _schedule(sim: LineSimulator, fault: ScheduledFault, landed: list[LandedFault]) -> None:
+def _schedule(sim: LineSimulator, fault: ScheduledFault,
+              landed: list[LandedFault]) -> asyncio.TimerHandle:
     scale = sim.time_scale
     delay_wall = max(0.0, fault.at_process_s - sim.clock.process()) / scale
     duration_wall = None if fault.for_process_s is None else fault.for_process_s / scale
@@ -89,4 +96,4 @@ def _schedule(sim: LineSimulator, fault: ScheduledFault, landed: list[LandedFaul
         log.warning("dry_run.fault_injected", device=fault.device, kind=fault.kind,
                     process_s=landed[-1].process_s)
 
-    asyncio.get_running_loop().call_later(delay_wall, inject)
+    return asyncio.get_running_loop().call_later(delay_wall, inject)

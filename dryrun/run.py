@@ -9,7 +9,7 @@ import sys
 import time
 
 from controller.cli.main import _parser
-from controller.cli.output import EXIT_INVALID, err
+from controller.cli.output import EXIT_INVALID, err, load_config_or_exit
 from controller.cli.run_command import run_recipe
 from controller.config.logging_setup import configure_logging
 from dryrun.in_process_line import LandedFault, ScheduledFault, in_process_line
@@ -28,6 +28,10 @@ def main(clock: VirtualClock, argv: list[str] | None = None) -> int:
         faults = [ScheduledFault.parse(text) for text in args.fault]
     except ValueError as exc:
         err(str(exc))
+        return EXIT_INVALID
+    line = load_config_or_exit(args.config)
+    if unknown := sorted({f.device for f in faults} - set(line.devices)):
+        err(f"--fault: no device {', '.join(unknown)} on line {line.line}")
         return EXIT_INVALID
     landed: list[LandedFault] = []
     loop = VirtualTimeLoop(clock)
