@@ -118,7 +118,12 @@ class LineService:
         status.update(line=self.line, machine=self.machine,
                       layer=None if layer is None else layer.to_json(),
                       interrupted_runs=[r.id for r in self._interrupted_runs],
-                      links={d: self.sup.link_alive(d) for d in self.sup.line.devices})
+                      links={d: self.sup.link_alive(d) for d in self.sup.line.devices},
+                      # The envelope's conditions now (interlocks by level, a latched PLC
+                      # heartbeat) and what would refuse a jog: a screen shows both before
+                      # anyone tries, not only once a latched alarm or a refusal says so.
+                      conditions=sorted(self.sup.envelope_inputs().conditions),
+                      maintenance_refusal=self.sup.maintenance.refusal("jog"))
         return status
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any]]:

@@ -26,8 +26,11 @@ def _state_refusal(machine: StateMachine, command: str) -> Refusal | None:
     return None
 
 
-def command_refusals(role: Role, state: str, mode: str) -> dict[str, str | None]:
-    """Each offered command -> None (offered) or the reason it is not."""
+def command_refusals(role: Role, state: str, mode: str,
+                     maintenance_refusal: str | None = None) -> dict[str, str | None]:
+    """Each offered command -> None (offered) or the reason it is not. ``maintenance_refusal``
+    is the line's own reason to refuse motion and device tests now (an open E-stop chain, a
+    silent safety I/O), from the status; it comes after the role's and the state's."""
     machine = StateMachine(State(state), Mode(mode))
     refusals: dict[str, str | None] = {}
     for command in OFFERED:
@@ -35,5 +38,7 @@ def command_refusals(role: Role, state: str, mode: str) -> dict[str, str | None]
         if why is None:
             state_refusal = _state_refusal(machine, command)
             why = None if state_refusal is None else state_refusal.reason
+        if why is None and command in MAINTENANCE_COMMANDS:
+            why = maintenance_refusal
         refusals[command] = why
     return refusals

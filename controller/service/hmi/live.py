@@ -29,7 +29,8 @@ def sse(event: str, data: Any) -> str:
 
 def status_view(service: ControllerService, user: User) -> dict[str, Any]:
     status = service.status()
-    status["commands"] = command_refusals(user.role, status["state"], status["mode"])
+    status["commands"] = command_refusals(user.role, status["state"], status["mode"],
+                                          status.get("maintenance_refusal"))
     status["user"] = {"name": user.name, "role": user.role.value}
     return status
 

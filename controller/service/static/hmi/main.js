@@ -5,7 +5,7 @@
   const { el, setText, fmt } = HMI;
   const PRIORITY_RANK = { critical: 0, high: 1, medium: 2, low: 3 };
   const PRIORITY_ICON = { critical: "✖", high: "▲", medium: "◆", low: "●" };
-  const ACTIVE_ALARM = new Set(["unack_active", "ack_active"]);
+  const ALARMED = new Set(["unack_active", "ack_active", "rtn_unack"]);
   const FINAL_STATES = new Set(["Complete", "Stopped", "Aborted", "Idle"]);
   let line = null;
   let status = null;
@@ -141,24 +141,40 @@
     setText("diameter", fmt(t.gauge && t.gauge.valid ? t.gauge.diameter_mm : null, 2));
   }
 
+  // Each input by its level now (the status's conditions), its latched trip alarm beside it:
+  // a trip stays latched and marked first-out after its input has returned, until a clear.
   function renderInterlocks(s) {
     if (!line) return;
     const alarms = Object.fromEntries((s.alarms || []).map((a) => [a.id, a]));
+    const conditions = s.conditions ? new Set(s.conditions) : null;
     const safety = (s.telemetry && s.telemetry.safety) || {};
     const items = line.interlocks.map((lock) => {
       const alarm = alarms[lock.id];
-      const tripped = Boolean(alarm && ACTIVE_ALARM.has(alarm.state));
-      const latched = Boolean(alarm && alarm.state === "rtn_unack");
+      const alarmed = Boolean(alarm && ALARMED.has(alarm.state));
+      const tripped = conditions ? conditions.has(lock.id) : alarmed && alarm.state !== "rtn_unack";
+      const latched = !tripped && alarmed;
       const firstOut = Boolean((alarm && alarm.first_out) || s.trip_cause === lock.id);
       const value = safety[lock.signal];
       const shown = typeof value === "number" ? ` (${fmt(value, 1)})` : "";
       const cls = tripped ? "bad" : latched ? "latched" : "good";
-      const label = tripped ? "✖ TRIPPED" : latched ? "◐ returned, unacknowledged" : "✔ OK";
+      const label = tripped ? "✖ TRIPPED" : latched ? "◐ returned, latched" : "✔ OK";
       return el("li", { class: cls, "data-interlock": lock.id, "data-first-out": firstOut ? "yes" : null },
         el("span", { class: "mark" }, label), " ", lock.description, shown,
         firstOut ? el("span", { class: "first-out" }, " ◀ FIRST OUT") : null);
     });
-    document.getElementById("interlocks").replaceChildren(...items);
+    const heartbeat = heartbeatItem(safety, conditions);
+    document.getElementById("interlocks").replaceChildren(...items, heartbeat);
+  }
+
+  // The safety PLC's own watch on this controller: a latched heartbeat loss means the PLC
+  // acted alone (RF enable, precursor valve and heaters off) and holds the line so until it
+  // is reset; no interlock of the table shows it.
+  function heartbeatItem(safety, conditions) {
+    const latched = conditions ? conditions.has("heartbeat_latched") : Boolean(safety.heartbeat_latched);
+    const ok = !latched && safety.heartbeat_ok !== false;
+    return el("li", { class: ok ? "good" : "bad", "data-interlock": "plc_heartbeat" },
+      el("span", { class: "mark" }, ok ? "✔ OK" : latched ? "✖ LATCHED" : "✖ LOST"),
+      " safety PLC heartbeat", latched ? " (the PLC acted alone until reset)" : "");
   }
 
   function renderAlarms(alarms, commands) {
