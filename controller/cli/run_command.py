@@ -239,6 +239,8 @@ async def _supervise(  # noqa: PLR0917 - one call site, each argument named ther
     out(f"run {sup.run_id} ended: {state.value}"
         + (f" (cause: {sup.trip_cause})" if sup.trip_cause else ""))
     await _until_at_rest(sup, operator, interrupts)
+    # The drives' watchdogs take over when this process goes: a cold rod stays still.
+    await sup.refresh_watchdog_fallbacks()
     return EXIT_OK if state is State.COMPLETE else EXIT_ENDED_OTHERWISE
 
 

@@ -55,6 +55,7 @@ from drivers.errors import DeviceError
 
 log = structlog.get_logger(__name__)
 
+WATCHDOG_FALLBACK_PERIOD_S = 0.5  # how often the drives' watchdog speed is checked
 IDLE_ATTEMPTS = 5  # writes of the idle posture before make_idle gives up
 
 
@@ -108,6 +109,7 @@ class Supervisor:
                                 on_claim_lost=self._on_claim_lost)
         self.maintenance = Maintenance(self, lease_s=self.line.supervision.jog_lease_s)
         self.rest = RestKeeper(self)
+        self._watchdog_fallbacks: dict[str, float] = {}  # per drive, as last configured
         self.sm.add_listener(self._on_transition)
         self.alarms.subscribe(self._on_alarm)
 
@@ -190,6 +192,7 @@ class Supervisor:
         self._tasks.extend(self._pollers.spawn(spawn))
         self._tasks.append(spawn(self._telemetry_loop(), name="telemetry"))
         self._tasks.append(spawn(self._watch_loop(), name="loop-watchdog"))
+        self._tasks.append(spawn(self._keep_watchdog_fallbacks(), name="watchdog-fallbacks"))
         self._tasks.append(spawn(self.maintenance.watchdog(), name="jog-leases"))
         self._tasks.append(spawn(self.rest.watch(), name="rest-keeper"))
         return self
@@ -370,11 +373,36 @@ class Supervisor:
                                  machine_state=self.sm.state.value)
 
     async def _configure_axis_watchdog(self, axis: str) -> None:
-        """The drive's own communication watchdog (rule 11), set at connect: a named exception
-        to the single writer, like the heartbeat."""
+        """The drive's own communication watchdog (rule 11), set at connect and again when the
+        rod crosses rod_rotation_stop_c: a named exception to the single writer, like the
+        heartbeat. If the controller goes, a rotary drive turns a hot rod at its cooling speed
+        and leaves a cold one still (a drive left enabled at rest must not start turning the
+        moment `povd run` exits)."""
         cfg = self.line.axis(axis)
-        fallback = cooling_speed_rpm(self.line) if cfg.motion == "rotary" else 0.0
+        hot = self.envelope_now().rod_hot  # an unknown temperature counts as hot
+        fallback = cooling_speed_rpm(self.line) if cfg.motion == "rotary" and hot else 0.0
         await self.machine.axes[axis].configure_comm_watchdog(cfg.comm_watchdog_s, fallback)
+        self._watchdog_fallbacks[axis] = fallback
+
+    async def _keep_watchdog_fallbacks(self) -> None:
+        while True:
+            await asyncio.sleep(WATCHDOG_FALLBACK_PERIOD_S)
+            await self.refresh_watchdog_fallbacks()
+
+    async def refresh_watchdog_fallbacks(self) -> None:
+        """The rotary drives' watchdog speed follows the rod (a level, rule 10); `povd run`
+        calls it once more before it leaves the machine."""
+        hot = self.envelope_now().rod_hot
+        for axis in self.machine.axes:
+            cfg = self.line.axis(axis)
+            wanted = cooling_speed_rpm(self.line) if cfg.motion == "rotary" and hot else 0.0
+            set_to = self._watchdog_fallbacks.get(axis)
+            if set_to is None or set_to == wanted or not self.link_alive(axis):
+                continue  # not configured yet (the link's first answer does it)
+            try:
+                await self._configure_axis_watchdog(axis)
+            except DeviceError as exc:
+                self._log.warning("watchdog_fallback.failed", axis=axis, error=str(exc))
 
     # -- records and fan-out ---------------------------------------------------------------
     def record(self, write: Callable[[], Awaitable[Any]]) -> None:
