@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ from playwright.sync_api import Browser, Page, StorageState, expect, sync_playwr
 from tests.components import find_tool, require_tool
 
 STARTUP_S = 60.0
+# A run's tests take the line at x200 (the smoke test in some 20 s); a test module may set its
+# own TIME_SCALE: motion in maintenance is watched in wall time, so its line runs at x1.
 TIME_SCALE = 200
 DEBIAN_CHROMIUM = "/usr/bin/chromium"  # browsers cannot be downloaded here: Debian's
 USERS = {"olga": ("operator", "olga-password"), "vera": ("viewer", "vera-password"),
@@ -35,6 +37,17 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-component-update", "--no-first-run", "--mute-audio"]
 # A loaded 2-core machine runs the line, the service and Chromium at once: generous deadlines.
 expect.set_options(timeout=30_000)
+
+
+def until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    """Wait for a condition the page or the plant shows; failing, say what and how loaded the
+    machine was."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} "
+                                 f"(load average {os.getloadavg()[0]:.1f})")
+        time.sleep(0.1)
 
 
 def _wait(condition: Any, timeout_s: float, what: str) -> None:
@@ -91,9 +104,11 @@ def _no_leaked_tasks() -> None:
 
 
 @pytest.fixture(scope="module")
-def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
+def line(request: pytest.FixtureRequest,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
     """povd-sim, then `povd serve` connected to it, with an operator, a viewer and a
-    maintainer made by `povd users add`."""
+    maintainer made by `povd users add`; at the test module's TIME_SCALE (else x200)."""
+    time_scale = getattr(request.module, "TIME_SCALE", TIME_SCALE)
     tmp = tmp_path_factory.mktemp("hmi")
     env = {**os.environ, "POVD_DATA_DIR": str(tmp / "data")}
     for name, (role, password) in USERS.items():
@@ -101,7 +116,7 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
                         "--role", role, "--password-stdin"], input=password + "\n",
                        text=True, env=env, check=True, capture_output=True, timeout=60)
     endpoints, url_file = tmp / "endpoints.json", tmp / "url"
-    sim = _start(["simulators.serve", "serve", "--time-scale", str(TIME_SCALE),
+    sim = _start(["simulators.serve", "serve", "--time-scale", str(time_scale),
                   "--endpoints-json", str(endpoints)], env, tmp / "sim.log")
     serve = None
     try:

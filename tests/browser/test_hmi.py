@@ -1,31 +1,20 @@
-"""The operator HMI in Chromium against `povd serve` on the simulated line: a run started from
-the browser and watched, hold and unhold, a fault's first-out alarm acknowledged, a viewer's
-disabled commands, hold-to-jog on the maintenance page, and a finished run's report. The tests
-share one line and run in order (the run, then maintenance once it has ended)."""
+"""The operator HMI in Chromium against `povd serve` on the simulated line (x200): a run started
+from the browser and watched, hold and unhold, a viewer's disabled commands, a fault's first-out
+alarm acknowledged, and the finished run's report and CSV. The tests share one line and run in
+order (the report is the first test's run)."""
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser.conftest import Line, log_in, screenshot
+from tests.browser.conftest import Line, log_in, screenshot, until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # the first test starts the line
 
 RUN_S = 90.0  # the smoke test is some 20 s of wall time at x200; generous for a loaded machine
-
-
-def until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} "
-                                 f"(load average {os.getloadavg()[0]:.1f})")
-        time.sleep(0.1)
 
 
 def all_healthy(page: Page, timeout_s: float = 60.0) -> None:
@@ -38,6 +27,21 @@ def all_healthy(page: Page, timeout_s: float = 60.0) -> None:
     except AssertionError:
         raise AssertionError(f"not healthy after {timeout_s:g} s: {bad.all_inner_texts()} "
                              f"(load average {os.getloadavg()[0]:.1f})") from None
+
+
+UNEXPECTED = ("Aborting", "Aborted", "Stopping", "Stopped", "Suspending", "Suspended")
+
+
+def running(page: Page) -> bool:
+    """True while the run goes on; a run that went wrong fails the test at once, saying how
+    (rather than a wait for a pass that will not come)."""
+    state = page.inner_text("#state")
+    if state in UNEXPECTED:
+        alarms = page.locator("#alarms li").all_inner_texts()
+        raise AssertionError(f"the run went to {state}: {alarms} (making safe: "
+                             f"{page.inner_text('#making-safe')!r}; load average "
+                             f"{os.getloadavg()[0]:.1f})")
+    return True
 
 
 def number(page: Page, selector: str) -> int:
@@ -64,9 +68,10 @@ def test_a_run_from_the_browser(browser: Browser, line: Line) -> None:
     expect(page.locator("#serial")).to_have_text("P-HMI-1")
     expect(page.locator("#passes-total")).to_have_text("9")
 
-    until(lambda: number(page, "#passes-done") >= 1, "the first pass", RUN_S)
+    until(lambda: running(page) and number(page, "#passes-done") >= 1, "the first pass", RUN_S)
     first, trend = number(page, "#passes-done"), points(page, "power")
-    until(lambda: number(page, "#passes-done") > first, "the pass counter to move", RUN_S)
+    until(lambda: running(page) and number(page, "#passes-done") > first,
+          "the pass counter to move", RUN_S)
     until(lambda: points(page, "power") > trend, "the power trend to grow")
     expect(page.locator("#state")).to_have_text("Execute")
     screenshot(page, "main-mid-run")
@@ -97,6 +102,7 @@ def test_a_viewer_sees_every_command_disabled_with_the_reason(browser: Browser,
 
 def test_an_interlock_fault_shows_its_first_out_alarm(browser: Browser, line: Line) -> None:
     page = log_in(browser, line, "olga")
+    until(lambda: points(page, "power") >= 5, "the trends to fill (for the screenshot)")
     fault = {"device": "safety_io", "kind": "water_flow_low"}
     line.control({"cmd": "fault", **fault})
     try:
@@ -117,49 +123,6 @@ def test_an_interlock_fault_shows_its_first_out_alarm(browser: Browser, line: Li
     expect(lock).to_contain_text("returned")
     expect(lock).to_contain_text("FIRST OUT")
     expect(alarm).to_contain_text("FIRST OUT")
-    page.context.close()
-
-
-def carriage_mm(line: Line) -> float:
-    return float(line.plant()["carriage_mm"])
-
-
-def still(line: Line) -> bool:
-    """The carriage has not moved over a few simulator ticks."""
-    before = carriage_mm(line)
-    time.sleep(0.3)
-    return abs(carriage_mm(line) - before) < 0.01
-
-
-def test_hold_to_jog_on_the_maintenance_page(browser: Browser, line: Line) -> None:
-    page = log_in(browser, line, "mary", "/maintenance")
-    expect(page.locator("button.jog").first).to_be_disabled()
-    page.click("#mode-toggle")
-    expect(page.locator("#mode")).to_have_text("maintenance", timeout=30_000)
-    jog = page.locator("button.jog[data-axis=carriage][data-direction='+']")
-    expect(jog).to_be_enabled()
-
-    start = carriage_mm(line)
-    jog.hover()
-    page.mouse.down()
-    until(lambda: carriage_mm(line) > start + 5, "the carriage to move while held")
-    screenshot(page, "maintenance")
-    page.mouse.up()
-    until(lambda: still(line), "the carriage to stop on release", 10)
-    stopped = carriage_mm(line)
-    time.sleep(1.0)  # longer than a lease: nothing renews it
-    assert abs(carriage_mm(line) - stopped) < 0.01
-
-    # Closing the page mid-jog: the renewals end with it, the lease runs out, the axis stops.
-    jog.hover()
-    page.mouse.down()
-    until(lambda: carriage_mm(line) > stopped + 5, "the carriage to move again")
-    page.close()
-    until(lambda: still(line), "the carriage to stop once the page is closed", 10)
-
-    page = log_in(browser, line, "mary", "/maintenance")
-    page.click("#mode-toggle")
-    expect(page.locator("#mode")).to_have_text("production", timeout=30_000)
     page.context.close()
 
 

@@ -340,8 +340,14 @@
     HMI.report(await HMI.command("start", args), "run started");
   }
 
+  function openTrims() {
+    document.getElementById("trim-dialog").showModal();
+  }
+
   async function applyTrims(event) {
     event.preventDefault();
+    if (!document.getElementById("trim-form").reportValidity()) return;
+    document.getElementById("trim-dialog").close();
     const power = document.getElementById("trim-power").value;
     const traverse = document.getElementById("trim-traverse").value;
     const args = {};
@@ -390,6 +396,7 @@
     document.getElementById("start-recipe").addEventListener("change", pickShipped);
     document.getElementById("start-file").addEventListener("change", pickFile);
     document.getElementById("start-confirm").addEventListener("click", confirmStart);
-    document.getElementById("trim-form").addEventListener("submit", applyTrims);
+    document.getElementById("cmd-trim").addEventListener("click", openTrims);
+    document.getElementById("trim-apply").addEventListener("click", applyTrims);
   });
 })();
