@@ -176,9 +176,12 @@ class RecordsReader:
         rows = self._query("SELECT MAX(seq) AS seq FROM events WHERE line = ?", line)
         return int(rows[0]["seq"] or 0) if rows else 0
 
-    def telemetry(self, run_id: int | None) -> list[tuple[float, dict[str, Any]]]:
+    def telemetry(self, run_id: int | None,
+                  since_t: float | None = None) -> list[tuple[float, dict[str, Any]]]:
+        """The run's samples in time order; ``since_t``: only those at or after it."""
         rows = self._query(
-            "SELECT t, sample FROM telemetry WHERE run_id IS ? ORDER BY t, id", run_id
+            "SELECT t, sample FROM telemetry WHERE run_id IS ? AND t >= ? ORDER BY t, id",
+            run_id, float("-inf") if since_t is None else since_t,
         )
         return [(r["t"], json.loads(r["sample"])) for r in rows]
 

@@ -1,9 +1,10 @@
-"""The HMI's cookie session over HTTP (create_app over the fake controller of test_api.py): a
-command from a cookie session needs the CSRF header, a bearer token does not, and an idle
-cookie session is logged out, audited."""
+"""The HMI over HTTP (create_app over the fake controller of test_api.py): a command from a
+cookie session needs the CSRF header, a bearer token does not, an idle cookie session is logged
+out, audited; a page opened mid-run gets the trends' last ten minutes from the run's records."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +13,12 @@ import httpx
 import pytest
 
 from controller.records.audit import AuditTrail
+from controller.records.run_records import RunRecords
 from controller.service.hmi.sessions import CSRF_HEADER, SESSION_COOKIE, BrowserSessions
+from controller.service.hmi.trend_history import TREND_WINDOW_S
 from controller.service.roles import Role
 from tests.integration.test_api import Clock, FakeService, make_app, password
+from tests.unit.test_records import header
 
 IDLE_S = 600.0
 
@@ -45,7 +49,7 @@ class Hmi:
 @pytest.fixture
 async def hmi(tmp_path: Path) -> AsyncIterator[Hmi]:
     service, clock, idle_clock = FakeService(), Clock(), Clock()
-    app, audit = make_app(tmp_path, service, clock)
+    app, audit = make_app(tmp_path, service, clock, records_path=tmp_path / "records.sqlite3")
     app.state.povd.browser = BrowserSessions(IDLE_S, clock=idle_clock)
     yield Hmi(httpx.ASGITransport(app=app), service, audit, idle_clock)
     audit.close()
@@ -113,3 +117,41 @@ async def test_an_idle_cookie_session_is_logged_out(hmi: Hmi) -> None:
     logout = [e for e in hmi.audit.entries() if e.action == "logout"]
     assert [(e.user, e.outcome, e.reason) for e in logout] == [
         ("operator", "ok", "idle for more than 10 min")]
+
+
+def sample(forward_kw: float) -> dict[str, object]:
+    """A recorded sample as the supervisor writes it (Telemetry.to_json), abridged."""
+    return {
+        "rf": {"forward_kw": forward_kw, "reflected_kw": 0.5, "plasma_lit": True},
+        "safety": {"water_flow_l_min": 25.0},
+        "mfcs": {"mfc_o2": {"mass_slpm": 80.0, "pressure_psia": 14.7}},
+        "axes": {"carriage": {"position_mm": 300.0}},
+        "gauge": {"valid": True, "diameter_mm": 31.2},
+        "links": {"rf": True},
+        "state": "Execute",
+    }
+
+
+async def test_a_runs_trend_is_its_last_ten_minutes_of_drawn_values(
+        hmi: Hmi, tmp_path: Path) -> None:
+    now = time.time()
+    async with RunRecords(tmp_path / "records.sqlite3", line="line-sim") as records:
+        run_id = await records.start_run(header())
+        for age_s, power in ((TREND_WINDOW_S + 60, 10.0), (300.0, 40.0), (5.0, 50.0)):
+            records.add_telemetry(run_id, sample(power), t=now - age_s)
+        await records.flush()
+    async with hmi.browser() as browser:
+        await hmi.log_in(browser, Role.VIEWER)
+        reply = await browser.get(f"/hmi/api/runs/{run_id}/trend")
+        assert reply.status_code == 200, reply.text
+        rows = reply.json()
+        assert [row["rf"]["forward_kw"] for row in rows] == [40.0, 50.0]
+        assert rows[0] == {
+            "t": pytest.approx(now - 300.0),
+            "rf": {"forward_kw": 40.0, "reflected_kw": 0.5},
+            "mfcs": {"mfc_o2": {"mass_slpm": 80.0}},
+            "gauge": {"valid": True, "diameter_mm": 31.2},
+        }
+        assert (await browser.get(f"/hmi/api/runs/{run_id + 1}/trend")).json() == []
+    async with hmi.browser() as stranger:
+        assert (await stranger.get(f"/hmi/api/runs/{run_id}/trend")).status_code == 401

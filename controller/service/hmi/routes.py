@@ -26,6 +26,7 @@ from controller.service.hmi.live import live_feed
 from controller.service.hmi.run_plan import run_plan
 from controller.service.hmi.sessions import CSRF_HEADER, SESSION_COOKIE, csrf_token
 from controller.service.hmi.settings import STATIC_DIR, HmiSettings
+from controller.service.hmi.trend_history import trend_history
 
 PAGES = {"/": "index.html", "/maintenance": "maintenance.html"}
 # Pages and assets from this server only; uPlot sizes its canvas with inline styles.
@@ -117,6 +118,14 @@ async def plan(run_id: int, user: Reader, ctx: Ctx) -> dict[str, Any]:
     if view is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id}")
     return view
+
+
+@router.get("/hmi/api/runs/{run_id}/trend")
+async def trend(run_id: int, user: Reader, ctx: Ctx) -> list[dict[str, Any]]:
+    """The trends' last ten minutes of a run, from its records."""
+    if ctx.records_path is None:
+        return []
+    return await asyncio.to_thread(trend_history, ctx.records_path, run_id)
 
 
 @router.get("/hmi/api/recipes")

@@ -235,6 +235,7 @@
     ]);
     if (planRun !== runId || !view.ok) return;
     plan = view.data;
+    if (!FINAL_STATES.has(status ? status.state : "Idle")) loadTrendHistory(runId);
     for (const p of (detail.ok && detail.data.passes) || []) {
       measured[`${p.step}/${p.layer}`] = p.diameter_mm;
     }
@@ -367,21 +368,42 @@
     };
   }
 
+  // Each trend's values in one sample (the feed's, or a recorded one: the same shape).
+  function trendValues(t, planned) {
+    const rf = t.rf || {};
+    const mfcs = t.mfcs || {};
+    return {
+      power: [rf.forward_kw, rf.reflected_kw],
+      flows: Object.keys(line.mfcs).map((m) => (mfcs[m] ? mfcs[m].mass_slpm : null)),
+      diameter: [t.gauge && t.gauge.valid ? t.gauge.diameter_mm : null, planned],
+    };
+  }
+
   function onTelemetry(t) {
     if (!trends) return;
     const now = Date.now() / 1000;
-    const rf = t.rf || {};
-    trends.power.push(now, [rf.forward_kw, rf.reflected_kw]);
-    trends.flows.push(now, Object.keys(line.mfcs).map((m) => (t.mfcs[m] ? t.mfcs[m].mass_slpm : null)));
     const layer = currentLayer();
-    trends.diameter.push(now, [t.gauge && t.gauge.valid ? t.gauge.diameter_mm : null,
-      layer ? layer.target_diameter_mm : null]);
+    const values = trendValues(t, layer ? layer.target_diameter_mm : null);
+    for (const [name, trend] of Object.entries(trends)) trend.push(now, values[name]);
+  }
+
+  // A page opened mid-run draws the run's last minutes from its records at once.
+  async function loadTrendHistory(runId) {
+    const result = await HMI.request("GET", `/hmi/api/runs/${runId}/trend`);
+    if (!result.ok || planRun !== runId || !trends || !result.data.length) return;
+    const rows = result.data.map((r) => trendValues(r, null));
+    const times = result.data.map((r) => r.t);
+    for (const [name, trend] of Object.entries(trends)) {
+      const columns = trend.names.map((_, i) => rows.map((v) => (v[name][i] === undefined ? null : v[name][i])));
+      trend.prepend(times, columns);
+    }
   }
 
   HMI.onLogin(async () => {
     const result = await HMI.request("GET", "/hmi/api/line");
     if (result.ok) line = result.data;
     makeTrends();
+    if (planRun && status && !FINAL_STATES.has(status.state)) loadTrendHistory(planRun);
     loadRuns();
   });
   HMI.on("status", renderStatus);

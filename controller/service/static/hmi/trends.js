@@ -43,6 +43,14 @@ class Trend {
     this.dirty = true;
   }
 
+  // Older samples (a run's recorded minutes, for a page opened mid-run) ahead of the feed's.
+  prepend(times, columns) {
+    const first = this.data[0].length ? this.data[0][0] : Infinity;
+    const older = times.filter((t) => t < first).length;
+    this.data = this.data.map((column, i) => [...(i === 0 ? times : columns[i - 1]).slice(0, older), ...column]);
+    this.dirty = true;
+  }
+
   draw() {
     if (!this.dirty) return;
     this.dirty = false;
