@@ -63,7 +63,20 @@ def _wait(condition: Any, timeout_s: float, what: str) -> None:
 class Line:
     url: str
     endpoints: dict[str, Any]
+    logs: Path
     sessions: dict[str, StorageState] = field(default_factory=dict)  # user -> cookies
+
+    def log_tail(self, lines: int = 25) -> str:
+        """The last warnings and errors of povd serve and povd-sim (their JSON lines)."""
+        parts = []
+        for name in ("serve.log", "sim.log"):
+            path = self.logs / name
+            text = path.read_text(errors="replace") if path.exists() else ""
+            notable = [line for line in text.splitlines()
+                       if '"level": "warning"' in line or '"level": "error"' in line]
+            parts.append(f"--- {name}, last {lines} warnings and errors:\n"
+                         + "\n".join(notable[-lines:]))
+        return "\n".join(parts)
 
     def control(self, request: dict[str, Any]) -> dict[str, Any]:
         """One request to the simulator's control channel (a JSON line each way; blocking:
@@ -95,6 +108,18 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item,
+                              call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    """A failed browser test shows what the controller and the simulator said meanwhile (a
+    heartbeat loss, a device error): the page alone rarely tells why."""
+    report: pytest.TestReport = yield
+    line = getattr(item, "funcargs", {}).get("line")
+    if report.when == "call" and report.failed and isinstance(line, Line):
+        report.sections.append(("povd serve and povd-sim", line.log_tail()))
+    return report
 
 
 @pytest.fixture(autouse=True)
@@ -130,7 +155,7 @@ def line(request: pytest.FixtureRequest,
         _wait(lambda: (url_file.exists() and url_file.read_text().startswith("http"))
               or serve.poll() is not None, STARTUP_S, "povd serve")
         assert serve.poll() is None, (tmp / "serve.log").read_text()[-3000:]
-        yield Line(url_file.read_text().strip(), json.loads(endpoints.read_text()))
+        yield Line(url_file.read_text().strip(), json.loads(endpoints.read_text()), tmp)
     finally:
         if serve is not None:
             _stop(serve)
