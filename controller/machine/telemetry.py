@@ -7,8 +7,11 @@ samples, it never delays the interlocks."""
 from __future__ import annotations
 
 import asyncio
+import copy
+import functools
 import time
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
 from typing import Any
 
 from drivers.diameter_gauge import GaugeReading
@@ -51,22 +54,34 @@ class Telemetry:
         return health is not None and health.ok
 
     def to_json(self) -> dict[str, Any]:
-        def plain(value: object) -> Any:
-            if value is None:
-                return None
-            if is_dataclass(value) and not isinstance(value, type):
-                return {k: (sorted(v) if isinstance(v, frozenset) else v)
-                        for k, v in asdict(value).items()}
-            return value
-
         return {
-            "rf": plain(self.rf),
-            "safety": plain(self.safety),
-            "mfcs": {k: plain(v) for k, v in self.mfcs.items()},
-            "axes": {k: plain(v) for k, v in self.axes.items()},
-            "gauge": plain(self.gauge),
+            "rf": _plain(self.rf),
+            "safety": _plain(self.safety),
+            "mfcs": {k: _plain(v) for k, v in self.mfcs.items()},
+            "axes": {k: _plain(v) for k, v in self.axes.items()},
+            "gauge": _plain(self.gauge),
             "links": {k: v.ok for k, v in self.health.items()},
         }
+
+
+# A snapshot goes out with every HMI status (each browser, each second) and every telemetry
+# sample: field by field, not through dataclasses.asdict, whose deep copy of every value was
+# most of its cost (about 250 us per snapshot on the bench machine, on the event loop).
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def _plain(value: object) -> Any:
+    """A reading as plain data: a dataclass as a dict of its fields (nested ones too), a
+    frozenset (status words) as a sorted list; containers copied, scalars as they are."""
+    if value is None or isinstance(value, bool | int | float | str | Enum):
+        return value
+    if is_dataclass(value) and not isinstance(value, type):
+        return {name: _plain(getattr(value, name)) for name in _field_names(type(value))}
+    if isinstance(value, frozenset):
+        return sorted(value)
+    return copy.deepcopy(value)
 
 
 class Fanout:
