@@ -2,7 +2,7 @@
 (issue 12 item 5): CPU as a share of one core and RSS of the ``povd serve`` process (its
 povd-sim child not counted), over ``--seconds`` of deposition. Prints JSON.
 
-    .venv/bin/python bench/footprint.py [--seconds 60] [--profile FILE.html]
+    .venv/bin/python bench/footprint.py [--seconds 60] [--profile FILE.html] [--loop uvloop]
 
 ``povd serve --sim --time-scale 1`` as installed (deploy/line-sim.yaml's rates: safety I/O
 100 Hz, RF and drives 20 Hz, MFCs 10 Hz, gauge 50 Hz), a 40-pass recipe started over the API
@@ -58,8 +58,8 @@ def measure(pid: int, seconds: float) -> dict[str, Any]:
             "met": cpu_pct < CPU_BAR_PCT and rss < RSS_BAR_MB}
 
 
-def main(seconds: float, profile: Path | None) -> dict[str, Any]:
-    with serving(probed=False, profile=profile) as served:
+def main(seconds: float, profile: Path | None, loop: str) -> dict[str, Any]:
+    with serving(probed=False, profile=profile, loop=loop) as served:
         run = start_run_and_wait_deposition(served)
         load_before = load_average()
         if profile is not None:
@@ -69,7 +69,7 @@ def main(seconds: float, profile: Path | None) -> dict[str, Any]:
         if profile is not None:
             served.stats()  # stops the profiler and writes the profile
         still_depositing = status["state"] == "Execute" and status["op"] == "deposit"
-    return {"benchmark": "footprint", "machine": machine_info(), "time_scale": 1,
+    return {"benchmark": "footprint", "machine": machine_info(), "time_scale": 1, "loop": loop,
             "run": run, "load_average_before": load_before, "load_average_after": load_average(),
             "still_depositing_at_end": still_depositing,
             "profiled": profile is not None, **figures}
@@ -79,5 +79,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--profile", type=Path, default=None)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="the controller's event loop (uvloop: a trial of it)")
     args = parser.parse_args()
-    print(json.dumps(main(args.seconds, args.profile), indent=2))
+    print(json.dumps(main(args.seconds, args.profile, args.loop), indent=2))

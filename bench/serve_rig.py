@@ -130,12 +130,14 @@ def add_user(data_dir: Path) -> None:
         raise RuntimeError(f"povd users add: {done.stderr}")
 
 
+UVLOOP_MAIN = "import uvloop; uvloop.install(); from controller.cli.main import main; main()"
 # As deploy/systemd/povd.service runs it: JSON logs at INFO on stderr (here a file).
 GLOBAL_ARGS = ("--log-json", "--log-level", "INFO")
 
 
 @contextmanager
-def serving(*extra: str, probed: bool, profile: Path | None = None) -> Iterator[Served]:
+def serving(*extra: str, probed: bool, profile: Path | None = None,
+            loop: str = "asyncio") -> Iterator[Served]:
     """``povd serve --sim --time-scale 1`` in a fresh data directory, with a user;
     ``profile``: the probed controller, which profiles itself (pyinstrument) from SIGUSR2 to
     SIGUSR1 and writes the profile there (HTML, and text beside it)."""
@@ -149,6 +151,8 @@ def serving(*extra: str, probed: bool, profile: Path | None = None) -> Iterator[
             head = [sys.executable, str(Path(__file__).resolve()), "--stats", str(stats_path)]
             if profile is not None:
                 head += ["--profile", str(profile.resolve())]
+        elif loop == "uvloop":  # the same command on uvloop's event loop
+            head = [sys.executable, "-c", UVLOOP_MAIN]
         else:
             head = [sys.executable, "-m", "controller.cli.main"]
         command = [*head, *GLOBAL_ARGS, "serve", "--sim", "--time-scale", "1",
