@@ -64,6 +64,13 @@ def build_device(name: str, line: LineConfig, plant: Plant, faults: FaultBoard) 
     raise TypeError(f"no simulator for device {name} ({type(config).__name__})")
 
 
+# Serial buses are held to their baud rate in wall time up to this time scale. Above it a
+# frame's wire time, multiplied by the scale, stretches every transition by process seconds
+# (x200: a 40 ms write on a busy precursor bus is 8 process seconds of SiCl4 flowing: half as
+# much glass again in a short recipe), so fast runs are unpaced; the bus budget (refused line
+# configurations) and the runs at x1 to x10 keep the buses honest.
+PACED_UP_TO_SCALE = 10.0
+
 class LineSimulator:
     def __init__(
         self,
@@ -107,6 +114,9 @@ class LineSimulator:
             if members:
                 port = ports.get(bus_name, 0)
                 self.buses[bus_name] = self._bus_server(bus_name, bus, members, port)
+                wire = self.buses[bus_name].wire
+                if wire is not None:
+                    wire.paced = self.time_scale <= PACED_UP_TO_SCALE
         self.control = ControlServer(
             self.faults, self.plant, list(self.devices), host=host, port=control_port,
             extra=lambda: {"time_scale": self.time_scale},

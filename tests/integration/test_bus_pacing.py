@@ -159,3 +159,13 @@ async def test_tcp_links_are_not_paced_but_their_frames_are_seen(rig: Rig) -> No
     assert sent[0] is False and received[0] is True
     assert sent[1][7] == 6 and received[1][7] == 6  # a write's request and its echo (MBAP + FC)
     assert received[2] >= sent[2]
+
+
+@pytest.mark.parametrize(("time_scale", "paced"), [(1.0, True), (10.0, True), (200.0, False)])
+async def test_serial_buses_are_paced_up_to_x10(time_scale: float, paced: bool) -> None:
+    """Above x10 a frame's wire time times the scale would stretch every transition by
+    process seconds (more SiCl4 than the recipe asks): fast runs are unpaced."""
+    async with LineSimulator(DEMO, time_scale=time_scale, serve_ptys=False) as sim:
+        wires = [bus.wire for bus in sim.buses.values() if bus.wire is not None]
+        assert wires, "the demo line has serial buses"
+        assert all(wire.paced is paced for wire in wires)

@@ -16,6 +16,7 @@ import pytest
 
 from controller.config.line import RfGeneratorConfig, load_line_config
 from drivers.codecs import rf_generator_map as rf_map
+from drivers.codecs import safety_io_map as io_map
 from drivers.errors import (
     DeviceDisconnected,
     DeviceError,
@@ -226,7 +227,7 @@ async def test_safety_plc_heartbeat_loss_drops_rf(rig: Rig) -> None:
     line = load_line_config()
     plc = SafetyIoSim("safety_io", line.safety_io(), rig.plant, rig.faults)
     plc.on_write(0, [0x0100])  # the controller's RF permit (outputs bit 8)
-    plc.on_write(1, [1])  # a first heartbeat
+    plc.on_write(io_map.HR_BEAT_OWNER, [0x1A2B, 1])  # a first heartbeat: owner id, counter
     plc.step(0.05, 100.0)
     await rig.rf.set_power_kw(20.0)
     await rig.rf.rf_on()

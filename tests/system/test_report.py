@@ -53,7 +53,7 @@ async def test_a_real_runs_report_as_html_and_csv(rig: Rig, tmp_path: Path) -> N
         timeout_s=30, what="the run's end in the records")
     assert detail is not None
     samples = reader.telemetry(run_id)
-    assert len(samples) > 5 and len(detail.passes) == 4
+    assert len(samples) >= 3 and len(detail.passes) == 4  # 1 Hz of wall time: a few seconds at x200
 
     # What the plots show is what the run did: the plasma's power, every gas, the spindle,
     # the carriage and the gauge; each pass's diameter against the plan.
