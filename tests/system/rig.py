@@ -71,9 +71,10 @@ class Rig:
 
 @asynccontextmanager
 async def line_rig(
-    tmp_path: Path, *, time_scale: float = TIME_SCALE, records_connect: Connect | None = None
+    tmp_path: Path, *, time_scale: float = TIME_SCALE, records_connect: Connect | None = None,
+    line: LineConfig | None = None,
 ) -> AsyncIterator[Rig]:
-    line = load_line_config()
+    line = line or load_line_config()
     db = tmp_path / "records.sqlite3"
     async with LineSimulator(line, time_scale=time_scale, serve_ptys=False) as sim:
         machine = build_machine(line, sim.endpoints())

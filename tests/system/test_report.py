@@ -9,17 +9,19 @@ import csv
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from controller.config.line import load_line_config
 from controller.records.reader import RecordsReader
 from controller.records.report_csv import PASS_COLUMNS, passes_filename, samples_filename
 from controller.records.schema import Outcome, RunDetail
 from controller.safety.states import State
 from controller.service.reports.plot_data import plot_data
 from tests.integration.test_report_html import check_report
-from tests.system.rig import RECIPES, Rig
+from tests.system.rig import RECIPES, Rig, line_rig
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -33,6 +35,17 @@ def povd(data_dir: Path, *args: str, stdout: int | None = subprocess.PIPE,
     return subprocess.run(
         [sys.executable, "-m", "controller.cli.main", "--data-dir", str(data_dir), *args],
         stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=timeout_s, check=False)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    """Telemetry recorded at 20 Hz of wall time: the quick run lasts seconds at x200, and its
+    plots need the lit plasma in them."""
+    base = load_line_config()
+    line = base.model_copy(update={"supervision": base.supervision.model_copy(
+        update={"telemetry_record_hz": 20.0})})
+    async with line_rig(tmp_path, line=line) as r:
+        yield r
 
 
 async def test_a_real_runs_report_as_html_and_csv(rig: Rig, tmp_path: Path) -> None:
@@ -53,7 +66,7 @@ async def test_a_real_runs_report_as_html_and_csv(rig: Rig, tmp_path: Path) -> N
         timeout_s=30, what="the run's end in the records")
     assert detail is not None
     samples = reader.telemetry(run_id)
-    assert len(samples) >= 3 and len(detail.passes) == 4  # 1 Hz of wall time: a few seconds at x200
+    assert len(samples) > 5 and len(detail.passes) == 4
 
     # What the plots show is what the run did: the plasma's power, every gas, the spindle,
     # the carriage and the gauge; each pass's diameter against the plan.
