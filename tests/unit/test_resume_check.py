@@ -9,7 +9,7 @@ RAN = "name: cladding\nlayers:\n  - passes: 6\n    power_kw: 40\n"
 
 
 def summary(text: str) -> RunSummary:
-    fields = {name: None for name in RunSummary.__slots__}
+    fields = dict.fromkeys(RunSummary.__slots__)
     fields.update(id=12, recipe_name="cladding", recipe_hash=recipe_hash(text), line="line1",
                   machine="povd1", operator="olga")
     return RunSummary(**fields)
