@@ -17,36 +17,17 @@ from pathlib import Path
 import pytest
 
 from controller.records.run_records import RecordsReader, RecordsUnavailable
+from tests.system.sim_process import povd_sim, wait_until
 
 pytestmark = pytest.mark.slow
 
 RECIPE = Path(__file__).parent / "recipes" / "long.yaml"
 
 
-def _wait(condition, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def simulator(tmp_path: Path) -> Iterator[Path]:
-    endpoints = tmp_path / "endpoints.json"
-    log = (tmp_path / "sim.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "simulators.serve", "serve", "--time-scale", "200", "--no-pty",
-         "--endpoints-json", str(endpoints), "--log-json"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        _wait(endpoints.exists, 30, "povd-sim endpoints")
+    with povd_sim(tmp_path, time_scale=200) as endpoints:
         yield endpoints
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-        log.close()
 
 
 def _povd(data_dir: Path, *args: str, **kwargs) -> subprocess.Popen[str]:  # type: ignore[no-untyped-def]
@@ -81,14 +62,14 @@ def test_kill_9_then_resume_from_the_last_pass(tmp_path: Path, simulator: Path) 
         return len(detail.passes) if detail else 0
 
     try:
-        _wait(lambda: passes() >= 3, 90, "three passes")
+        wait_until(lambda: passes() >= 3, 90, "three passes")
     finally:
         os.kill(controller.pid, signal.SIGKILL)
         controller.communicate(timeout=10)
     run_id = RecordsReader(db).list_runs()[0].id
     recorded_before = passes()
     # Without a controller the heartbeat stops and the safety PLC drops the RF enable.
-    _wait(lambda: _plant(simulator)["rf_enable"] is False, 10, "the PLC to drop RF enable")
+    wait_until(lambda: _plant(simulator)["rf_enable"] is False, 10, "the PLC to drop RF enable")
 
     refused = _povd(data, "run", str(RECIPE), "--endpoints", str(simulator))
     _, err = refused.communicate(timeout=60)
@@ -129,7 +110,7 @@ def test_a_second_controller_for_the_same_line_is_refused(tmp_path: Path, simula
     data = tmp_path / "data"
     first = _povd(data, "run", str(RECIPE), "--endpoints", str(simulator))
     try:
-        _wait((data / "line1.lock").exists, 30, "the line lock")
+        wait_until((data / "line1.lock").exists, 30, "the line lock")
         time.sleep(0.5)
         second = _povd(data, "run", str(RECIPE), "--endpoints", str(simulator))
         _, err = second.communicate(timeout=60)
@@ -156,18 +137,18 @@ def test_a_dead_controller_leaves_the_hardware_to_reach_rest(tmp_path: Path,
     data = tmp_path / "data"
     controller = _povd(data, "run", str(RECIPE), "--endpoints", str(simulator))
     try:
-        _wait(lambda: _plant(simulator)["precursor_valve_open"] is True
+        wait_until(lambda: _plant(simulator)["precursor_valve_open"] is True
               and float(_plant(simulator)["carriage_mm"]) > 310, 90, "deposition")  # type: ignore[arg-type]
     finally:
         os.kill(controller.pid, signal.SIGKILL)
         controller.communicate(timeout=10)
-    _wait(lambda: _plant(simulator)["rf_enable"] is False, 10, "the PLC to drop RF enable")
+    wait_until(lambda: _plant(simulator)["rf_enable"] is False, 10, "the PLC to drop RF enable")
     plant = _plant(simulator)
     assert plant["precursor_valve_open"] is False, "precursor valve closed with the RF"
     assert plant["heaters_on"] == [False, False]
     assert plant["exhaust_fan_on"] is True
     # The master valve after the PLC's purge (60 s of process time: 0.3 s at x200).
-    _wait(lambda: _plant(simulator)["master_valve_open"] is False, 10, "master valve closed")
+    wait_until(lambda: _plant(simulator)["master_valve_open"] is False, 10, "master valve closed")
     # The carriage stops by its drive's watchdog; the spindle keeps the rod turning.
     first = float(_plant(simulator)["carriage_mm"])  # type: ignore[arg-type]
     time.sleep(1.0)
@@ -182,7 +163,7 @@ def test_povd_run_exits_only_once_the_machine_is_at_rest(tmp_path: Path,
     data = tmp_path / "data"
     controller = _povd(data, "run", str(RECIPE), "--endpoints", str(simulator))
     try:
-        _wait(lambda: _plant(simulator)["precursor_valve_open"] is True, 90, "deposition")
+        wait_until(lambda: _plant(simulator)["precursor_valve_open"] is True, 90, "deposition")
         _fault(simulator, "safety_io", "water_flow_low")
         out, err = controller.communicate(timeout=120)
     finally:

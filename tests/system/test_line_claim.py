@@ -17,8 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from drivers.codecs.safety_io_map import SafetyInputs, format_owner_id
 from drivers.transports.endpoint import Endpoint
 from drivers.transports.modbus import ModbusTransport
 from tests.system.rig import Rig
+from tests.system.sim_process import povd_sim, wait_until
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -145,29 +145,10 @@ async def test_no_answer_from_the_safety_io_refuses_the_claim(tmp_path: Path) ->
 
 
 # -- as the line PC runs it: two `povd serve`, one `povd-sim` ---------------------------------
-def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def simulator(tmp_path: Path) -> Iterator[Path]:
-    endpoints = tmp_path / "endpoints.json"
-    with (tmp_path / "sim.log").open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "simulators.serve", "serve", "--time-scale", "50",
-             "--no-pty", "--endpoints-json", str(endpoints)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        try:
-            _wait(endpoints.exists, 30, "povd-sim endpoints")
-            yield endpoints
-        finally:
-            proc.terminate()
-            proc.wait(timeout=15)
+    with povd_sim(tmp_path, time_scale=50) as endpoints:
+        yield endpoints
 
 
 def _serve(tmp_path: Path, name: str, endpoints: Path) -> tuple[subprocess.Popen[str], Path]:
@@ -213,7 +194,7 @@ def test_two_serves_on_one_line_the_second_is_refused_until_the_first_dies(
     first, first_url = _serve(tmp_path, "first", simulator)
     second: subprocess.Popen[str] | None = None
     try:
-        _wait(lambda: first_url.exists() or first.poll() is not None, STARTUP_S,
+        wait_until(lambda: first_url.exists() or first.poll() is not None, STARTUP_S,
               "the first controller's URL")
         assert first.poll() is None, (tmp_path / "first.err").read_text()[-3000:]
         owner = _plc_inputs(simulator).line_owner
@@ -231,7 +212,7 @@ def test_two_serves_on_one_line_the_second_is_refused_until_the_first_dies(
 
         _stop(first, signal.SIGKILL)  # dies: its heartbeat stops, the PLC latches the loss
         second, second_url = _serve(tmp_path, "second", simulator)
-        _wait(lambda: second_url.exists() or second.poll() is not None, STARTUP_S,
+        wait_until(lambda: second_url.exists() or second.poll() is not None, STARTUP_S,
               "the second controller's URL")
         assert second.poll() is None, (tmp_path / "second.err").read_text()[-3000:]
         inputs = _plc_inputs(simulator)
