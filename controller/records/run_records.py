@@ -89,6 +89,10 @@ def records_path(data_dir: Path) -> Path:
     return data_dir / RECORDS_FILE
 
 
+# After a failed or stalled write, the records count as available again only once no write
+# has failed for this long (wall seconds).
+RECOVERY_QUIET_S = 10.0
+
 class RecordsStats:
     """Counters for telemetry, readable from the event loop."""
 
@@ -119,7 +123,7 @@ class RunRecords:
         # RecordsUnavailable and is reported like a failed write; the write itself still lands
         # when the disk answers. None: wait as long as it takes (tools, tests).
         self.timeout_s = timeout_s
-        self.healthy = True  # the last awaited record was written (in time)
+        self._last_failure: float | None = None  # monotonic
         self._listeners: list[Callable[[RecordsUnavailable], None]] = []
         self.line = line
         self.stats = RecordsStats()
@@ -277,6 +281,14 @@ class RunRecords:
     def _at(self, t: float, run_id: int | None) -> rows.Stamp:
         return rows.Stamp(self.line, t, run_id)
 
+    @property
+    def healthy(self) -> bool:
+        """No write has failed (or stalled) for RECOVERY_QUIET_S: a disk that lets some writes
+        through while others fail (full, but with a free page here and there) stays
+        unavailable, so a held run is not let go to make glass it cannot account for."""
+        return (self._last_failure is None
+                or time.monotonic() - self._last_failure >= RECOVERY_QUIET_S)
+
     def add_failure_listener(self, listener: Callable[[RecordsUnavailable], None]) -> None:
         """Called on every failed or stalled write (the supervisor holds the run)."""
         self._listeners.append(listener)
@@ -297,11 +309,10 @@ class RunRecords:
                 self._failed(error)
                 raise error
             value = future.result()
-        self.healthy = True
         return value
 
     def _failed(self, error: RecordsUnavailable) -> None:
-        self.healthy = False
+        self._last_failure = time.monotonic()
         self.stats.failures += 1
         for listener in self._listeners:
             try:
