@@ -19,7 +19,7 @@ import pytest
 from controller.records.writer import Connect
 from controller.safety.states import State
 from controller.service.line_service import LineService
-from tests.system.rig import line_rig
+from tests.system.rig import RIG_MAX_SAFETY_GAP_S, line_rig
 from tests.system.test_service import user_store
 
 pytestmark = pytest.mark.slow
@@ -107,14 +107,15 @@ async def test_a_stop_never_queues_behind_a_command_stuck_on_the_disk(tmp_path: 
 
 async def test_a_starved_event_loop_holds_the_run(tmp_path: Path) -> None:
     """A request that keeps the loop busy (the alias-bomb recipe did) stops the controller
-    watching the machine: past max_safety_gap_s (0.25 s) the run holds with an alarm."""
+    watching the machine: past max_safety_gap_s the run holds with an alarm."""
     async with line_rig(tmp_path) as rig:
         assert (await rig.start("long")).accepted
         await rig.wait_depositing(passes_done=1)
         assert not rig.sup.alarms.status("safety_cycle_starved").condition
-        time.sleep(0.5)  # the point: nothing else on the loop runs meanwhile
+        assert rig.line.supervision.max_safety_gap_s == RIG_MAX_SAFETY_GAP_S < 0.8
+        time.sleep(0.8)  # the point: nothing else on the loop runs meanwhile (PLC: 1 s)
         await rig.wait_state(State.HOLDING, State.HELD, timeout_s=20)
         alarm = rig.sup.alarms.status("safety_cycle_starved")
         assert alarm.state.value != "normal", alarm
         assert rig.sup.alarms.status("safety_cycle_late").condition
-        assert rig.sup.cycle_watchdog.worst_gap_s >= 0.5
+        assert rig.sup.cycle_watchdog.worst_gap_s >= 0.8

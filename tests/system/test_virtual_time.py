@@ -86,10 +86,11 @@ def test_the_product_is_the_scaled_runs(tmp_path: Path) -> None:
 
 
 def test_a_fault_lands_at_its_process_time(tmp_path: Path) -> None:
-    """A flame-out set for process second 380 of the simulated line (its clock starts before
-    the run's homing; 380 s is in the second pass) lands there, and the run suspends within two
-    RF polls of it (each 1/20 s of virtual wall time: 10 process seconds at x200)."""
-    at_s = 380.0
+    """A flame-out set for process second 310 of the simulated line (its clock starts before
+    the run's homing; 310 s is in the second pass, 305-319 s, with the buses unpaced at x200)
+    lands there, and the run suspends within two RF polls of it (each 1/20 s of virtual wall
+    time: 10 process seconds at x200)."""
+    at_s = 310.0
     stdout = _finished(_povd_run(tmp_path, "--virtual-time", "--seed", "1",
                                  "--fault", f"{at_s:g}:rf:flame_out:5"))
     [landed] = _dry_run_figures(stdout)["faults"]
