@@ -18,14 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.records.audit import AuditError, AuditTrail, Outcome, canonical
+from controller.run.commands import ACT_FIRST_COMMANDS
 from controller.service.protocol import CommandReply
 from controller.service.roles import SERVICE_COMMANDS, Role, refusal
 
 MAX_NAME = 64  # an unknown command's name is audited, cut to this
 LEASED = frozenset({"jog", "move"})
-# Rule 9: these have acted before they are audited; a stalled trail delays only their answer's
-# "durable", never the answer (the others get a 503 from a trail that does not answer).
-ACT_FIRST = frozenset({"stop", "abort", "jog_stop"})
 
 RoleOf = Callable[[str], Role | None]
 
@@ -105,7 +103,9 @@ class CommandGate:
                 await self._audit(user, command, args,
                                   "accepted" if reply.accepted else "refused", reply.reason)
             except AuditError:
-                if command not in ACT_FIRST:
+                # Stop, abort and a jog's stop have acted before they are audited (rule 9): a
+                # stalled trail delays only their "durable", never their answer.
+                if command not in ACT_FIRST_COMMANDS:
                     raise
                 return dataclasses.replace(reply, data={**reply.data, "audit": "pending"})
         return reply
