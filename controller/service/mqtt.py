@@ -276,18 +276,24 @@ class MqttBridge:
         """State, alarms and events in one task, so their order on the wire is the order here."""
         while True:
             self._wake.clear()
-            await self._publish_state(client, online=True)
+            # One status for the pass: the service builds the whole of it, telemetry snapshot
+            # included, each time it is asked. An alarm that changes while this pass publishes
+            # sets _wake, so the next pass, at once, sends the active list with it.
+            status = self.service.status()
+            await self._publish_state(client, online=True, status=status)
             while self._alarm_changes:
                 change = {k: v for k, v in self._alarm_changes[0].items() if k != "kind"}
                 await self._publish(client, self.topics.alarms, _dumps(change))
                 self._alarm_changes.popleft()  # only once the broker has it
-            await self._publish_active_alarms(client)
+            await self._publish_active_alarms(client, status)
             await self._publish_events(client)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.events_poll_s)
 
-    async def _publish_state(self, client: aiomqtt.Client, *, online: bool) -> None:
-        status = self.service.status()
+    async def _publish_state(self, client: aiomqtt.Client, *, online: bool,
+                             status: dict[str, Any] | None = None) -> None:
+        if status is None:
+            status = self.service.status()
         state = {"state": status.get("state"), "mode": status.get("mode"),
                  "run_id": status.get("run_id"), "online": online}
         if state == self._sent_state:
@@ -296,8 +302,9 @@ class MqttBridge:
                             retain=True)
         self._sent_state = state
 
-    async def _publish_active_alarms(self, client: aiomqtt.Client) -> None:
-        active = list(self.service.status().get("alarms") or [])
+    async def _publish_active_alarms(self, client: aiomqtt.Client,
+                                     status: dict[str, Any]) -> None:
+        active = list(status.get("alarms") or [])
         if active == self._sent_active:
             return
         body = {"active": active, "t": time.time()}

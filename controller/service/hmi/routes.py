@@ -22,7 +22,7 @@ from controller.service.api_access import (
 )
 from controller.service.api_models import LoginRequest, OkReply
 from controller.service.hmi.line_view import line_view
-from controller.service.hmi.live import live_feed
+from controller.service.hmi.live import LiveFeeds, live_feed
 from controller.service.hmi.run_plan import run_plan
 from controller.service.hmi.sessions import CSRF_HEADER, SESSION_COOKIE, csrf_token
 from controller.service.hmi.settings import STATIC_DIR, HmiSettings
@@ -43,6 +43,14 @@ router = APIRouter(tags=["hmi"])
 def _settings(request: Request) -> HmiSettings:
     settings: HmiSettings = request.app.state.hmi
     return settings
+
+
+def _live_feeds(request: Request, ctx: Ctx) -> LiveFeeds:
+    """The app's one LiveFeeds, made by the first feed: every browser's feed shares it."""
+    feeds: LiveFeeds | None = getattr(request.app.state, "hmi_live", None)
+    if feeds is None:
+        feeds = request.app.state.hmi_live = LiveFeeds(ctx.service)
+    return feeds
 
 
 def _page(name: str) -> Any:
@@ -95,7 +103,7 @@ async def touch(caller: CurrentCaller) -> OkReply:
 
 
 @router.get("/hmi/api/live")
-async def live(caller: CurrentCaller, ctx: Ctx) -> StreamingResponse:
+async def live(caller: CurrentCaller, ctx: Ctx, request: Request) -> StreamingResponse:
     async def session_over() -> str | None:
         if ctx.tokens.resolve(caller.token) is None:
             return "the session has ended: log in again"
@@ -105,8 +113,9 @@ async def live(caller: CurrentCaller, ctx: Ctx) -> StreamingResponse:
             return f"logged out: {why}"
         return None
 
+    feed = live_feed(_live_feeds(request, ctx), caller.user, session_over)
     return StreamingResponse(
-        live_feed(ctx.service, caller.user, session_over), media_type="text/event-stream",
+        feed, media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
