@@ -140,6 +140,21 @@ def lag_figures(lags: list[list[float]], windows: list[tuple[float, float]]) -> 
             "p99_ms": round(_percentile(inside, 0.99), 3), "max_ms": round(max(inside), 3)}
 
 
+def slow_callbacks(slow: list[list[Any]], windows: list[tuple[float, float]],
+                   top: int = 12) -> dict[str, Any]:
+    """The loop's callbacks (and GC passes) over serve_rig.SLOW_CALLBACK_S inside the windows:
+    how many, and the commonest by whose they were, with their median and longest."""
+    by_whose: dict[str, list[float]] = {}
+    for end, took, whose in slow:
+        if any(a <= end < b for a, b in windows):
+            by_whose.setdefault(whose, []).append(took * 1e3)
+    ranked = sorted(by_whose.items(), key=lambda kv: -len(kv[1]))[:top]
+    return {"count": sum(len(v) for v in by_whose.values()),
+            "commonest": [{"whose": whose, "count": len(took),
+                           "median_ms": round(statistics.median(took), 2),
+                           "max_ms": round(max(took), 2)} for whose, took in ranked]}
+
+
 def poll_rates(stats: dict[str, Any], windows: list[tuple[float, float]]) -> dict[str, Any]:
     """Polls per second over the windows, from the counter samples inside each window."""
     polls: dict[str, float] = {}
@@ -161,9 +176,11 @@ def poll_rates(stats: dict[str, Any], windows: list[tuple[float, float]]) -> dic
 
 
 async def _phases(served: Served, broker: MosquittoBroker, phase_s: float, pairs: int,
-                  settle_s: float) -> tuple[dict[str, list[tuple[float, float]]], Clients]:
+                  settle_s: float) -> tuple[dict[str, list[tuple[float, float]]],
+                                            dict[str, list[list[float]]], Clients]:
     clients = Clients(served.url, broker)
     windows: dict[str, list[tuple[float, float]]] = {"none": [], "clients": []}
+    loads: dict[str, list[list[float]]] = {"none": [], "clients": []}
     for _ in range(pairs):
         for kind in ("none", "clients"):
             if kind == "clients":
@@ -172,10 +189,11 @@ async def _phases(served: Served, broker: MosquittoBroker, phase_s: float, pairs
             started = time.monotonic()
             await asyncio.sleep(phase_s)
             windows[kind].append((started + settle_s, time.monotonic()))
+            loads[kind].append(load_average())
             if kind == "clients":
                 await clients.detach()
                 await asyncio.to_thread(broker.stop)
-    return windows, clients
+    return windows, loads, clients
 
 
 def _mqtt_settings(work: Path, broker: MosquittoBroker) -> Path:
@@ -199,13 +217,20 @@ def main(phase_s: float, pairs: int, settle_s: float) -> dict[str, Any]:
                 run = start_run_and_wait_deposition(served)
                 broker.stop()  # the first phase is "none"
                 load_before = load_average()
-                windows, clients = asyncio.run(
+                windows, loads, clients = asyncio.run(
                     _phases(served, broker, phase_s, pairs, settle_s))
                 status = run_state(served)
                 stats = served.stats()
         finally:
             broker.stop()
     lag = {kind: lag_figures(stats["lags"], w) for kind, w in windows.items()}
+    # Each phase on its own, with the machine's load average at its end: a phase that other
+    # work on the machine spoiled shows as one, instead of only raising the whole figure.
+    per_phase = {kind: [{**lag_figures(stats["lags"], [w]), "load_average": load}
+                        for w, load in zip(w_list, loads[kind], strict=True)]
+                 for kind, w_list in windows.items()}
+    slow = {kind: slow_callbacks(stats.get("slow_callbacks", []), w)
+            for kind, w in windows.items()}
     rates = {kind: poll_rates(stats, w) for kind, w in windows.items()}
     with_clients, without = lag["clients"], lag["none"]
     met = bool(with_clients.get("p99_ms", 1e9) < LAG_P99_BAR_MS
@@ -216,7 +241,7 @@ def main(phase_s: float, pairs: int, settle_s: float) -> dict[str, Any]:
         "phase_s": phase_s, "pairs": pairs, "settle_s": settle_s,
         "load_average_before": load_before, "load_average_after": load_average(),
         "still_depositing_at_end": status["state"] == "Execute" and status["op"] == "deposit",
-        "lag": lag, "poll_rates": rates,
+        "lag": lag, "lag_per_phase": per_phase, "slow_callbacks": slow, "poll_rates": rates,
         "received": {"hmi_events_per_reader": clients.events,
                      "mqtt_messages": clients.mqtt_messages},
         "controller": {"cycle_watchdog": stats["watchdog"],

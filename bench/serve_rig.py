@@ -211,6 +211,55 @@ def run_state(served: Served) -> dict[str, Any]:
 
 
 # -- the probed controller (this module as the child's main) ---------------------------------
+SLOW_CALLBACK_S = 0.001  # a loop callback (or a GC pass) this long is kept, with its name
+
+
+class SlowCallbacks:
+    """What the loop's tail is made of: every callback the loop runs that takes longer than
+    ``SLOW_CALLBACK_S``, and every garbage collection as long, with when and whose (a task's
+    coroutines, outermost first, where it stopped). Wraps ``asyncio.Handle._run``, which every
+    callback and timer goes through: a clock read either side of each, about a microsecond."""
+
+    def __init__(self) -> None:
+        self.slow: list[tuple[float, float, str]] = []  # (monotonic end, seconds, whose)
+        self._gc_started = 0.0
+        run = asyncio.events.Handle._run
+        census = self
+
+        def timed_run(handle: asyncio.events.Handle) -> None:
+            started = time.perf_counter()
+            run(handle)
+            took = time.perf_counter() - started
+            if took > SLOW_CALLBACK_S:
+                census.slow.append((time.monotonic(), took, _whose(handle)))
+
+        asyncio.events.Handle._run = timed_run  # type: ignore[method-assign,assignment]
+        import gc  # noqa: PLC0415
+
+        gc.callbacks.append(self._gc)
+
+    def _gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        took = time.perf_counter() - self._gc_started
+        if took > SLOW_CALLBACK_S:
+            self.slow.append((time.monotonic(), took, f"gc generation {info['generation']}"))
+
+
+def _whose(handle: asyncio.events.Handle) -> str:
+    callback = getattr(handle, "_callback", None)  # asyncio's own; the bench's census only
+    task = getattr(callback, "__self__", None)
+    if isinstance(task, asyncio.Task):
+        names: list[str] = []
+        coro: Any = task.get_coro()
+        while coro is not None and len(names) < 12:
+            names.append(getattr(coro, "__qualname__", type(coro).__name__))
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+        return f"task {task.get_name()}: " + " > ".join(names)
+    return str(getattr(callback, "__qualname__", type(callback).__name__))
+
+
 def _probed_supervisor(stats_path: Path, profile_path: Path | None) -> type:
     from controller.machine.polling import poll_hz  # noqa: PLC0415
     from controller.run.supervisor import Supervisor  # noqa: PLC0415
@@ -225,6 +274,7 @@ def _probed_supervisor(stats_path: Path, profile_path: Path | None) -> type:
             self._probes = [asyncio.create_task(self._probe(), name="bench-lag-probe"),
                             asyncio.create_task(self._sample(), name="bench-poll-sampler")]
             self._profiler: Any = None
+            self._census = SlowCallbacks()
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGUSR1, self._dump)
             if profile_path is not None:
@@ -265,6 +315,7 @@ def _probed_supervisor(stats_path: Path, profile_path: Path | None) -> type:
                 "watchdog": {"worst_gap_ms": round(self.cycle_watchdog.worst_gap_s * 1e3, 2),
                              "late_cycles": self.cycle_watchdog.late_cycles},
                 "fanout_dropped": self.fanout.dropped,
+                "slow_callbacks": self._census.slow,
             }))
 
     return ProbedSupervisor
