@@ -244,6 +244,9 @@ class Pollers:
                 return
             if not self._heartbeat_enabled() or self.claim_lost_to is not None:
                 return
+            # One turn of the loop first: writes the judgement launched (a trip's RF off and
+            # the PLC's outputs) take their buses before the beat would hold the PLC's link.
+            await asyncio.sleep(0)
             try:
                 await self.machine.safety_io.heartbeat()
                 self.beats += 1

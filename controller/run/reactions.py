@@ -3,7 +3,7 @@ the failures under the executor that lead to them.
 
 Each reaction cuts into the run's tasks (``RunTasks``) the one way, ``cut_in``: cancel them
 without awaiting, stop the executor at its next wait, write the safe posture (RF off before
-anything else, ``controller.safety.reactions.apply_posture``), and only then wait for the tasks
+anything else, ``controller.safety.reactions.launch_posture``), and only then wait for the tasks
 to be gone. What the reactions own: the trip's cause, whether the heartbeat may beat (stopped
 as the last resort when nothing took the RF off), the measured reaction latencies, and the
 memory of a failed re-ignition. What they need of the supervisor is ``ReactingLine``; which
@@ -26,9 +26,10 @@ from controller.records.schema import RecordsUnavailable
 from controller.run.executor import Executor, StepFailed
 from controller.run.run_tasks import RunTasks
 from controller.run.supervised_line import SupervisedLine
+from controller.safety.envelope import Envelope
 from controller.safety.interlocks import Interlock, Reaction, Signals, blocking_start
 from controller.safety.postures import HOLD, POSTURE_FOR_REACTION, Posture, Rf
-from controller.safety.reactions import apply_posture
+from controller.safety.reactions import LaunchedPosture, launch_posture, settle_posture
 from controller.safety.states import ACTIVE_STATES, Command, Mode, State
 from drivers.errors import DeviceError
 
@@ -47,6 +48,7 @@ class ReactingLine(SupervisedLine, Protocol):
     def executor(self) -> Executor | None: ...
 
     def signals(self) -> Signals: ...
+    def envelope_now(self, state: State | None = None) -> Envelope: ...
     def record_event(self, kind: str, data: dict[str, Any]) -> None: ...
     def launch_executor(self, *, resume: bool) -> None: ...
 
@@ -134,20 +136,43 @@ class Reactions:
         """The one way a reaction takes over from the run's tasks: cancel them without
         awaiting (the RF-off write goes out first), stop the executor at its next wait, write
         the posture, then wait for the tasks to be gone."""
+        await self._finish_cut(self._cut(posture, source, acting_too=acting_too), source,
+                               acting_too=acting_too, detected_at=detected_at)
+
+    def _cut(self, posture: Posture, source: str, *, acting_too: bool,
+             entering: State | None = None) -> LaunchedPosture:
+        """``cut_in``'s first half, without awaiting: from the safety cycle, a trip's writes
+        are under way before the cycle goes on. ``entering``: the state the caller takes the
+        run to right after, whose envelope the posture is chosen in."""
         self._tasks.cancel_now(acting_too=acting_too)
         executor = self._sup.executor
         if executor is not None:
             executor.stop()
-        await self.safe_posture(posture, source, detected_at)
+        env = None if entering is None else self._sup.envelope_now(entering)
+        return self._launch(posture, source, env)
+
+    async def _finish_cut(self, launched: LaunchedPosture, source: str, *, acting_too: bool,
+                          detected_at: float | None) -> None:
+        await self._settle(launched, source, detected_at)
         await self.stop_executor()
         if acting_too:
             await self._tasks.cancel_acting()
 
+    def _launch(self, posture: Posture, source: str,
+                env: Envelope | None = None) -> LaunchedPosture:
+        sup = self._sup
+        return launch_posture(sup.act, posture, sup.line, sup.telemetry, source=source,
+                              move_torch_slide=sup.sm.mode is Mode.PRODUCTION, env=env)
+
     async def safe_posture(self, posture: Posture, source: str,
                            detected_at: float | None = None) -> None:
+        await self._settle(self._launch(posture, source), source, detected_at)
+
+    async def _settle(self, launched: LaunchedPosture, source: str,
+                      detected_at: float | None) -> None:
         sup = self._sup
-        result = await apply_posture(sup.act, posture, sup.line, sup.telemetry, source=source,
-                                     move_torch_slide=sup.sm.mode is Mode.PRODUCTION)
+        posture = launched.posture
+        result = await settle_posture(launched)
         if posture.rf is Rf.OFF and result.rf_off_confirmed_by_write:
             self._rf_off_wall = time.monotonic()  # older RF readings predate the write
         if detected_at is not None:
@@ -263,25 +288,38 @@ class Reactions:
         if not running:
             self._last_idle_posture = time.monotonic()
         self.trip_cause = self.trip_cause or interlock.id
-        self._tasks.start_reaction(self._trip(interlock, detected_at, running),
+        # The abort and the posture's writes start here, in the safety cycle: the writes
+        # take their buses at the loop's next turn; the reaction's task waits for them.
+        launched, source = self._begin_cut_for(interlock, running)
+        self._tasks.start_reaction(self._finish_trip(interlock, launched, source, detected_at),
                                    f"trip-{interlock.id}")
 
     async def trip_now(self, interlock: Interlock) -> None:
         """Trip at once, from the task at hand (a failure under the executor)."""
         running = self.running()
         self.trip_cause = self.trip_cause or interlock.id
-        await self._trip(interlock, time.monotonic(), running)
+        launched, source = self._begin_cut_for(interlock, running)
+        await self._finish_trip(interlock, launched, source, time.monotonic())
 
-    async def _trip(self, interlock: Interlock, detected_at: float, running: bool) -> None:
+    def _begin_cut_for(self, interlock: Interlock, running: bool) -> tuple[LaunchedPosture, str]:
         # Two reactions may race (the poller's and the executor's view of the same failure):
-        # the first takes the abort, the second only adds its writes.
+        # the first takes the abort, the second only adds its writes. The writes are launched
+        # before the transition, whose listeners (records, live feeds, the run's bookkeeping)
+        # would otherwise delay them; they are chosen in the Aborting envelope all the same.
         sm = self._sup.sm
-        if running and sm.can(Command.ABORT) is None:
+        aborting = running and sm.can(Command.ABORT) is None
+        source = f"trip:{interlock.id}"
+        launched = self._cut(POSTURE_FOR_REACTION[interlock.reaction], source, acting_too=True,
+                             entering=State.ABORTING if aborting else None)
+        if aborting:
             sm.apply(Command.ABORT, cause=f"interlock {interlock.id}")
-        await self.cut_in(POSTURE_FOR_REACTION[interlock.reaction], f"trip:{interlock.id}",
-                          detected_at=detected_at)
-        if sm.state is State.ABORTING:
-            sm.complete(cause=f"safe state reached after {interlock.id}")
+        return launched, source
+
+    async def _finish_trip(self, interlock: Interlock, launched: LaunchedPosture, source: str,
+                           detected_at: float) -> None:
+        await self._finish_cut(launched, source, acting_too=True, detected_at=detected_at)
+        if self._sup.sm.state is State.ABORTING:
+            self._sup.sm.complete(cause=f"safe state reached after {interlock.id}")
 
     def begin_suspend(self, interlock: Interlock) -> None:
         if self.busy:

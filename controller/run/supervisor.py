@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
@@ -46,7 +47,13 @@ from controller.safety.alarm_catalog import alarm_definitions
 from controller.safety.alarms import AlarmEvent, AlarmManager
 from controller.safety.cycle_watchdog import SafetyCycleWatchdog
 from controller.safety.envelope import Envelope, EnvelopeInputs, compute
-from controller.safety.interlocks import Reaction, Signals, blocking_start, evaluate
+from controller.safety.interlocks import (
+    Interlock,
+    Reaction,
+    Signals,
+    blocking_start,
+    evaluate,
+)
 from controller.safety.judgement import GapTarget, Judge, build_signals
 from controller.safety.reconciler import Reconciler
 from controller.safety.states import ACTIVE_STATES, State, StateMachine, Transition
@@ -264,9 +271,10 @@ class Supervisor:
         self.armed = True
 
     # -- the envelope ----------------------------------------------------------------------
-    def envelope_inputs(self) -> EnvelopeInputs:
-        """Everything the envelope looks at, from the latest telemetry (rule 10)."""
-        signals = self.signals()
+    def envelope_inputs(self, signals: Signals | None = None) -> EnvelopeInputs:
+        """Everything the envelope looks at, from the latest telemetry (rule 10); ``signals``
+        when the caller has just built them from it."""
+        signals = signals or self.signals()
         conditions = {i.id for i in evaluate(signals, self.line)}
         io = self.telemetry.safety if self.link_alive("safety_io") else None
         if (io is not None and io.heartbeat_latched) or self._pollers.claim_lost_to is not None:
@@ -284,8 +292,14 @@ class Supervisor:
             or bool(effective is not None and effective.gas_master_valve),
         )
 
-    def envelope_now(self) -> Envelope:
-        return compute(self.envelope_inputs(), self.line)
+    def envelope_now(self, state: State | None = None) -> Envelope:
+        """The envelope now; with ``state``, as it will be once the run is in that state (a
+        trip's posture is chosen inside the Aborting envelope before the transition is
+        taken, so that its writes are not held up by the transition's records)."""
+        inputs = self.envelope_inputs()
+        if state is not None:
+            inputs = dataclasses.replace(inputs, state=state)
+        return compute(inputs, self.line)
 
     async def make_idle(self, source: str = "idle") -> None:
         """The idle posture: exhaust running (the draft interlock needs it), valves closed,
@@ -310,8 +324,12 @@ class Supervisor:
     def _safety_cycle(self) -> None:
         """After every safety I/O read: judge (and start a trip's reaction), then compute the
         envelope and reconcile every output into it. Never awaits a device."""
-        self._judge_interlocks()
-        self.reconciler.cycle(self.envelope_now())
+        state = self.sm.state
+        signals = self.signals()
+        self._judge_interlocks(signals)
+        if self.sm.state is not state:
+            signals = self.signals()  # a trip has moved the run: its state's signals
+        self.reconciler.cycle(compute(self.envelope_inputs(signals), self.line))
 
     async def _watch_loop(self) -> None:
         """The loop-lag watchdog: a probe that sleeps one safety period wakes as late as the
@@ -339,16 +357,19 @@ class Supervisor:
             return None
         return GapTarget(layer.coil_gap_mm, executor.cursor.diameter_mm)
 
-    def _judge_interlocks(self) -> None:
-        """Annunciate, then start the worst tripped interlock's reaction."""
+    def _judge_interlocks(self, signals: Signals) -> None:
+        """Start the worst tripped interlock's reaction, then annunciate."""
         if not self.armed:
             return
         started = time.monotonic()
-        now = time.time()
-        tripped = self._judge.judge(self.signals(), self.sm.state, self._gap_target(), now)
-        if not tripped:
-            return
-        worst = tripped[0]
+
+        def react(tripped: list[Interlock]) -> None:
+            self._react(tripped[0], started)
+
+        self._judge.judge(signals, self.sm.state, self._gap_target(), time.time(), react)
+
+    def _react(self, worst: Interlock, started: float) -> None:
+        """Start the reaction the worst tripped interlock calls for, if any."""
         if worst.reaction in (Reaction.ESTOP, Reaction.TRIP, Reaction.TRIP_GAS):
             self.reactions.begin_trip(worst, started)
         elif worst.reaction is Reaction.SUSPEND and self.sm.state in (

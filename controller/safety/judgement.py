@@ -7,6 +7,7 @@ which interlocks are tripped; the supervisor decides the reaction."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from controller.config.line import AXIS_NAMES, MFC_NAMES, PLASMA_GASES, PRECURSORS, LineConfig
@@ -100,11 +101,15 @@ class Judge:
         """An interlock raised outside the cycle (a write that failed under the executor)."""
         self._tripped.add(interlock_id)
 
-    def judge(self, signals: Signals, state: State, gap: GapTarget | None,
-              now: float) -> list[Interlock]:
-        """Annunciate interlock changes, judge deviations and margins; the tripped interlocks,
-        worst first."""
+    def judge(self, signals: Signals, state: State, gap: GapTarget | None, now: float,
+              react: Callable[[list[Interlock]], None] | None = None) -> list[Interlock]:
+        """Hand the tripped interlocks (worst first) to ``react``, then annunciate interlock
+        changes and judge deviations and margins (as of ``state``, the state they were
+        detected in); returns the tripped interlocks. The reaction comes first: the alarms'
+        records and live feeds would otherwise delay a trip's writes (rule 7)."""
         tripped = evaluate(signals, self.line)
+        if tripped and react is not None:
+            react(tripped)
         tripped_ids = {i.id for i in tripped}
         value = state.value
         for interlock_id in self._tripped - tripped_ids:

@@ -41,7 +41,16 @@ def nearest_turning_point(line: LineConfig, position_mm: float) -> float:
     return a if abs(position_mm - a) <= abs(position_mm - b) else b
 
 
-async def apply_posture(
+@dataclass
+class LaunchedPosture:
+    """A posture whose writes are already under way, each its own task: they take their buses
+    at the event loop's next turn, whoever awaits them and whenever."""
+
+    posture: Posture
+    jobs: dict[str, asyncio.Future[None]]
+
+
+def launch_posture(
     act: Actuators,
     posture: Posture,
     line: LineConfig,
@@ -50,21 +59,40 @@ async def apply_posture(
     source: str,
     idle_power_kw: float | None = None,
     move_torch_slide: bool = True,
-) -> PostureResult:
-    result = PostureResult(posture.name)
+    env: Envelope | None = None,
+) -> LaunchedPosture:
+    """Start every write of the posture without awaiting anything, RF first. A reaction calls
+    this from the safety cycle itself, so the RF-off and the PLC's writes are on their way
+    one event-loop turn after the judgement (rule 7: within 1 ms), not after the reaction's
+    own task has been scheduled and has scheduled them in turn. ``env``: the envelope the
+    posture is chosen in, when not the present one (a trip's, for the state it is entering)."""
     # RF first: its frame goes out before any other. Nothing waits for its answer: the PLC's
     # RF permit, the valves and everything else follow at once (rule 7), so a lost RF link
     # never delays the rest of the posture.
     rf = _rf_job(act, posture, line, source, idle_power_kw)
-    env = act.envelope()
+    env = env or act.envelope()
     jobs: dict[str, Awaitable[None]] = {} if rf is None else {"rf": rf}
-    jobs.update(_gas_jobs(act, posture, line, env, source))
+    gas_jobs = _gas_jobs(act, posture, line, env, source)
+    # The PLC's outputs (its RF permit, the valves) right after the generator's RF off: each
+    # job's first turn builds and sends its frame, and the MFCs' five would come first.
+    plc = gas_jobs.pop("safety_io", None)
+    if plc is not None:
+        jobs["safety_io"] = plc
+    jobs.update(gas_jobs)
     if posture.spindle is not Spindle.UNPOWERED:
         jobs.update(_axis_jobs(act, posture, line=line, telemetry=telemetry, env=env,
                                source=source, move_torch_slide=move_torch_slide))
-    names = list(jobs)
-    tasks = [asyncio.ensure_future(job) for job in jobs.values()]
-    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    return LaunchedPosture(posture, {name: asyncio.ensure_future(job)
+                                     for name, job in jobs.items()})
+
+
+async def settle_posture(launched: LaunchedPosture) -> PostureResult:
+    """Wait for every write of a launched posture; each failure is collected, none stops the
+    others."""
+    posture = launched.posture
+    result = PostureResult(posture.name)
+    names = list(launched.jobs)
+    outcomes = await asyncio.gather(*launched.jobs.values(), return_exceptions=True)
     for name, outcome in zip(names, outcomes, strict=True):
         if isinstance(outcome, BaseException):
             if isinstance(outcome, asyncio.CancelledError):
@@ -75,6 +103,21 @@ async def apply_posture(
     if result.failures:
         log.warning("posture.incomplete", posture=posture.name, failures=result.failures)
     return result
+
+
+async def apply_posture(
+    act: Actuators,
+    posture: Posture,
+    line: LineConfig,
+    telemetry: Telemetry,
+    *,
+    source: str,
+    idle_power_kw: float | None = None,
+    move_torch_slide: bool = True,
+) -> PostureResult:
+    return await settle_posture(launch_posture(
+        act, posture, line, telemetry, source=source, idle_power_kw=idle_power_kw,
+        move_torch_slide=move_torch_slide))
 
 
 def _rf_job(act: Actuators, posture: Posture, line: LineConfig, source: str,
