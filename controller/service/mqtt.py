@@ -143,7 +143,8 @@ class MqttBridge:
         queue = self.service.subscribe()
         try:
             last = self._resume_after
-            self.counters.last_seq = self._head_seq() if last is None else last
+            self.counters.last_seq = (await asyncio.to_thread(self._head_seq) if last is None
+                                      else last)
             async with asyncio.TaskGroup() as tg:
                 live = tg.create_task(self._consume_live(queue), name="mqtt-live")
                 await self._connect_loop()
@@ -312,7 +313,11 @@ class MqttBridge:
         self._sent_active = active
 
     async def _publish_events(self, client: aiomqtt.Client) -> None:
-        while events := self.service.events_since(self.counters.last_seq, limit=_EVENTS_PAGE):
+        # On a worker thread: the service reads its durable log from SQLite (a connection
+        # opened, queried and closed), twice a second even when nothing is new, and on the
+        # event loop that read was the bridge's longest callback (about a millisecond).
+        while events := await asyncio.to_thread(self.service.events_since,
+                                                self.counters.last_seq, _EVENTS_PAGE):
             for event in events:
                 body = {"seq": event.seq, "kind": event.kind, "t": event.t,
                         "payload": event.payload}

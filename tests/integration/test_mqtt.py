@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, suppress
@@ -233,6 +234,39 @@ async def test_telemetry_alarms_and_events_with_increasing_seq(
                 "state Execute")
             assert bridge.counters.last_seq == 4
             assert bridge.counters.published >= 7
+
+
+class CountingService(FakeService):
+    """Counts the statuses taken and where the event log is read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.statuses = 0
+        self.log_reads_on: list[int] = []  # thread idents
+
+    def status(self) -> dict[str, Any]:
+        self.statuses += 1
+        return super().status()
+
+    def events_since(self, seq: int, limit: int = 1000) -> list[Event]:
+        self.log_reads_on.append(threading.get_ident())
+        return super().events_since(seq, limit)
+
+
+async def test_each_publishing_pass_takes_one_status_and_reads_the_log_off_the_loop(
+        mosquitto: MosquittoBroker) -> None:
+    """The service builds its whole status (telemetry snapshot included) each time it is
+    asked, and its event log is SQLite: the bridge's passes (every events_poll_s) ask for one
+    status each, and read the log on a worker thread, so neither holds the event loop."""
+    service = CountingService()
+    async with MqttBridge(service, settings_for(mosquitto)) as bridge:
+        await asyncio.wait_for(bridge.wait_connected(), DEADLINE_S)
+        await asyncio.sleep(1.0)  # about ten passes at events_poll_s 0.1
+        # Nothing new to publish: one log read per pass, after the first (the log's head).
+        passes, statuses = len(service.log_reads_on) - 1, service.statuses
+    assert passes >= 3
+    assert statuses == passes
+    assert threading.get_ident() not in service.log_reads_on
 
 
 # -- commands ----------------------------------------------------------------------------------
