@@ -1,7 +1,12 @@
 """Faults injected into the running simulator, each for a given wall time or until cleared.
 
 The board is plain data: simulated devices and bus servers ask it what is active for a device
-each time they answer or step, so a fault takes effect on the very next frame."""
+each time they answer or step, so a fault takes effect on the very next frame. A fault that has
+expired leaves the board at the next question about it (``active``) or at a listing.
+
+Devices step the physics tens of times per tick, and asking for each of their faults every
+sub-step was most of a quiet line's cost: ``quiet(device)`` answers "nothing on the board for
+this device" in one dict lookup, so a device can skip its fault handling as a whole."""
 
 from __future__ import annotations
 
@@ -61,6 +66,8 @@ class FaultBoard:
     def __init__(self, wall: Callable[[], float] = time.monotonic) -> None:
         self._wall = wall
         self._faults: dict[tuple[str, str], Fault] = {}
+        # How many faults each device has on the board (expired or not): quiet() is one lookup.
+        self._per_device: dict[str, int] = {}
 
     def inject(
         self,
@@ -82,6 +89,8 @@ class FaultBoard:
             started_at=now,
             expires_at=None if duration_s is None else now + duration_s,
         )
+        if (device, kind) not in self._faults:
+            self._per_device[device] = self._per_device.get(device, 0) + 1
         self._faults[(device, kind)] = fault
         return fault
 
@@ -92,15 +101,28 @@ class FaultBoard:
             if (device is None or k[0] == device) and (kind is None or k[1] == kind)
         ]
         for k in keys:
-            del self._faults[k]
+            self._remove(k)
         return len(keys)
+
+    def _remove(self, key: tuple[str, str]) -> None:
+        del self._faults[key]
+        left = self._per_device[key[0]] - 1
+        if left:
+            self._per_device[key[0]] = left
+        else:
+            del self._per_device[key[0]]
+
+    def quiet(self, device: str) -> bool:
+        """Nothing on the board for this device: every ``active(device, ...)`` would be None
+        (and would have nothing to expire), so skipping them all changes nothing."""
+        return device not in self._per_device
 
     def active(self, device: str, kind: str) -> Fault | None:
         fault = self._faults.get((device, kind))
         if fault is None:
             return None
         if fault.expires_at is not None and self._wall() >= fault.expires_at:
-            del self._faults[(device, kind)]
+            self._remove((device, kind))
             return None
         return fault
 

@@ -68,6 +68,10 @@ class MfcCore:
         self.locked = False
         self._drift_accumulated = 0.0
         self._stuck: Measurement | None = None
+        self._behind_precursor_valve = name in PRECURSORS
+        # The flow response's factor for the last step length (steps repeat one length).
+        self._alpha_dt_s = 0.0
+        self._alpha = 0.0
         self._log = log.bind(device=name)
 
     # -- commands ------------------------------------------------------------------------
@@ -88,13 +92,21 @@ class MfcCore:
     def _gas_available(self) -> bool:
         if not self.plant.master_valve_open:
             return False
-        return self.name not in PRECURSORS or self.plant.precursor_valve_open
+        return not self._behind_precursor_valve or self.plant.precursor_valve_open
 
     def step(self, dt_s: float) -> None:
-        self.measure()  # a `stuck` fault freezes the readings from before this step on
-        if dt_s > 0:
-            self._step_flow(dt_s)
-            self._step_drift(dt_s)
+        if self.faults.quiet(self.name):
+            # Nothing stuck or drifting: what measure() and _step_drift() would leave, without
+            # computing a measurement nobody reads (a read measures for itself).
+            self._stuck = None
+            if dt_s > 0:
+                self._step_flow(dt_s)
+                self._drift_accumulated = 0.0
+        else:
+            self.measure()  # a `stuck` fault freezes the readings from before this step on
+            if dt_s > 0:
+                self._step_flow(dt_s)
+                self._step_drift(dt_s)
         self.plant.gas_flow_slpm[self.name] = self.flow_slpm
 
     def _step_flow(self, dt_s: float) -> None:
@@ -103,9 +115,16 @@ class MfcCore:
             return
         if self.hold is Hold.CURRENT:
             return
-        alpha = 1.0 - math.exp(-dt_s / self.plant.config.mfc_time_constant_s)
-        flow = self.flow_slpm + (self.setpoint_slpm - self.flow_slpm) * alpha
-        self.flow_slpm = min(max(flow, 0.0), self.full_scale_slpm)
+        if dt_s != self._alpha_dt_s:
+            self._alpha = 1.0 - math.exp(-dt_s / self.plant.config.mfc_time_constant_s)
+            self._alpha_dt_s = dt_s
+        flow = self.flow_slpm + (self.setpoint_slpm - self.flow_slpm) * self._alpha
+        # min(max(flow, 0.0), full scale), spelled out: the same floats, no calls.
+        if flow < 0.0:
+            flow = 0.0
+        elif flow > self.full_scale_slpm:
+            flow = self.full_scale_slpm
+        self.flow_slpm = flow
 
     def _step_drift(self, dt_s: float) -> None:
         fault = self.faults.active(self.name, "drift")

@@ -191,6 +191,9 @@ class Plant:
     _strokes: StrokeTracker | None = None
     strokes: list[StrokeRecord] = field(default_factory=list)  # each stroke the torch laid glass
     _stroke_flows: list[float] = field(default_factory=lambda: [0.0, 0.0])  # SiCl4, dopant (L)
+    # The heating factor for the last step length (steps repeat one length).
+    _heating_dt_s: float = 0.0
+    _heating_alpha: float = 0.0
 
     @classmethod
     def from_line(cls, line: LineConfig, faults: FaultBoard) -> Plant:
@@ -254,7 +257,8 @@ class Plant:
 
     def efficiency(self) -> float:
         drift = self.efficiency_drift
-        fault = self.faults.active("plant", "efficiency_drift")
+        faults = self.faults
+        fault = None if faults.quiet("plant") else faults.active("plant", "efficiency_drift")
         if fault is not None:
             drift += float(fault.params.get("fraction", -0.2))
         p_low, p_high = self.config.efficiency_power_window_kw
@@ -265,7 +269,7 @@ class Plant:
 
     @property
     def reflected_fraction(self) -> float:
-        if self.faults.is_active("rf", "reflected_high"):
+        if not self.faults.quiet("rf") and self.faults.is_active("rf", "reflected_high"):
             return 0.15
         return 0.02 if self.plasma_lit else 0.05
 
@@ -287,12 +291,13 @@ class Plant:
         powered = self.rf_on and self.rf_enable
         argon = self.effective_flow("mfc_ar")
         plasma_gas = argon + self.effective_flow("mfc_o2")
+        rf_faults = not self.faults.quiet("rf")
         if self.plasma_lit:
             lost = (
                 not powered
                 or self.rf_forward_kw < cfg.sustain_min_power_kw
                 or plasma_gas < cfg.sustain_min_plasma_gas_slpm
-                or self.faults.is_active("rf", "flame_out")
+                or (rf_faults and self.faults.is_active("rf", "flame_out"))
             )
             if lost:
                 self.plasma_lit = False
@@ -306,8 +311,8 @@ class Plant:
                  and argon >= cfg.ignition_min_argon_slpm)
         if not ready or self.ignition_failed:
             return
-        blocked = self.faults.is_active("rf", "ignition_fail") or self.faults.is_active(
-            "rf", "flame_out"
+        blocked = rf_faults and (
+            self.faults.is_active("rf", "ignition_fail") or self.faults.is_active("rf", "flame_out")
         )
         if blocked or self._rng.random() < cfg.ignition_failure_probability:
             self.ignition_failed = True
@@ -320,8 +325,10 @@ class Plant:
             target = cfg.ambient_c + (cfg.rod_temperature_lit_c - cfg.ambient_c) * min(
                 1.0, self.rf_forward_kw / 50.0
             )
-            alpha = 1 - math.exp(-dt_s / cfg.rod_heating_time_constant_s)
-            self.rod_temperature_c += (target - self.rod_temperature_c) * alpha
+            if dt_s != self._heating_dt_s:
+                self._heating_alpha = 1 - math.exp(-dt_s / cfg.rod_heating_time_constant_s)
+                self._heating_dt_s = dt_s
+            self.rod_temperature_c += (target - self.rod_temperature_c) * self._heating_alpha
             return
         # Explicit steps of at most max_step_s: the cooling rate changes slowly against them
         # (its time constant is tens of seconds even for a bare 30 mm rod at 1500 C).

@@ -39,11 +39,18 @@ class ValueFaults:
         self._drift_accumulated = 0.0
 
     def step(self, dt_s: float) -> None:
+        if self.faults.quiet(self.device):
+            self._drift_accumulated = 0.0
+            return
         fault = self.faults.active(self.device, "drift")
         if fault is None:
             self._drift_accumulated = 0.0
             return
         self._drift_accumulated += float(fault.params.get("rate_per_s", 0.0)) * dt_s
+
+    def release(self) -> None:
+        """What ``apply`` leaves when nothing is stuck, without computing readings."""
+        self._frozen = None
 
     def apply(self, true_values: dict[str, float]) -> dict[str, float]:
         measured = self._drifted(true_values)
@@ -109,7 +116,7 @@ class RfGeneratorSim(RegisterDevice):
         return self.commanded_on and self.ready
 
     def _fault_cause_active(self) -> bool:
-        return self.faults.is_active(self.name, "rf_fault")
+        return not self.faults.quiet(self.name) and self.faults.is_active(self.name, "rf_fault")
 
     # -- Modbus ----------------------------------------------------------------------------
     def on_write(self, address: int, values: list[int]) -> int | None:
@@ -179,16 +186,24 @@ class RfGeneratorSim(RegisterDevice):
 
     # -- process ---------------------------------------------------------------------------
     def step(self, dt_s: float, wall_now: float) -> None:
-        self._latch_fault()
+        quiet = self.faults.quiet(self.name)
+        if not quiet:
+            self._latch_fault()
         self._drop_command_if_not_ready()
-        if self.emitting:
+        emitting = self.emitting
+        if emitting:
             self.forward_kw = _slew(self.forward_kw, self.setpoint_kw, self.slew_kw_s * dt_s)
         else:
             self.forward_kw = 0.0  # RF off is immediate: no ramp down
-        self.plant.rf_on = self.emitting
+        self.plant.rf_on = emitting
         self.plant.rf_forward_kw = self.forward_kw
         self.value_faults.step(dt_s)
-        self.refresh()  # a `stuck` fault freezes the readings of the step it began in
+        if quiet:
+            # Nothing can freeze the readings, and every read refreshes the image itself: an
+            # image refreshed every sub-step would only be overwritten unread.
+            self.value_faults.release()
+        else:
+            self.refresh()  # a `stuck` fault freezes the readings of the step it began in
 
     def _latch_fault(self) -> None:
         fault = self.faults.active(self.name, "rf_fault")

@@ -192,6 +192,10 @@ class ServoAxisSim(RegisterDevice):
         self.oscillation: OscillationRun | None = None
         self.strokes_done = 0
         self._commanded_accel = config.acceleration * self._accel_k
+        self._max_speed = config.max_speed * self._speed_k  # internal units, for the load
+        self._max_accel = config.acceleration * self._accel_k
+        self._watchdog_word = 0  # HR_COMM_WATCHDOG as last decoded, and its seconds
+        self._watchdog_s = servo_map.decode_comm_watchdog_s(0)
         self._drift = 0.0
         self._stuck_at: float | None = None
         self._load_percent = LOAD_BASE_PERCENT
@@ -208,7 +212,7 @@ class ServoAxisSim(RegisterDevice):
         self._supervise()
         if dt_s <= 0:
             return
-        drift = self.faults.active(self.name, "drift")
+        drift = None if self.faults.quiet(self.name) else self.faults.active(self.name, "drift")
         self._drift = (
             self._drift + float(drift.params.get("rate_per_s", 0.0)) * dt_s if drift else 0.0
         )
@@ -306,12 +310,10 @@ class ServoAxisSim(RegisterDevice):
         return self.oscillation is not None
 
     def _update_load(self, accel_now: float) -> None:
-        max_speed = self.config.max_speed * self._speed_k
-        max_accel = self.config.acceleration * self._accel_k
         self._load_percent = (
             LOAD_BASE_PERCENT
-            + LOAD_SPEED_PERCENT * min(1.0, abs(self.velocity) / max_speed)
-            + LOAD_ACCEL_PERCENT * min(1.0, accel_now / max_accel)
+            + LOAD_SPEED_PERCENT * min(1.0, abs(self.velocity) / self._max_speed)
+            + LOAD_ACCEL_PERCENT * min(1.0, accel_now / self._max_accel)
         )
 
     def _write_plant(self) -> None:
@@ -332,7 +334,12 @@ class ServoAxisSim(RegisterDevice):
 
     @property
     def comm_watchdog_s(self) -> float:
-        return servo_map.decode_comm_watchdog_s(self.holding[servo_map.HR_COMM_WATCHDOG])
+        # Read every sub-step and written about once a run: decoded when the word changes.
+        word = self.holding[servo_map.HR_COMM_WATCHDOG]
+        if word != self._watchdog_word:
+            self._watchdog_word = word
+            self._watchdog_s = servo_map.decode_comm_watchdog_s(word)
+        return self._watchdog_s
 
     @property
     def watchdog_velocity(self) -> float:
@@ -366,14 +373,16 @@ class ServoAxisSim(RegisterDevice):
 
     # -- supervision: power, alarms ------------------------------------------------------------
     def _supervise(self) -> None:
-        fault = self.faults.active(self.name, "drive_alarm")
+        quiet = self.faults.quiet(self.name)
+        fault = None if quiet else self.faults.active(self.name, "drive_alarm")
         if fault is not None and self.alarm_code == AlarmCode.NONE:
             self.alarm_code = int(fault.params.get("code", DEFAULT_ALARM_CODE))
             self._log.warning("servo_sim.alarm", code=self.alarm_code)
             self._disable("alarm")
         if not self.plant.drives_powered and self.enabled:
             self._disable("power lost")
-        self._watch_limit_switch()
+        if not quiet:
+            self._watch_limit_switch()
 
     def _watch_limit_switch(self) -> None:
         """A tripped limit switch stops motion toward it at the maximum deceleration and ends
