@@ -334,8 +334,10 @@ async def one_trip(ctl: Controller, fault: str, period_s: float,
     after = [f for f in seen if f.at >= detect.at]
     rf_off = next(f for f in after if is_rf_off(f))
     permit = next(f for f in after if (o := outputs_written(f)) is not None and not o.rf_permit)
-    ours = CONTROLLER_FRAMES.since(detect.at)
-    reply_in = next(f.at for f in ours if f.bus == "io_link" and f.sending)
+    ours = CONTROLLER_FRAMES.since(injected)
+    # The same reply as the simulator's (its transaction id makes it unique): the two
+    # processes' stamps of one frame may come in either order.
+    reply_in = next(f.at for f in ours if f.bus == "io_link" and f.data == detect.data)
     rf_out = next(f.at for f in ours if is_rf_off(f))
     plc_out = next(f.at for f in ours if (o := outputs_written(f)) is not None
                    and not o.rf_permit)

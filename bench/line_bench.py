@@ -31,6 +31,7 @@ MBAP_BYTES = 7  # Modbus TCP's header: transaction, protocol, length, unit
 FC_READ_INPUT = 4
 FC_WRITE_SINGLE = 6
 FC_WRITE_MULTIPLE = 16
+FC_WRITE_READ = 23
 
 
 def machine_info() -> dict[str, Any]:
@@ -75,8 +76,8 @@ def _fc(frame: Frame) -> int:
 
 def safety_inputs(frame: Frame) -> io_map.SafetyInputs | None:
     """The safety I/O's inputs a read reply carries, or None if it is another frame."""
-    if not frame.sending or _fc(frame) != FC_READ_INPUT:
-        return None
+    if not frame.sending or _fc(frame) not in (FC_READ_INPUT, FC_WRITE_READ):
+        return None  # the poll's read, or the safety cycle's beat and read (the same reply)
     payload = frame.data[MBAP_BYTES + 2:]
     words = [int.from_bytes(payload[i:i + 2], "big") for i in range(0, len(payload), 2)]
     if len(words) != io_map.INPUT_COUNT:

@@ -102,6 +102,20 @@ class SafetyIo:
             self.unit, io_map.HR_BEAT_OWNER, io_map.encode_beat(self.owner_id, self._heartbeat)
         )
 
+    async def beat_and_read(self) -> SafetyInputs:
+        """The heartbeat and the input block in one exchange (FC 23: the beat written to
+        HR 3-4, then the inputs' read-only copy at HR 16-30 read back), as the safety cycle
+        sends them: half the exchanges of ``heartbeat()`` and ``read()`` apart."""
+        self._heartbeat = io_map.next_heartbeat(self._heartbeat)
+        words = await self._transport.write_read(
+            self.unit, io_map.HR_BEAT_OWNER, io_map.encode_beat(self.owner_id, self._heartbeat),
+            io_map.HR_INPUTS_COPY, io_map.INPUT_COUNT)
+        try:
+            return io_map.decode_inputs(words)
+        except ValueError as exc:
+            raise DeviceProtocolError(self.name, f"beat and read inputs @{self.unit}",
+                                      str(exc)) from exc
+
     async def reset_heartbeat_latch(self) -> None:
         """Ask the PLC to clear its latched heartbeat loss (HR 2 = 1). The PLC accepts it only
         while beats are arriving again; ``read().heartbeat_latched`` tells whether it did.

@@ -42,6 +42,7 @@ READ_HOLDING = 3
 READ_INPUT = 4
 WRITE_SINGLE = 6
 WRITE_MULTIPLE = 16
+READ_WRITE_MULTIPLE = 23
 
 
 @dataclass
@@ -113,11 +114,13 @@ async def _action(  # noqa: PLR0917 - the signature is pymodbus's SimAction, plu
     on_request(device, function_code, address, set_values)
     offset = address - start_address
     result: list[int] | int | None
-    if function_code == READ_HOLDING:
-        result = device.read_holding(address, count)
+    if function_code == READ_HOLDING or (function_code == READ_WRITE_MULTIPLE
+                                          and set_values is None):
+        result = device.read_holding(address, count)  # FC 23's read, after its write
     elif function_code == READ_INPUT:
         result = device.read_input(address, count)
-    elif function_code in (WRITE_SINGLE, WRITE_MULTIPLE) and set_values is not None:
+    elif function_code in (WRITE_SINGLE, WRITE_MULTIPLE, READ_WRITE_MULTIPLE) \
+            and set_values is not None:
         result = device.write_holding(address, [int(v) for v in set_values])
         if result is None:
             return None
@@ -271,8 +274,10 @@ class ModbusBusServer(BusServer):
         address: int,
         set_values: list[int] | list[bool] | None,
     ) -> None:
-        if function_code == WRITE_SINGLE and set_values is None:
-            return  # pymodbus reading its own block back to build a write's echo
+        if function_code in (WRITE_SINGLE, READ_WRITE_MULTIPLE) and set_values is None:
+            # pymodbus reading its own block back to build a write's echo, or FC 23's read
+            # after its write: one request, already seen
+            return
         self.requests_seen.append((device.unit, function_code, address))
         if self.faults.link_fault(device.name) in ("silent", "disconnect"):
             return  # a cut line: the request never reached the device

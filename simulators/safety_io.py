@@ -121,6 +121,14 @@ class SafetyIoSim(RegisterDevice):
         self.plant.exhaust_fan_on = effective.exhaust_fan
 
     # -- Modbus ----------------------------------------------------------------------------
+    def read_holding(self, address: int, count: int) -> list[int] | int:
+        copy = io_map.HR_INPUTS_COPY
+        if address >= copy:  # the input block's read-only copy
+            return self.read_input(address - copy, count)
+        if address + count > copy:
+            return ILLEGAL_ADDRESS  # the settings and the copy are never read together
+        return super().read_holding(address, count)
+
     def on_write(self, address: int, values: list[int]) -> int | None:
         writes = list(enumerate(values, start=address))
         registers = {r for r, _ in writes}
@@ -143,7 +151,7 @@ class SafetyIoSim(RegisterDevice):
     def _refuse_write(address: int, values: list[int], registers: set[int]) -> int | None:
         """The exception code for a malformed write, None for a good one."""
         beat = {io_map.HR_BEAT_OWNER, io_map.HR_BEAT_COUNTER}
-        if io_map.HR_HEARTBEAT in registers:
+        if io_map.HR_HEARTBEAT in registers or max(registers) >= io_map.HR_INPUTS_COPY:
             return ILLEGAL_ADDRESS  # read-only: a beat without an owner id could claim nothing
         if registers & beat and (address, len(values)) != (io_map.HR_BEAT_OWNER, io_map.BEAT_COUNT):
             return ILLEGAL_ADDRESS  # owner id and counter only ever together, in one write

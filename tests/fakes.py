@@ -198,6 +198,11 @@ class FakeSafetyIo(RecordingDevice):
         if self.inputs.line_owner == 0:
             self.inputs = dataclasses.replace(self.inputs, line_owner=self.owner_id)
 
+    async def beat_and_read(self) -> SafetyInputs:
+        """One exchange on the wire (FC 23): the beat, then the read, as the PLC does them."""
+        await self.heartbeat()
+        return await self.read()
+
     async def reset_heartbeat_latch(self) -> None:
         await self._record("reset_heartbeat_latch")
 

@@ -61,6 +61,13 @@ def rtu_write_multiple(count: int) -> Exchange:
     return Exchange(_RTU_HEADER + 5 + 2 * count + _RTU_CRC, _RTU_HEADER + 4 + _RTU_CRC)
 
 
+def rtu_write_read(write_count: int, read_count: int) -> Exchange:
+    """FC 23: read address and count, write address, count, byte count and registers out;
+    byte count and the registers read back."""
+    return Exchange(_RTU_HEADER + 9 + 2 * write_count + _RTU_CRC,
+                    _RTU_HEADER + 1 + 2 * read_count + _RTU_CRC)
+
+
 def ascii_exchange(request: str, reply: str) -> Exchange:
     return Exchange(len(request) + ASCII_TERMINATOR_BYTES, len(reply) + ASCII_TERMINATOR_BYTES)
 
@@ -110,8 +117,8 @@ def poll_exchanges(kind: str, protocol: str, *, unit: object = None,
             return (rtu_read(servo_map.INPUT_COUNT),)
         if kind == "rf_generator":
             return (rtu_read(rf_generator_map.IR_SETPOINT_ACTUAL + 1),)
-        if kind == "safety_io":
-            return (rtu_read(safety_io_map.INPUT_COUNT), rtu_write_single())
+        if kind == "safety_io":  # the beat and the inputs in one FC 23 exchange
+            return (rtu_write_read(safety_io_map.BEAT_COUNT, safety_io_map.INPUT_COUNT),)
     raise ValueError(f"no poll frames known for a {kind} on {protocol}")
 
 

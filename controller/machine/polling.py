@@ -214,19 +214,30 @@ class Pollers:
 
     async def poll_safety(self) -> None:
         """The safety cycle: read the safety I/O, judge, compute the envelope and reconcile
-        (``judge`` does all three without awaiting a device), then beat the heartbeat, but
-        only when the whole cycle completed within its period: the beat proves that the
-        controller watches, not merely that a poller runs (rule 4). Once the line belongs to
-        another controller no beat goes out again: the line is claimed only at start."""
+        (``judge`` does all three without awaiting a device). A cycle that completed within
+        its period has earned a beat: the beat proves that the controller watches, not merely
+        that a poller runs (rule 4). It goes with the next cycle's read, one exchange (FC 23:
+        the beat written, then the inputs read), so the PLC counts it one period later than a
+        write of its own would reach it (its timeout is a second) and a trip's writes, launched
+        by the judgement, never queue behind it. Once the line belongs to another controller
+        no beat goes out again: the line is claimed only at start."""
         device = "safety_io"
         health = self.telemetry.link(device)
         period = 1.0 / poll_hz(self.line, device)
+        beat_earned = False
 
         async def cycle() -> None:
+            nonlocal beat_earned
             started = time.monotonic()
             health.polls += 1
+            beat = beat_earned and self._heartbeat_enabled() and self.claim_lost_to is None
+            beat_earned = False
             try:
-                inputs = await self.machine.safety_io.read()
+                if beat:
+                    inputs = await self.machine.safety_io.beat_and_read()
+                    self.beats += 1
+                else:
+                    inputs = await self.machine.safety_io.read()
             except DeviceError as exc:
                 _failed(health, exc)
             else:
@@ -242,16 +253,7 @@ class Pollers:
             if time.monotonic() - started > period:
                 self.late_cycles += 1
                 return
-            if not self._heartbeat_enabled() or self.claim_lost_to is not None:
-                return
-            # One turn of the loop first: writes the judgement launched (a trip's RF off and
-            # the PLC's outputs) take their buses before the beat would hold the PLC's link.
-            await asyncio.sleep(0)
-            try:
-                await self.machine.safety_io.heartbeat()
-                self.beats += 1
-            except DeviceError as exc:
-                _failed(health, exc)
+            beat_earned = True
 
         await self._every(device, cycle)
 

@@ -271,11 +271,14 @@ class Supervisor:
         self.armed = True
 
     # -- the envelope ----------------------------------------------------------------------
-    def envelope_inputs(self, signals: Signals | None = None) -> EnvelopeInputs:
+    def envelope_inputs(self, signals: Signals | None = None,
+                        tripped: list[Interlock] | None = None) -> EnvelopeInputs:
         """Everything the envelope looks at, from the latest telemetry (rule 10); ``signals``
-        when the caller has just built them from it."""
+        and the interlocks they trip, when the caller has just judged them."""
         signals = signals or self.signals()
-        conditions = {i.id for i in evaluate(signals, self.line)}
+        if tripped is None:
+            tripped = evaluate(signals, self.line)
+        conditions = {i.id for i in tripped}
         io = self.telemetry.safety if self.link_alive("safety_io") else None
         if (io is not None and io.heartbeat_latched) or self._pollers.claim_lost_to is not None:
             # A line lost to another controller is a lost heartbeat: the PLC acted alone.
@@ -326,10 +329,10 @@ class Supervisor:
         envelope and reconcile every output into it. Never awaits a device."""
         state = self.sm.state
         signals = self.signals()
-        self._judge_interlocks(signals)
+        tripped = self._judge_interlocks(signals)
         if self.sm.state is not state:
-            signals = self.signals()  # a trip has moved the run: its state's signals
-        self.reconciler.cycle(compute(self.envelope_inputs(signals), self.line))
+            signals, tripped = self.signals(), None  # a trip has moved the run: judge anew
+        self.reconciler.cycle(compute(self.envelope_inputs(signals, tripped), self.line))
 
     async def _watch_loop(self) -> None:
         """The loop-lag watchdog: a probe that sleeps one safety period wakes as late as the
@@ -357,16 +360,18 @@ class Supervisor:
             return None
         return GapTarget(layer.coil_gap_mm, executor.cursor.diameter_mm)
 
-    def _judge_interlocks(self, signals: Signals) -> None:
-        """Start the worst tripped interlock's reaction, then annunciate."""
+    def _judge_interlocks(self, signals: Signals) -> list[Interlock] | None:
+        """Start the worst tripped interlock's reaction, then annunciate; the tripped
+        interlocks (None while not armed: nothing judged)."""
         if not self.armed:
-            return
+            return None
         started = time.monotonic()
 
         def react(tripped: list[Interlock]) -> None:
             self._react(tripped[0], started)
 
-        self._judge.judge(signals, self.sm.state, self._gap_target(), time.time(), react)
+        return self._judge.judge(signals, self.sm.state, self._gap_target(), time.time(),
+                                 react)
 
     def _react(self, worst: Interlock, started: float) -> None:
         """Start the reaction the worst tripped interlock calls for, if any."""

@@ -87,6 +87,7 @@ class AlarmManager:
         # time-limited; a forgotten shelve would hide an alarm for good).
         self.max_shelve_s = max_shelve_s
         self._alarms: dict[str, _Runtime] = {}
+        self._shelved: set[str] = set()  # ids with a shelf running
         self._by_tag: dict[str, str] = {}
         for definition in definitions:
             if definition.id in self._alarms or definition.tag in self._by_tag:
@@ -185,6 +186,7 @@ class AlarmManager:
         if not reason.strip():
             raise AlarmRefused(alarm_id, "a shelve needs a reason")
         rt.shelved_until = now + duration_s
+        self._shelved.add(alarm_id)
         events = self._refresh(rt, now, "shelve", user=user, note=reason)
         return events[0] if events else None
 
@@ -194,6 +196,7 @@ class AlarmManager:
         if rt.shelved_until is None:
             return None
         rt.shelved_until = None
+        self._shelved.discard(alarm_id)
         events = self._refresh(rt, now, "unshelve", user=user)
         return events[0] if events else None
 
@@ -323,9 +326,12 @@ class AlarmManager:
 
     def _expire_shelves(self, now: float) -> list[AlarmEvent]:
         events: list[AlarmEvent] = []
+        if not self._shelved:
+            return events  # every evaluation starts here, a dozen a safety cycle: keep it cheap
         for rt in self._alarms.values():
             if rt.shelved_until is not None and now >= rt.shelved_until:
                 rt.shelved_until = None
+                self._shelved.discard(rt.definition.id)
                 events += self._refresh(rt, now, "shelve_expired")
         return events
 

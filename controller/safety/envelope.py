@@ -11,8 +11,9 @@ unpowered and the master valve closed). ``docs/safety.md`` prints these tables."
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
+from operator import attrgetter
 
 from controller.config.line import (
     LINEAR_AXES,
@@ -220,7 +221,28 @@ def _why(inputs: EnvelopeInputs, column: str, allowed: object) -> str:
     return f"state {inputs.state.value}"
 
 
+# Everything the envelope depends on but the rod's temperature, which counts only through
+# whether the rod is hot: a cycle's envelope equals the last one's while these are unchanged.
+_KEY_FIELDS = attrgetter(*(f.name for f in fields(EnvelopeInputs)
+                           if f.name != "rod_temperature_c"))
+_last: tuple[LineConfig, tuple[object, ...], Envelope] | None = None
+
+
 def compute(inputs: EnvelopeInputs, line: LineConfig) -> Envelope:
+    """The envelope for these inputs. The safety cycle asks 100 times a second and the
+    answer rarely changes, so the last one is kept (it is immutable; so is the line)."""
+    global _last  # noqa: PLW0603 - a one-entry memo of a pure function
+    stop_c = line.safety_io().rod_rotation_stop_c
+    rod_hot = inputs.rod_temperature_c is None or inputs.rod_temperature_c > stop_c
+    key = (rod_hot, *_KEY_FIELDS(inputs))
+    if _last is not None and _last[0] is line and _last[1] == key:
+        return _last[2]
+    envelope = _compute(inputs, line, rod_hot)
+    _last = (line, key, envelope)
+    return envelope
+
+
+def _compute(inputs: EnvelopeInputs, line: LineConfig, rod_hot: bool) -> Envelope:
     limits = active_limits(inputs)
     sup = line.supervision
     reasons: dict[str, str] = {}
@@ -252,8 +274,6 @@ def compute(inputs: EnvelopeInputs, line: LineConfig) -> Envelope:
                         MotionLimit.FULL: cfg.max_speed}[limits.motion]
         if limits.motion is not MotionLimit.FULL:
             reasons[axis] = _why(inputs, "motion", limits.motion)
-    stop_c = line.safety_io().rod_rotation_stop_c
-    rod_hot = inputs.rod_temperature_c is None or inputs.rod_temperature_c > stop_c
     cooling = cooling_speed_rpm(line)
     spindle_min = min(cooling, speeds["spindle"]) if rod_hot else 0.0
     fan = limits.fan_required or inputs.master_valve_open

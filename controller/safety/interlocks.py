@@ -75,6 +75,9 @@ class Interlock:
         return float(self.limit)
 
     def tripped(self, signals: Signals, line: LineConfig) -> bool:
+        return self._trips(signals, _limits(line))
+
+    def _trips(self, signals: Signals, limits: dict[str, float]) -> bool:
         if self.only_with_plasma and not (signals.plasma_lit or signals.plasma_expected):
             return False
         value = getattr(signals, self.signal)
@@ -83,8 +86,8 @@ class Interlock:
         if self.op == "true":
             return bool(value)
         if self.op == "below":
-            return float(value) < self.limit_value(line)
-        return float(value) > self.limit_value(line)
+            return float(value) < limits[self.id]
+        return float(value) > limits[self.id]
 
 
 INTERLOCKS: tuple[Interlock, ...] = (
@@ -128,9 +131,23 @@ SEVERITY = {Reaction.ESTOP: 0, Reaction.TRIP_GAS: 1, Reaction.TRIP: 2, Reaction.
             Reaction.ALARM: 4}
 
 
+_last_limits: tuple[LineConfig, dict[str, float]] | None = None
+
+
+def _limits(line: LineConfig) -> dict[str, float]:
+    """Each comparing interlock's limit on ``line``, looked up once per line configuration
+    (the safety cycle judges 100 times a second; a process has one line, tests a few)."""
+    global _last_limits  # noqa: PLW0603 - a one-entry cache of an immutable configuration
+    if _last_limits is None or _last_limits[0] is not line:
+        _last_limits = (line, {i.id: i.limit_value(line) for i in INTERLOCKS
+                               if i.op in ("below", "above")})
+    return _last_limits[1]
+
+
 def evaluate(signals: Signals, line: LineConfig) -> list[Interlock]:
     """Every interlock tripped by these signals, the most severe reaction first."""
-    tripped = [i for i in INTERLOCKS if i.tripped(signals, line)]
+    limits = _limits(line)
+    tripped = [i for i in INTERLOCKS if i._trips(signals, limits)]
     return sorted(tripped, key=lambda i: SEVERITY[i.reaction])
 
 

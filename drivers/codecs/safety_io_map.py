@@ -40,14 +40,18 @@ IR_LINE_OWNER = 13  # owner id whose beats the PLC counts; 0 = free (none since 
 IR_REFUSED_OWNER = 14  # owner id of the last beat the PLC refused; 0 = none since power-up
 INPUT_COUNT = 15
 
-# -- holding registers (function 3 to read, 6 / 16 to write) ---------------------------------
+# -- holding registers (function 3 to read, 6 / 16 to write, 23 for both) ----------------
 HR_OUTPUTS = 0
 HR_HEARTBEAT = 1  # read-only: the counter of the last beat counted (a write: exception 2)
 HR_COMMAND = 2  # write-only command; always reads 0
 HR_BEAT_OWNER = 3  # the beat: owner id, then counter, written together by one FC 16
 HR_BEAT_COUNTER = 4
 BEAT_COUNT = 2  # registers in the beat write
-HOLDING_COUNT = 5
+# A read-only copy of the whole input block (IR 0-14) at HR 16-30: function 23 (read/write
+# multiple registers) reads holding registers only, and with the copy the safety cycle's beat
+# (HR 3-4) and its inputs go in one exchange instead of two. A write there: exception 2.
+HR_INPUTS_COPY = 16
+HOLDING_COUNT = HR_INPUTS_COPY + INPUT_COUNT
 
 COMMAND_RESET_HEARTBEAT_LATCH = 1  # the only command; any other value: exception 3
 

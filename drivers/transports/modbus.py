@@ -138,6 +138,18 @@ class ModbusTransport(BusTransport):
             expect=count,
         )
 
+    async def write_read(self, unit: int, write_address: int, values: list[int],
+                         read_address: int, read_count: int) -> list[int]:
+        """FC 23: write ``values`` at ``write_address`` and read ``read_count`` holding
+        registers from ``read_address`` in one exchange (the device writes first)."""
+        return await self._call(
+            f"write {write_address}+{len(values)} and read {read_address}+{read_count} @{unit}",
+            lambda c: c.readwrite_registers(
+                read_address=read_address, read_count=read_count,
+                write_address=write_address, values=values, device_id=unit),
+            expect=read_count,
+        )
+
     async def write_register(
         self, unit: int, address: int, value: int, *, urgent: bool = False
     ) -> None:

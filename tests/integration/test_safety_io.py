@@ -540,6 +540,56 @@ async def test_wire_beat_is_one_fc16_of_owner_and_counter(rig: Rig) -> None:
         "0013 0000 000B 01 03 08 002A 0000 1A2B 002A")
 
 
+async def test_wire_beat_and_inputs_in_one_fc23(rig: Rig) -> None:
+    """The safety cycle's exchange: the beat written to HR 3-4, then the inputs' read-only
+    copy at HR 16-30 read back, in one request."""
+    await rig.io.write_outputs(SafetyOutputs(exhaust_fan=True, rf_permit=True))
+    await rig.alive()
+    copy = await _exchange(rig, bytes.fromhex("0017 0000 0006 01 03 0010 000F"),
+                           9 + 2 * io_map.INPUT_COUNT)
+    inputs = await _exchange(rig, bytes.fromhex("0018 0000 0006 01 04 0000 000F"),
+                             9 + 2 * io_map.INPUT_COUNT)
+    assert copy[9:] == inputs[9:]  # the copy is the input block, word for word
+    # FC 23: read 15 from HR 16, write 2 at HR 3 (4 bytes: owner 0x1A2B, counter 43).
+    request = bytes.fromhex("0019 0000 000F 01 17 0010 000F 0003 0002 04 1A2B 002B")
+    reply = await _exchange(rig, request, 9 + 2 * io_map.INPUT_COUNT)
+    assert reply[:9] == bytes.fromhex("0019 0000 0021 01 17 1E")
+    assert reply[9:] == inputs[9:]
+    rig.step()
+    read = bytes.fromhex("001A 0000 0006 01 03 0001 0004")
+    assert await _exchange(rig, read, 17) == bytes.fromhex(
+        "001A 0000 000B 01 03 08 002B 0000 1A2B 002B")  # the beat was counted
+
+
+async def test_the_driver_beats_and_reads_in_one_exchange(rig: Rig) -> None:
+    rig.bus.requests_seen.clear()
+    inputs = await rig.io.beat_and_read()
+    assert list(rig.bus.requests_seen) == [(rig.config.unit, 23, io_map.HR_BEAT_OWNER)]
+    assert inputs == await rig.io.read()
+    rig.step()
+    assert rig.sim.heartbeat_ok and rig.sim.owner == OWNER
+    after = await rig.io.beat_and_read()  # the next counter: a new beat
+    rig.step()
+    assert after.heartbeat_ok and rig.sim.heartbeat_ok
+
+
+@pytest.mark.parametrize(
+    ("request_hex", "code"),
+    [
+        ("01 06 0010 0001", 2),  # the inputs' copy is read-only
+        ("01 10 000F 0002 04 0000 0001", 2),  # a write reaching into it
+        ("01 03 000E 0004", 2),  # a read across the settings and the copy
+        ("01 03 001E 0002", 2),  # past the copy's end
+    ],
+)
+async def test_wire_the_inputs_copy_is_read_only_and_whole(rig: Rig, request_hex: str,
+                                                           code: int) -> None:
+    pdu = bytes.fromhex(request_hex)
+    request = bytes.fromhex("0021 0000") + len(pdu).to_bytes(2, "big") + pdu
+    reply = await _exchange(rig, request, 9)
+    assert reply == bytes.fromhex(f"0021 0000 0003 01 {pdu[1] | 0x80:02X} {code:02X}")
+
+
 @pytest.mark.parametrize(
     ("request_hex", "code"),
     [

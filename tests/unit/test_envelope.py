@@ -3,6 +3,7 @@ the most restrictive, and docs/safety.md prints the data as it is."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -179,3 +180,29 @@ def test_docs_safety_md_prints_the_tables_as_the_data_has_them() -> None:
         "`python -m controller.safety.table_doc`")
     for interlock in INTERLOCKS:
         assert f"`{interlock.id}: {interlock.description}`" in text
+
+
+def test_the_kept_envelope_is_the_fresh_one_whatever_changed() -> None:
+    """compute keeps its last answer: every input it depends on must lead to a fresh one
+    (each field changed in turn, then back), and the rod's temperature only through whether
+    the rod is hot."""
+    base = EnvelopeInputs(state=State.EXECUTE, plasma_lit=True, rod_temperature_c=HOT,
+                          conditions=frozenset({"link_gauge"}))
+    changes: list[dict[str, object]] = [
+        {"state": State.ABORTING}, {"mode": Mode.MAINTENANCE}, {"plasma_lit": False},
+        {"conditions": frozenset({"water_flow_low"})}, {"doors_closed": False},
+        {"rod_temperature_c": COLD}, {"rod_temperature_c": None},
+        {"devices_under_test": frozenset({"rf"}), "mode": Mode.MAINTENANCE},
+        {"master_valve_open": True},
+    ]
+    assert {f.name for f in dataclasses.fields(EnvelopeInputs)} <= {
+        name for change in changes for name in change}, "a field no change above exercises"
+    for change in changes:
+        changed = dataclasses.replace(base, **change)  # type: ignore[arg-type]
+        for inputs in (base, changed, base):
+            kept = compute(inputs, LINE)
+            compute(EnvelopeInputs(state=State.IDLE), LINE)  # something else in between
+            assert compute(inputs, LINE) == kept
+            assert kept == compute(inputs, LINE.model_copy())  # a fresh computation
+    warm = compute(dataclasses.replace(base, rod_temperature_c=HOT - 100), LINE)
+    assert warm is compute(base, LINE)  # still hot: the same envelope, kept

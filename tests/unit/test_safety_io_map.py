@@ -67,7 +67,7 @@ def test_input_and_holding_addresses_are_pinned() -> None:
     assert (io_map.IR_LINE_OWNER, io_map.IR_REFUSED_OWNER, io_map.INPUT_COUNT) == (13, 14, 15)
     assert (io_map.HR_OUTPUTS, io_map.HR_HEARTBEAT, io_map.HR_COMMAND) == (0, 1, 2)
     assert (io_map.HR_BEAT_OWNER, io_map.HR_BEAT_COUNTER, io_map.BEAT_COUNT) == (3, 4, 2)
-    assert io_map.HOLDING_COUNT == 5
+    assert (io_map.HR_INPUTS_COPY, io_map.HOLDING_COUNT) == (16, 31)
     assert io_map.COMMAND_RESET_HEARTBEAT_LATCH == 1
     assert io_map.OUTPUTS_MASK == 0x01FF
 
