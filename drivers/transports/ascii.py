@@ -37,14 +37,20 @@ def _settle(waiter: asyncio.Future[bytes | _End], outcome: bytes | _End) -> None
 class _LineProtocol(asyncio.Protocol):
     """Splits the stream into lines and hands each to the request waiting for it.
 
-    A reply costs one future and one timer (``next_line``): no task, no queue getter, so the
-    ASCII path stays close to a bare stream reader (bench/bench_throughput.py)."""
+    A reply costs one future (``next_line``): no task, no queue getter, and no timer of its
+    own, so the ASCII path stays close to a bare stream reader (bench/bench_throughput.py).
+    The reply timeout is a deadline that each request moves on; one timer stands for all of
+    them and, when it fires early (the deadline has moved since it was set), is set again
+    for the current deadline. Requests follow each other far faster than a timeout, so one
+    timer serves thousands of them instead of one ``call_later`` and ``cancel`` each."""
 
     def __init__(self, terminator: bytes) -> None:
         self.terminator = terminator
         self.buffer = bytearray()
         self._lines: deque[bytes] = deque()  # arrived while no request was waiting
         self._waiter: asyncio.Future[bytes | _End] | None = None
+        self._deadline = 0.0  # loop time at which the waiting request times out
+        self._timer: asyncio.TimerHandle | None = None
         self.closed = asyncio.Event()
         self.overflow = False
         self.transport: asyncio.BaseTransport | None = None
@@ -68,6 +74,9 @@ class _LineProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed.set()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._waiter is not None:
             _settle(self._waiter, _End.CLOSED)
 
@@ -86,12 +95,26 @@ class _LineProtocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bytes | _End] = loop.create_future()
         self._waiter = waiter
-        timer = loop.call_later(timeout_s, _settle, waiter, _End.TIMED_OUT)
+        self._deadline = deadline = loop.time() + timeout_s
+        timer = self._timer
+        if timer is None or timer.when() > deadline:  # none set, or set for a later time
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._on_timer)
         try:
             return await waiter
         finally:
-            timer.cancel()
             self._waiter = None
+
+    def _on_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        waiter = self._waiter
+        if timer is None or waiter is None or waiter.done():
+            return  # no request waiting: the next one sets a timer again
+        if self._deadline <= timer.when():
+            waiter.set_result(_End.TIMED_OUT)
+        else:  # a later request moved the deadline on since this timer was set
+            self._timer = asyncio.get_running_loop().call_at(self._deadline, self._on_timer)
 
 
 class AsciiTransport(BusTransport):
@@ -160,7 +183,7 @@ class AsciiTransport(BusTransport):
         """Send one line and return the reply line (without its terminator). ``urgent``: ahead
         of every request queued on the line (the one in flight finishes first)."""
         return await self._exclusive(
-            lambda: self._retrying(line, lambda: self._attempt(line, reply)), urgent=urgent)
+            lambda: self._attempt(line, reply), lambda: line, urgent=urgent)
 
     async def _attempt(self, line: str, reply: bool) -> str:
         protocol, transport = self._protocol, self._transport

@@ -107,31 +107,40 @@ class BusTransport(ABC):
         self._log.info(f"{self.kind}.connected")
 
     # -- requests --------------------------------------------------------------------------
-    async def _exclusive(self, request: Callable[[], Awaitable[T]], *,
-                         urgent: bool = False) -> T:
-        """Run ``request`` holding the bus; counted."""
-        async with self._lock.hold(urgent=urgent):
-            return await self._counted(request)
-
-    async def _counted(self, request: Callable[[], Awaitable[T]]) -> T:
-        """Run ``request`` (the bus already held), counting it and its failure."""
-        self.requests += 1
+    # Every poll of every device passes here, so the path is kept short (bench/
+    # bench_throughput.py): the free lock is taken without a coroutine, counting and retries
+    # share one frame, and the request's description is built only when a log or an error
+    # needs it (``describe``).
+    async def _exclusive(self, attempt: Callable[[], Awaitable[T]],
+                         describe: Callable[[], str], *, urgent: bool = False) -> T:
+        """``_request`` holding the bus; ``urgent``: ahead of every request queued on it."""
+        lock = self._lock
+        if not lock.try_acquire():
+            await lock.acquire(urgent=urgent)
         try:
-            return await request()
+            return await self._request(attempt, describe)
+        finally:
+            lock.release()
+
+    async def _request(self, attempt: Callable[[], Awaitable[T]],
+                       describe: Callable[[], str]) -> T:
+        """One request, the bus already held: counted (and its failure), up to
+        ``retries + 1`` attempts, each on a connected link (reconnecting first if it
+        dropped); a ``RetryableError`` tries again, anything else ends the request."""
+        self.requests += 1
+        last_error: DeviceError | None = None
+        try:
+            for number in range(self.retries + 1):
+                if not self.connected:
+                    await self._connect_locked()
+                try:
+                    return await attempt()
+                except RetryableError as retry:
+                    last_error = retry.error
+                    self._log.debug(f"{self.kind}.retry", request=describe(), attempt=number)
         except Exception:
             self.failures += 1
             raise
-
-    async def _retrying(self, request: str, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Up to ``retries + 1`` attempts, each on a connected link (reconnecting first if it
-        dropped); a ``RetryableError`` tries again, anything else ends the request."""
-        last_error: DeviceError | None = None
-        for number in range(self.retries + 1):
-            await self._connect_locked()
-            try:
-                return await attempt()
-            except RetryableError as retry:
-                last_error = retry.error
-                self._log.debug(f"{self.kind}.retry", request=request, attempt=number)
+        self.failures += 1  # every attempt failed
         assert last_error is not None
         raise last_error

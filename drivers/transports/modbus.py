@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 
 from pymodbus import ModbusException
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -37,6 +37,8 @@ ModbusClient = AsyncModbusTcpClient | AsyncModbusSerialClient
 # One write of a sequence: (address, value) is a single-register write (FC 6),
 # (address, [values]) a multiple-register write (FC 16).
 Write = tuple[int, int | list[int]]
+Send = Callable[[ModbusClient], Awaitable[ModbusPDU]]  # one request, asked of the client
+Describe = Callable[[], str]  # that request in words, for a log or an error
 
 
 class ModbusTransport(BusTransport):
@@ -124,18 +126,20 @@ class ModbusTransport(BusTransport):
             self._client = None
 
     # -- requests --------------------------------------------------------------------------
+    # Each request is a ``send`` (what to ask pymodbus's client) and a ``describe`` (the
+    # request in words, built only if a log or an error needs it: most requests succeed).
     async def read_holding(self, unit: int, address: int, count: int) -> list[int]:
         return await self._call(
-            f"read holding {address}+{count} @{unit}",
             lambda c: c.read_holding_registers(address, count=count, device_id=unit),
-            expect=count,
+            lambda: f"read holding {address}+{count} @{unit}",
+            count,
         )
 
     async def read_input(self, unit: int, address: int, count: int) -> list[int]:
         return await self._call(
-            f"read input {address}+{count} @{unit}",
             lambda c: c.read_input_registers(address, count=count, device_id=unit),
-            expect=count,
+            lambda: f"read input {address}+{count} @{unit}",
+            count,
         )
 
     async def write_read(self, unit: int, write_address: int, values: list[int],
@@ -143,24 +147,25 @@ class ModbusTransport(BusTransport):
         """FC 23: write ``values`` at ``write_address`` and read ``read_count`` holding
         registers from ``read_address`` in one exchange (the device writes first)."""
         return await self._call(
-            f"write {write_address}+{len(values)} and read {read_address}+{read_count} @{unit}",
             lambda c: c.readwrite_registers(
                 read_address=read_address, read_count=read_count,
                 write_address=write_address, values=values, device_id=unit),
-            expect=read_count,
+            lambda: (f"write {write_address}+{len(values)} and read "
+                     f"{read_address}+{read_count} @{unit}"),
+            read_count,
         )
 
     async def write_register(
         self, unit: int, address: int, value: int, *, urgent: bool = False
     ) -> None:
         """FC 6. ``urgent``: ahead of every request queued on the bus."""
-        await self._call(*self._single(unit, address, value), expect=None, urgent=urgent)
+        await self._call(*self._single(unit, address, value), None, urgent=urgent)
 
     async def write_registers(
         self, unit: int, address: int, values: list[int], *, urgent: bool = False
     ) -> None:
         """FC 16. ``urgent``: ahead of every request queued on the bus."""
-        await self._call(*self._multiple(unit, address, values), expect=None, urgent=urgent)
+        await self._call(*self._multiple(unit, address, values), None, urgent=urgent)
 
     async def write_sequence(
         self, unit: int, writes: Sequence[Write], *, urgent: bool = False
@@ -170,56 +175,36 @@ class ModbusTransport(BusTransport):
         has its own timeout and retries; the first failure ends the sequence."""
         async with self._lock.hold(urgent=urgent):
             for address, value in writes:
-                request, send = (
+                send, describe = (
                     self._single(unit, address, value)
                     if isinstance(value, int)
                     else self._multiple(unit, address, value)
                 )
-                await self._counted(functools.partial(self._call_locked, request, send, None))
+                await self._request(
+                    functools.partial(self._attempt, send, describe, None), describe)
 
     @staticmethod
-    def _single(
-        unit: int, address: int, value: int
-    ) -> tuple[str, Callable[[ModbusClient], Awaitable[ModbusPDU]]]:
+    def _single(unit: int, address: int, value: int) -> tuple[Send, Describe]:
         return (
-            f"write {address}={value} @{unit}",
             lambda c: c.write_register(address, value, device_id=unit),
+            lambda: f"write {address}={value} @{unit}",
         )
 
     @staticmethod
-    def _multiple(
-        unit: int, address: int, values: list[int]
-    ) -> tuple[str, Callable[[ModbusClient], Awaitable[ModbusPDU]]]:
+    def _multiple(unit: int, address: int, values: list[int]) -> tuple[Send, Describe]:
         return (
-            f"write {address}+{len(values)} @{unit}",
             lambda c: c.write_registers(address, values, device_id=unit),
+            lambda: f"write {address}+{len(values)} @{unit}",
         )
 
-    async def _call(
-        self,
-        request: str,
-        send: Callable[[ModbusClient], Awaitable[ModbusPDU]],
-        *,
-        expect: int | None,
-        urgent: bool = False,
-    ) -> list[int]:
-        return await self._exclusive(lambda: self._call_locked(request, send, expect),
-                                     urgent=urgent)
+    def _call(
+        self, send: Send, describe: Describe, expect: int | None, *, urgent: bool = False
+    ) -> Coroutine[None, None, list[int]]:
+        # Not a coroutine itself: the caller awaits _exclusive's, one frame fewer per request.
+        return self._exclusive(
+            lambda: self._attempt(send, describe, expect), describe, urgent=urgent)
 
-    async def _call_locked(
-        self,
-        request: str,
-        send: Callable[[ModbusClient], Awaitable[ModbusPDU]],
-        expect: int | None,
-    ) -> list[int]:
-        return await self._retrying(request, lambda: self._attempt(request, send, expect))
-
-    async def _attempt(
-        self,
-        request: str,
-        send: Callable[[ModbusClient], Awaitable[ModbusPDU]],
-        expect: int | None,
-    ) -> list[int]:
+    async def _attempt(self, send: Send, describe: Describe, expect: int | None) -> list[int]:
         assert self._client is not None
         self._garbage_seen = False
         try:
@@ -233,22 +218,22 @@ class ModbusTransport(BusTransport):
                 raise DeviceDisconnected(self.name, "link closed during request") from exc
             if self._garbage_seen:
                 raise RetryableError(DeviceProtocolError(
-                    self.name, request, "reply discarded: bad CRC or malformed frame"
+                    self.name, describe(), "reply discarded: bad CRC or malformed frame"
                 )) from exc
-            raise RetryableError(DeviceTimeout(self.name, request, self.timeout_s)) from exc
+            raise RetryableError(DeviceTimeout(self.name, describe(), self.timeout_s)) from exc
         except ModbusException as exc:
-            raise DeviceProtocolError(self.name, request, str(exc)) from exc
-        return self._check(request, response, expect)
+            raise DeviceProtocolError(self.name, describe(), str(exc)) from exc
+        return self._check(describe, response, expect)
 
-    def _check(self, request: str, response: ModbusPDU, expect: int | None) -> list[int]:
+    def _check(self, describe: Describe, response: ModbusPDU, expect: int | None) -> list[int]:
         if isinstance(response, ExceptionResponse) or response.isError():
             code = getattr(response, "exception_code", 0)
-            raise DeviceExceptionResponse(self.name, request, int(code))
+            raise DeviceExceptionResponse(self.name, describe(), int(code))
         if expect is None:
             return []
         registers = list(response.registers)
         if len(registers) != expect:
             raise DeviceProtocolError(
-                self.name, request, f"expected {expect} registers, got {len(registers)}"
+                self.name, describe(), f"expected {expect} registers, got {len(registers)}"
             )
         return registers

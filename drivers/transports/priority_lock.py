@@ -6,17 +6,23 @@ an urgent acquirer is served as soon as the holder releases (the request in flig
 finishes first), before any normal waiter, first come first served within each queue.
 
 Ownership passes directly from the releasing holder to the next waiter, so a newcomer never
-slips in between; a waiter cancelled after being handed the lock passes it on."""
+slips in between; a waiter cancelled after being handed the lock passes it on.
+
+Every request on every bus passes this lock, so the free lock is taken without a coroutine
+(``try_acquire``) and ``hold`` is a plain class, not a generator-based context manager
+(bench/bench_throughput.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator
+from types import TracebackType
 
 
 class PriorityLock:
+    __slots__ = ("_locked", "_normal", "_urgent")
+
     def __init__(self) -> None:
         self._locked = False
         self._urgent: deque[asyncio.Future[None]] = deque()
@@ -30,9 +36,16 @@ class PriorityLock:
         """(urgent, normal) acquirers waiting now."""
         return len(self._urgent), len(self._normal)
 
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free and nobody waits for it (never jumps the queue);
+        False, and nothing changed, otherwise."""
+        if self._locked or self._urgent or self._normal:
+            return False
+        self._locked = True
+        return True
+
     async def acquire(self, *, urgent: bool = False) -> None:
-        if not self._locked and not self._urgent and not self._normal:
-            self._locked = True
+        if self.try_acquire():
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue = self._urgent if urgent else self._normal
@@ -58,10 +71,26 @@ class PriorityLock:
                     return
         self._locked = False
 
-    @contextlib.asynccontextmanager
-    async def hold(self, *, urgent: bool = False) -> AsyncIterator[None]:
-        await self.acquire(urgent=urgent)
-        try:
-            yield
-        finally:
-            self.release()
+    def hold(self, *, urgent: bool = False) -> _Hold:
+        """``async with lock.hold(urgent=...)``: acquire, and release on the way out."""
+        return _Hold(self, urgent)
+
+
+class _Hold:
+    __slots__ = ("_lock", "_urgent")
+
+    def __init__(self, lock: PriorityLock, urgent: bool) -> None:
+        self._lock = lock
+        self._urgent = urgent
+
+    async def __aenter__(self) -> None:
+        if not self._lock.try_acquire():
+            await self._lock.acquire(urgent=self._urgent)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._lock.release()

@@ -198,6 +198,36 @@ async def test_ascii_silence_is_a_timeout_after_every_retry(retries: int) -> Non
     assert caught.value.request == "'A'"
 
 
+async def test_ascii_timeout_counts_from_the_request_after_many_quick_ones() -> None:
+    # One reply timer stands for many requests (the deadline moves on with each): a request
+    # that goes unanswered after a run of quick ones still waits its whole timeout.
+    answered = 0
+
+    async def answer_then_fall_silent(frame: bytes) -> bytes | None:
+        nonlocal answered
+        if frame == b"quiet\r":
+            return None
+        answered += 1
+        return b"ok\r"
+
+    async with (
+        BareServer("line", answer_then_fall_silent) as server,
+        closing(ascii_line(server.port, retries=0)) as transport,
+    ):
+        assert isinstance(transport, AsciiTransport)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + TIMEOUT_S * 0.8  # most of a timeout's worth of quick requests
+        while loop.time() < end:
+            assert await transport.request("A") == "ok"
+        started = loop.time()
+        with pytest.raises(DeviceTimeout):
+            await transport.request("quiet")
+        waited = loop.time() - started
+        assert await transport.request("A") == "ok"  # and the next one is answered again
+    assert answered > 2
+    assert TIMEOUT_S * 0.99 <= waited < TIMEOUT_S * 5
+
+
 # -- disconnects -------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("framing", "make", "call"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -196,3 +198,40 @@ def test_setpoint_query_after_setpoint(bus: AsciiBusServer) -> None:
     bus.answer(b"AS12.5")
     assert bus.answer(b"ALS") == b"A +012.50 +012.50 7 SLPM\r"
     assert bus.answer(b"ALS 7.5") == b"A +007.50 +007.50 7 SLPM\r"
+
+
+# The single pattern (parse_data_frame) and the field-by-field parse must agree on every
+# line: same frame, or both refuse.
+def _parsed(parse: Callable[[str], ac.DataFrame], line: str) -> object:
+    try:
+        return parse(line)
+    except ac.AsciiFormatError:
+        return ac.AsciiFormatError
+
+
+_FRAME_TOKENS = st.sampled_from([
+    "A", "B", "a", " ", "  ", "\t", "+014.70", "-1.5", "000.00", ".5", "5.", "+", "1e5", "٣",
+    "9" * 25, "9" * 400, "N2", "Ar", "SiCl4", "G240", "?", "12", "-3", "HLD", "LCK", "MOV",
+    "XYZ", "\n", "\x00",
+])  # fmt: skip
+
+
+@given(st.one_of(
+    st.lists(_FRAME_TOKENS, max_size=12).map(" ".join),
+    st.lists(_FRAME_TOKENS, max_size=12).map("".join),
+    st.text(max_size=60),
+))
+def test_the_single_pattern_agrees_with_the_field_by_field_parse(line: str) -> None:
+    assert _parsed(ac.parse_data_frame, line) == _parsed(ac.parse_data_frame_by_fields, line)
+
+
+@pytest.mark.parametrize("line", [
+    DOMAIN_FRAME,
+    "B +087.21 +025.00 +001.20 +007.50 007.50 O2 HLD LCK MOV",
+    "Z -0.5 .5 5. 12 +3 SiCl4",
+])
+def test_the_frames_our_devices_send_take_the_single_pattern(line: str) -> None:
+    # Guards the fast path itself: were the pattern never to match, every poll would pay
+    # the field-by-field parse and the tests above would still pass.
+    assert ac._DATA_FRAME.fullmatch(line) is not None
+    assert ac.parse_data_frame(line) == ac.parse_data_frame_by_fields(line)

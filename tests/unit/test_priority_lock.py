@@ -87,3 +87,23 @@ async def test_an_exception_in_the_holder_releases() -> None:
         async with lock.hold(urgent=True):
             raise ValueError("boom")
     assert not lock.locked()
+
+
+async def test_try_acquire_takes_only_a_free_lock_nobody_waits_for() -> None:
+    lock = PriorityLock()
+    assert lock.try_acquire()
+    assert lock.locked()
+    assert not lock.try_acquire()  # held
+    waiter = asyncio.create_task(lock.acquire())
+    await _settle()
+    lock.release()  # handed to the waiter, not freed
+    await waiter
+    assert not lock.try_acquire()
+    queued = asyncio.create_task(lock.acquire(urgent=True))
+    await _settle()
+    assert not lock.try_acquire()  # a newcomer never jumps the queue
+    lock.release()
+    await queued
+    lock.release()
+    assert not lock.locked()
+    assert lock.try_acquire()
