@@ -56,7 +56,7 @@ from controller.recipes.planning import plan_from_recipe
 from controller.records.run_records import RunHeader, RunRecords
 from controller.run.process_clock import ProcessClock
 from controller.run.supervisor import Supervisor
-from controller.safety.states import State
+from controller.safety.states import ACTIVE_STATES, State
 from drivers.codecs.safety_io_map import SafetyInputs
 from drivers.transports.modbus import ModbusTransport
 from simulators.line import LineSimulator
@@ -218,7 +218,7 @@ def stamp_controller_frames() -> None:
         CONTROLLER_FRAMES.hook(transport.name, not sending, bytes(data), time.monotonic())
         return traced(transport, sending, data)
 
-    ModbusTransport._trace_packet = stamped  # type: ignore[method-assign]
+    ModbusTransport._trace_packet = stamped  # type: ignore[method-assign,assignment]
 
 
 @dataclass
@@ -295,17 +295,21 @@ async def start_run(ctl: Controller, fault: str) -> int:
 
 
 async def back_to_idle(ctl: Controller, fault: str) -> None:
+    """Faults cleared, and the run (tripped, or lost before the RF came on and perhaps still
+    going) ended and reset: the line Idle for the next start."""
     await ctl.sim.ask("clear")
     await ctl.wait_for(lambda: ctl.sup.link_alive("safety_io"), 15, "link back")
-    deadline = time.monotonic() + 30
-    while ctl.sup.sm.state is State.ABORTED:
-        await ctl.sup.command("clear", "bench")
+    deadline = time.monotonic() + 60
+    while (state := ctl.sup.sm.state) is not State.IDLE:
         if time.monotonic() > deadline:
-            raise AssertionError(f"{fault} would not clear")
+            raise AssertionError(f"{fault}: the line would not come back to Idle ({state})")
+        if state is State.ABORTED:
+            await ctl.sup.command("clear", "bench")
+        elif state in (State.STOPPED, State.COMPLETE):
+            await ctl.sup.command("reset", "bench")
+        elif state in ACTIVE_STATES and state is not State.ABORTING:
+            await ctl.sup.command("abort", "bench")
         await asyncio.sleep(0.05)
-    if ctl.sup.sm.state is State.STOPPED:
-        await ctl.sup.command("reset", "bench")
-    await ctl.wait_for(lambda: ctl.sup.sm.state is State.IDLE, 30, "Idle")
 
 
 async def one_trip(ctl: Controller, fault: str, period_s: float,
