@@ -350,12 +350,12 @@ async def one_trip(ctl: Controller, fault: str, period_s: float,
         # A poll of the RF generator in flight when the condition showed: its reply comes
         # before the RF-off request may use the link.
         "rf_poll_in_flight": in_flight_at(seen, "rf_link", detect.at),
-        # Inside the controller: the reply read and judged (the cycle began), and the trip's
-        # writes launched (the judgement returned).
+        # Inside the controller, from the reply's arrival: its judgement began, and the
+        # trip's writes were launched (the judgement's reaction returned).
         "controller_rf_off_frames_ms": (max(rf_out, plc_out) - reply_in) * 1000,
         "controller_rf_generator_off_ms": (rf_out - reply_in) * 1000,
-        "judged_ms": (judged[0] - detect.at) * 1000 if judged else None,
-        "launched_ms": (judged[1] - detect.at) * 1000 if judged else None,
+        "judged_ms": (judged[0] - reply_in) * 1000 if judged else None,
+        "launched_ms": (judged[1] - reply_in) * 1000 if judged else None,
         "rf_off_frames_ms": (max(rf_off.at, permit.at) - detect.at) * 1000,
         "rf_generator_off_ms": (rf_off.at - detect.at) * 1000,
         "plc_writes_ms": (permit.at - detect.at) * 1000,

@@ -166,12 +166,13 @@ class _WireHandler(ServerRequestHandler):
         self._arrived: float | None = None  # when the request being answered arrived
 
     def callback_data(self, data: bytes, addr: tuple[str, int] | None = None) -> int:
+        arrived = time.monotonic()  # before the parse: when the bytes were there
         used: int = super().callback_data(data, addr)
         if self.last_pdu is not None:
             request = bytes(data[:used])
             wire = self._bus.wire
             self._arrived = None if wire is None else wire.reserve(len(request))
-            self._bus.frame_in(request, self._arrived or time.monotonic())
+            self._bus.frame_in(request, self._arrived or arrived)
         return used
 
     def send(self, data: bytes, addr: tuple[str, int] | None = None) -> None:
@@ -179,8 +180,11 @@ class _WireHandler(ServerRequestHandler):
         if not data:
             return  # a silent bus (an absent unit, a cut line) sends nothing
         if wire is None:
+            # Stamped before the write: the peer may run (and this process wait for a core)
+            # as soon as the bytes are out.
+            sent = time.monotonic()
             super().send(data, addr)
-            self._bus.frame_out(data, time.monotonic())
+            self._bus.frame_out(data, sent)
             return
         arrives = wire.reserve(len(data), ready_at=self._arrived)
 
