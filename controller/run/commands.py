@@ -251,7 +251,12 @@ class Commands:
                    for name, status in sup.telemetry.axes.items() if status.alarm]
         io = sup.telemetry.safety
         if io is not None and io.heartbeat_latched:
-            resets.append(sup.act.reset_heartbeat_latch(source))
+            # The PLC takes the reset only while our beats arrive, and after a lost link the
+            # first beat goes with the cycle after the first good read: wait for beats, unless
+            # they were stopped (the last resort), when none can come before this clear.
+            resets.append(self._reset_heartbeat_latch(source)
+                          if self._reactions.heartbeat_enabled
+                          else sup.act.reset_heartbeat_latch(source))
         await asyncio.gather(*resets, return_exceptions=True)
         await asyncio.sleep(3 / min(poll_hz(sup.line, "rf"), poll_hz(sup.line, "carriage")))
         active = [i.id for i in evaluate(sup.signals(), sup.line)

@@ -24,6 +24,8 @@ RECIPE = "layers"  # tests/system/recipes/layers.yaml: 6 + 7 + 7 passes
 DRIFT_AT_PASS = 7  # a third of the way in
 LAYER_THICKNESS_PCT = 3.0  # each layer's radial thickness against the plan
 COMPOSITION_PCT = 1.0  # measured dopant/SiCl4 over a pass against the recipe's ratio
+LAYER_FIRST_PASSES = (7, 14)  # the doped layers' first passes (6 + 7 + 7 passes)
+EDGE_PCT_AT_X10 = 2.0
 
 
 @dataclass
@@ -205,8 +207,15 @@ async def test_the_same_preform_at_x10_and_at_x200(tmp_path: Path) -> None:
     for a, b in zip(slow, fast, strict=True):
         assert abs(a / b - 1) <= 0.01, (slow, fast)
     assert abs(slow_scale - 1) <= 0.02 and abs(fast_scale - 1) <= 0.02, (slow_scale, fast_scale)
-    # At x10 a tick is 0.1 process second: every pass's composition holds to 1 %.
-    assert all(abs(error) <= COMPOSITION_PCT for _, error in slow_comp), slow_comp
+    # At x10 a tick is 0.1 process second: every pass's composition holds to 1 %, but the
+    # first pass of a layer, whose new dopant setpoint is written once the controller has
+    # seen the reversal (a carriage poll and a precursor-bus write: 60-100 ms of wall time,
+    # 0.6-1 process s of a 55 s pass at x10, with the previous layer's ratio, 0.4 of the
+    # new one): about 1 %, held to 2 %.
+    off = [(passes_done, error) for passes_done, error in slow_comp
+           if abs(error) > (EDGE_PCT_AT_X10 if passes_done in LAYER_FIRST_PASSES
+                            else COMPOSITION_PCT)]
+    assert not off, (off, len(slow_comp))
 
 
 def _within_trims(preform: Preform) -> None:
