@@ -60,7 +60,7 @@ from controller.safety.states import ACTIVE_STATES, State
 from drivers.codecs.safety_io_map import SafetyInputs
 from drivers.transports.modbus import ModbusTransport
 from simulators.line import LineSimulator
-from tests.system.rig import RECIPES
+from tests.system.rig import RECIPES, ready
 
 SHOWS: dict[str, Callable[[SafetyInputs, SafetyIoConfig], bool]] = {
     "water_flow_low": lambda i, c: i.water_flow_l_min < c.water_flow_min_l_min,
@@ -255,11 +255,7 @@ async def controller(tmp_path: Path, line: LineConfig,
         async with RunRecords(tmp_path / "records.sqlite3", line=line.line) as records:
             sup = Supervisor(machine, records, clock=ProcessClock(time_scale))
             async with sup:
-                missing = await sup.wait_links(15)
-                assert not missing, f"no link to {missing}"
-                await sup.make_idle("bench")
-                blockers = await sup.wait_healthy(10)
-                assert not blockers, blockers
+                await ready(sup, "bench")
                 yield Controller(line, sup, sim)
     finally:
         await sim.close()

@@ -25,7 +25,7 @@ from controller.run.supervisor import Supervisor
 from drivers.codecs import rf_generator_map as rf_map
 from drivers.codecs import safety_io_map as io_map
 from simulators.line import LineSimulator
-from tests.system.rig import TIME_SCALE, Rig
+from tests.system.rig import TIME_SCALE, Rig, ready
 
 MBAP_BYTES = 7  # Modbus TCP's header: transaction, protocol, length, unit
 FC_READ_INPUT = 4
@@ -132,9 +132,5 @@ async def bench_rig(tmp_path: Path, line: LineConfig | None = None, *,
         async with RunRecords(db, line=line.line) as records:
             sup = Supervisor(machine, records, clock=ProcessClock(time_scale))
             async with sup:
-                missing = await sup.wait_links(15)
-                assert not missing, f"no link to {missing}"
-                await sup.make_idle("bench")
-                blockers = await sup.wait_healthy(10)
-                assert not blockers, blockers
+                await ready(sup, "bench")
                 yield Rig(line, sim, sup, records, db), frames

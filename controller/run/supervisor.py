@@ -275,7 +275,8 @@ class Supervisor:
                         tripped: list[Interlock] | None = None) -> EnvelopeInputs:
         """Everything the envelope looks at, from the latest telemetry (rule 10); ``signals``
         and the interlocks they trip, when the caller has just judged them."""
-        signals = signals or self.signals()
+        if signals is None:
+            signals = self.signals()
         if tripped is None:
             tripped = evaluate(signals, self.line)
         conditions = {i.id for i in tripped}

@@ -105,21 +105,6 @@ async def settle_posture(launched: LaunchedPosture) -> PostureResult:
     return result
 
 
-async def apply_posture(
-    act: Actuators,
-    posture: Posture,
-    line: LineConfig,
-    telemetry: Telemetry,
-    *,
-    source: str,
-    idle_power_kw: float | None = None,
-    move_torch_slide: bool = True,
-) -> PostureResult:
-    return await settle_posture(launch_posture(
-        act, posture, line, telemetry, source=source, idle_power_kw=idle_power_kw,
-        move_torch_slide=move_torch_slide))
-
-
 def _rf_job(act: Actuators, posture: Posture, line: LineConfig, source: str,
             idle_power_kw: float | None) -> Awaitable[None] | None:
     if posture.rf is Rf.OFF:

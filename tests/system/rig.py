@@ -95,9 +95,14 @@ async def line_rig(
         async with RunRecords(db, line=line.line, **extra) as records:
             sup = Supervisor(machine, records, clock=ProcessClock(time_scale))
             async with sup:
-                missing = await sup.wait_links(15)
-                assert not missing, f"no link to {missing}"
-                await sup.make_idle("test")
-                blockers = await sup.wait_healthy(10)
-                assert not blockers, blockers
+                await ready(sup, "test")
                 yield Rig(line, sim, sup, records, db)
+
+
+async def ready(sup: Supervisor, source: str) -> None:
+    """Every link up, the idle posture written, nothing blocking a start: a line to test on."""
+    missing = await sup.wait_links(15)
+    assert not missing, f"no link to {missing}"
+    await sup.make_idle(source)
+    blockers = await sup.wait_healthy(10)
+    assert not blockers, blockers

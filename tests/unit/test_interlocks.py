@@ -19,7 +19,11 @@ from controller.safety.interlocks import (
     evaluate,
 )
 from controller.safety.postures import ESTOP, HOLD, POSTURE_FOR_REACTION, TRIP, TRIP_GAS
-from controller.safety.reactions import apply_posture, nearest_turning_point
+from controller.safety.reactions import (
+    launch_posture,
+    nearest_turning_point,
+    settle_posture,
+)
 from controller.safety.states import State
 from controller.safety.writer import Actuators
 from tests.fakes import RecordingMachine, recording_machine
@@ -137,7 +141,7 @@ def _machine(log: list[str]) -> Any:
 async def test_rf_off_is_the_first_write_of_every_trip(posture: Any) -> None:
     log: list[str] = []
     act = writer(_machine(log))
-    result = await apply_posture(act, posture, LINE, Telemetry(), source="test")
+    result = await settle_posture(launch_posture(act, posture, LINE, Telemetry(), source="test"))
     assert log[0] == "rf.rf_off"
     assert result.complete
     assert "mfc_sicl4.set_flow_slpm" in log
@@ -154,7 +158,7 @@ async def test_hold_keeps_the_plasma_and_parks_at_a_turning_point() -> None:
     holding = compute(EnvelopeInputs(state=State.HOLDING, plasma_lit=True,
                                      rod_temperature_c=1500.0), LINE)
     act = Actuators(_machine(log), lambda: holding)
-    await apply_posture(act, HOLD, LINE, Telemetry(), source="test")
+    await settle_posture(launch_posture(act, HOLD, LINE, Telemetry(), source="test"))
     assert log[0] == "rf.set_power_kw"
     assert "rf.rf_off" not in log
 
@@ -170,7 +174,8 @@ async def test_a_failing_device_does_not_stop_the_other_writes() -> None:
             return call
 
     machine.mfcs["mfc_o2"] = Broken("mfc_o2", log)
-    result = await apply_posture(writer(machine), TRIP, LINE, Telemetry(), source="test")
+    result = await settle_posture(
+        launch_posture(writer(machine), TRIP, LINE, Telemetry(), source="test"))
     assert "mfc_o2" in result.failures
     assert "mfc_sicl4.set_flow_slpm" in log and "spindle.set_velocity" in log
 
@@ -185,8 +190,9 @@ def test_nearest_turning_point() -> None:
 async def _trip_posture(*, move_torch_slide: bool = True, **inputs: Any) -> RecordingMachine:
     env = compute(EnvelopeInputs(**{"state": State.ABORTING, **inputs}), LINE)
     machine = recording_machine()
-    await apply_posture(Actuators(machine, lambda: env), TRIP, LINE, Telemetry(),  # type: ignore[arg-type]
-                        source="test", move_torch_slide=move_torch_slide)
+    act = Actuators(machine, lambda: env)  # type: ignore[arg-type]
+    await settle_posture(launch_posture(act, TRIP, LINE, Telemetry(), source="test",
+                                        move_torch_slide=move_torch_slide))
     return machine
 
 

@@ -18,7 +18,7 @@ from controller.config.line import PROCESS_GASES
 from controller.machine.telemetry import Telemetry
 from controller.safety.envelope import Envelope, EnvelopeInputs, compute
 from controller.safety.postures import ESTOP, FLAME_OUT, HOLD, TRIP, TRIP_GAS, Carriage, Posture
-from controller.safety.reactions import PostureResult, apply_posture
+from controller.safety.reactions import PostureResult, launch_posture, settle_posture
 from controller.safety.states import Mode, State
 from controller.safety.writer import Actuators, EnvelopeRefused
 from drivers.codecs.servo_map import AxisMode
@@ -49,9 +49,9 @@ class Bench:
 
     async def apply(self, posture: Posture, telemetry: Telemetry | None = None,
                     **kwargs: Any) -> PostureResult:
-        return await apply_posture(self.act, posture, LINE,
-                                   telemetry or carriage_at((TP_A + TP_B) / 2 + 50),
-                                   source="test", **kwargs)
+        return await settle_posture(launch_posture(
+            self.act, posture, LINE, telemetry or carriage_at((TP_A + TP_B) / 2 + 50),
+            source="test", **kwargs))
 
 
 def envelope(**inputs: Any) -> Envelope:
