@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -272,10 +273,11 @@ def rf_reads_on(ctl: Controller) -> bool:
     return rf is not None and rf.rf_on
 
 
-async def start_run(ctl: Controller, fault: str) -> int:
+async def start_run(ctl: Controller, fault: str) -> list[str]:
     """Start a run and wait for the RF to be on; a run that ends before (a loaded machine can
-    starve the heartbeat) is cleared and started again. Returns how many were lost so."""
-    lost = 0
+    starve the heartbeat) is cleared and started again. Returns why each one lost so ended
+    (the cause of its abort, or its state if it did not abort)."""
+    lost: list[str] = []
     while True:
         deadline = time.monotonic() + 60
         while not await ctl.start():
@@ -286,8 +288,15 @@ async def start_run(ctl: Controller, fault: str) -> int:
                            60, "RF on")
         if (await ctl.sim.ask("rf_on"))["rf_on"] and ctl.sup.sm.state is not State.ABORTED:
             return lost
-        lost += 1
+        lost.append(abort_cause(ctl))
         await back_to_idle(ctl, fault)
+
+
+def abort_cause(ctl: Controller) -> str:
+    aborts = [t for t in ctl.sup.sm.history if t.to_state is State.ABORTING]
+    if ctl.sup.sm.state is not State.ABORTED or not aborts:
+        return f"not aborted: {ctl.sup.sm.state.value}"
+    return aborts[-1].cause or aborts[-1].command.value
 
 
 async def back_to_idle(ctl: Controller, fault: str) -> None:
@@ -384,7 +393,9 @@ def summarise(line: LineConfig, trips: list[dict[str, Any]], period_ms: float) -
                      ("plc_writes_ms", period_ms), ("end_to_end_ms", 2 * period_ms)):
         figures = stats([t[key] for t in trips])
         result[key] = {**figures, "bar_p99": bar, "met": figures["p99"] <= bar}
-    result["runs_lost_before_rf_on"] = sum(t["lost_starts"] for t in trips)
+    causes = [cause for t in trips for cause in t["lost_starts"]]
+    result["runs_lost_before_rf_on"] = {"count": len(causes),
+                                        "causes": dict(Counter(causes).most_common())}
     phases = [t["phase"] for t in trips]
     result["phase_deciles"] = [sum(1 for p in phases if d / 10 <= p < (d + 1) / 10)
                                for d in range(10)]

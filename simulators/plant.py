@@ -99,7 +99,7 @@ def _window_factor(value: float, low: float, high: float, fall: float) -> float:
 class StrokeRecord:
     """One stroke of the carriage while precursors flowed, as the plant saw it."""
 
-    ended_s: float  # process time of the reversal that ended it
+    ended_s: float  # process time of the reversal (or the stop) that ended it
     diameter_mm: float  # the rod's diameter then
     sicl4_l: float  # standard litres of SiCl4 that reached the torch during it
     dopant_l: float
@@ -360,15 +360,16 @@ class Plant:
         """At each reversal, re-spread the stroke just ended over the span it really covered."""
         strokes = self._stroke_tracker()
         heading = strokes.direction
+        moving = strokes.still_at is None
         reversed_now, span = strokes.follow(self.carriage_mm)
+        if moving and strokes.still_at is not None:
+            # A stroke that ends with the carriage at rest (a run's last pass): its record is
+            # taken at the stop, before the controller, a poll later, closes the precursors.
+            self._end_stroke()
         if not reversed_now:
             return
-        turned = heading != 0 and strokes.direction == -heading  # (not a start from rest)
-        if turned and self.precursor_valve_open and self._stroke_flows[0] > 0:
-            # The preform's truth, stroke by stroke, for tests and benches: the diameter the
-            # stroke ended at and what reached the torch during it.
-            self.strokes.append(StrokeRecord(self.process_time_s, self.rod_diameter_mm,
-                                             *self._stroke_flows))
+        if moving and heading != 0 and strokes.direction == -heading:  # (a stop ended it)
+            self._end_stroke()
         self._stroke_flows = [0.0, 0.0]
         if span is not None:
             span = max(span, self.config.deposition_min_length_mm)
@@ -377,6 +378,14 @@ class Plant:
             strokes.length_mm = span
         strokes.grams = 0.0
         strokes.spread_mm = None
+
+    def _end_stroke(self) -> None:
+        if self.precursor_valve_open and self._stroke_flows[0] > 0:
+            # The preform's truth, stroke by stroke, for tests and benches: the diameter the
+            # stroke ended at and what reached the torch during it.
+            self.strokes.append(StrokeRecord(self.process_time_s, self.rod_diameter_mm,
+                                             *self._stroke_flows))
+        self._stroke_flows = [0.0, 0.0]
 
     def _respread(self, grams: float, laid_over_mm: float, span_mm: float) -> None:
         density = self.config.silica_density_g_cm3

@@ -26,6 +26,8 @@ LAYER_THICKNESS_PCT = 3.0  # each layer's radial thickness against the plan
 COMPOSITION_PCT = 1.0  # measured dopant/SiCl4 over a pass against the recipe's ratio
 LAYER_FIRST_PASSES = (7, 14)  # the doped layers' first passes (6 + 7 + 7 passes)
 EDGE_PCT_AT_X10 = 2.0
+BOUNDARY_X10_X200 = 0.002  # a layer's outer diameter at x10 against x200
+THICKNESS_X10_X200 = 0.02  # a layer's radial thickness at x10 against x200
 
 
 @dataclass
@@ -197,15 +199,26 @@ async def test_the_same_preform_at_x10_and_at_x200(tmp_path: Path) -> None:
     for scale in (10.0, 200.0):
         rig, preform, _ = await _run(tmp_path, time_scale=scale, abort_after=20)
         start = rig.line.geometry.bait_rod_diameter_mm
-        # The last pass ends where the carriage stops and the abort closes the precursors.
-        layers = [preform.reversals[5], preform.reversals[12], rig.sim.plant.rod_diameter_mm]
+        # One record per pass; the last pass's is taken where the carriage stops. What the
+        # torch lays after that, until the controller sees the stop and the abort closes the
+        # precursors, is the controller's latency in process time: 20 times longer at x200.
+        assert len(preform.reversals) == 20, preform.reversals
+        layers = [preform.reversals[5], preform.reversals[12], preform.reversals[19]]
         thickness = [b - a for a, b in zip([start, *layers[:-1]], layers, strict=True)]
         scales = [p["sicl4_scale"] for p in preform.passes]
         composition = _composition_errors(preform, plan_of(rig))
-        runs[scale] = (thickness, sum(scales) / len(scales), composition)
-    (slow, slow_scale, slow_comp), (fast, fast_scale, _) = runs[10.0], runs[200.0]
+        runs[scale] = (layers, thickness, sum(scales) / len(scales), composition)
+    (slow_ends, slow, slow_scale, slow_comp) = runs[10.0]
+    (fast_ends, fast, fast_scale, _) = runs[200.0]
+    # The loop aims at each layer's boundary; between boundaries it corrects once a pass, and
+    # at x200 a pass's gauge reading is 20 times older in process time, so the passes of one
+    # run scatter more than the other's (+-3 % against +-1 %). The boundaries are held to the
+    # dry run's bar, 0.2 % (worst seen 0.09 %); a thickness, the difference of two boundaries,
+    # to 2 % (worst seen 1.2 %).
+    for a, b in zip(slow_ends, fast_ends, strict=True):
+        assert abs(a / b - 1) <= BOUNDARY_X10_X200, (slow_ends, fast_ends)
     for a, b in zip(slow, fast, strict=True):
-        assert abs(a / b - 1) <= 0.01, (slow, fast)
+        assert abs(a / b - 1) <= THICKNESS_X10_X200, (slow, fast)
     assert abs(slow_scale - 1) <= 0.02 and abs(fast_scale - 1) <= 0.02, (slow_scale, fast_scale)
     # At x10 a tick is 0.1 process second: every pass's composition holds to 1 %, but the
     # first pass of a layer, whose new dopant setpoint is written once the controller has
