@@ -7,9 +7,10 @@ povd-sim child not counted), over ``--seconds`` of deposition. Prints JSON.
 ``povd serve --sim --time-scale 1`` as installed (deploy/line-sim.yaml's rates: safety I/O
 100 Hz, RF and drives 20 Hz, MFCs 10 Hz, gauge 50 Hz), a 40-pass recipe started over the API
 and waited into deposition; then the process's own CPU time (/proc/<pid>/stat) over the
-window. ``--profile FILE.html``: the controller profiles itself over the window (pyinstrument, 1 ms
-samples; bench/serve_rig.py's probed child, its lag probe included): the CPU figure then
-includes the profiler's, so only the profile counts from such a run.
+window, and its user and system shares. ``--profile FILE.html``: the controller profiles
+itself over the window (pyinstrument, 1 ms samples; bench/serve_rig.py's probed child, its lag
+probe included): the CPU figure then includes the profiler's, so only the profile counts from
+such a run.
 Bars: < 10 % of a core, < 100 MB."""
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from bench.line_bench import machine_info
 from bench.serve_rig import (
+    CLK_TCK,
     cpu_seconds,
     load_average,
     peak_rss_mb,
@@ -40,9 +42,14 @@ RSS_BAR_MB = 100.0
 SLICE_S = 10.0  # the window is reported in slices too, to show the spread
 
 
+def user_system_seconds(pid: int) -> tuple[float, float]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # utime, stime
+
+
 def measure(pid: int, seconds: float) -> dict[str, Any]:
     slices: list[float] = []
-    cpu0, wall0 = cpu_seconds(pid), time.monotonic()
+    (user0, system0), cpu0, wall0 = user_system_seconds(pid), cpu_seconds(pid), time.monotonic()
     cpu_prev, wall_prev = cpu0, wall0
     while (elapsed := time.monotonic() - wall0) < seconds:
         time.sleep(min(SLICE_S, seconds - elapsed))
@@ -50,9 +57,13 @@ def measure(pid: int, seconds: float) -> dict[str, Any]:
         slices.append(round(100 * (cpu_now - cpu_prev) / (wall_now - wall_prev), 1))
         cpu_prev, wall_prev = cpu_now, wall_now
     cpu_pct = 100 * (cpu_prev - cpu0) / (wall_prev - wall0)
+    user, system = user_system_seconds(pid)
     rss = rss_mb(pid)
     return {"seconds": round(wall_prev - wall0, 1), "cpu_pct_of_one_core": round(cpu_pct, 1),
-            "cpu_pct_per_slice": slices, "rss_mb": round(rss, 1),
+            "cpu_pct_per_slice": slices,
+            "user_pct": round(100 * (user - user0) / (wall_prev - wall0), 1),
+            "system_pct": round(100 * (system - system0) / (wall_prev - wall0), 1),
+            "rss_mb": round(rss, 1),
             "peak_rss_mb": round(peak_rss_mb(pid), 1),
             "bars": {"cpu_pct": CPU_BAR_PCT, "rss_mb": RSS_BAR_MB},
             "met": cpu_pct < CPU_BAR_PCT and rss < RSS_BAR_MB}

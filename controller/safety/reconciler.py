@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import structlog
@@ -28,11 +28,15 @@ log = structlog.get_logger(__name__)
 RETRY_S = 0.1  # wall: a correction not yet seen in the read-back is repeated this often
 BACKOFF_S = 1.0  # wall: after a refused or failed correction
 SOURCE = "envelope"
-FOLLOW_ALARMS = {"rf": "follow_rf", **dict.fromkeys((*PROCESS_GASES, *PRECURSORS), "follow_gas"),
+GASES = (*PROCESS_GASES, *PRECURSORS)
+FOLLOW_ALARMS = {"rf": "follow_rf", **dict.fromkeys(GASES, "follow_gas"),
                  "carriage": "follow_axis", "torch_slide": "follow_axis",
                  "spindle": "follow_axis"}
+FOLLOW_ALARM_IDS = tuple(dict.fromkeys(FOLLOW_ALARMS.values()))
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], object]
+# A level: the reconciler is the only source of its alarms and tells the sink a level only
+# when it differs from the last one it told (every level once, on the first cycle).
 AlarmSink = Callable[[str, bool], None]
 
 
@@ -50,6 +54,10 @@ class Reconciler:
         self.escalated: set[str] = set()
         self.corrections = 0
         self.last_envelope: Envelope | None = None
+        self._levels: dict[str, bool] = {}  # what the alarm sink was last told
+        # A reading this far above its limit has not followed (the line does not change).
+        self._flow_tolerance: Mapping[str, float] = {
+            name: 0.02 * line.mfc(name).full_scale_slpm + 0.05 for name in GASES}
 
     @property
     def stop_heartbeat(self) -> bool:
@@ -123,14 +131,16 @@ class Reconciler:
 
     def _flows(self, env: Envelope, now: float) -> None:
         timeout = self.line.supervision.follow_timeout_s
-        for name in (*PROCESS_GASES, *PRECURSORS):
+        commanded = self.act.commanded.flows_slpm
+        readings = self.telemetry.mfcs
+        for name in GASES:
             limit = env.flow_max_slpm.get(name, 0.0)
-            if self.act.commanded.flows_slpm.get(name, 0.0) > limit + 1e-6:
+            if commanded.get(name, 0.0) > limit + 1e-6:
                 self._issue(name, lambda n=name, v=limit: self.act.set_flow_slpm(  # type: ignore[misc]
                     n, v, SOURCE, urgent=True), now)
-            reading = self.telemetry.mfcs.get(name)  # the last one, if the link is lost
-            tolerance = 0.02 * self.line.mfc(name).full_scale_slpm + 0.05
-            outside = reading is not None and reading.mass_slpm > limit + tolerance
+            reading = readings.get(name)  # the last one, if the link is lost
+            outside = reading is not None and \
+                reading.mass_slpm > limit + self._flow_tolerance[name]
             since = self._follow(name, outside, now)
             valve = "precursor_valve" if name in PRECURSORS else "gas_master_valve"
             if since is not None and now - since > timeout:
@@ -139,7 +149,8 @@ class Reconciler:
                 self.escalated.discard(valve)
 
     def _any_outside(self, names: tuple[str, ...]) -> bool:
-        return any(n in self._outside_since for n in names)
+        outside = self._outside_since  # empty in a quiet cycle: no scan
+        return bool(outside) and any(n in outside for n in names)
 
     def _axes(self, env: Envelope, now: float) -> None:
         commanded = self.act.commanded
@@ -174,7 +185,7 @@ class Reconciler:
         still = status is not None and env.spindle_min_rpm > 0 \
             and abs(status.velocity) < 0.5 * env.spindle_min_rpm
         since = self._follow("spindle_still", still, now)
-        self._alarm("cooling_rotation_needed", since is not None
+        self._level("cooling_rotation_needed", since is not None
                     and now - since > self.line.supervision.follow_timeout_s)
 
     # -- bookkeeping -----------------------------------------------------------------------
@@ -186,11 +197,20 @@ class Reconciler:
         return self._outside_since.setdefault(key, now)
 
     def _annunciate(self, now: float) -> None:
-        timeout = self.line.supervision.follow_timeout_s
-        late = {FOLLOW_ALARMS[k] for k, since in self._outside_since.items()
-                if k in FOLLOW_ALARMS and now - since > timeout}
-        for alarm in set(FOLLOW_ALARMS.values()):
-            self._alarm(alarm, alarm in late)
+        late: set[str] = set()
+        if self._outside_since:
+            timeout = self.line.supervision.follow_timeout_s
+            late = {FOLLOW_ALARMS[k] for k, since in self._outside_since.items()
+                    if k in FOLLOW_ALARMS and now - since > timeout}
+        for alarm in FOLLOW_ALARM_IDS:
+            self._level(alarm, alarm in late)
+
+    def _level(self, alarm: str, active: bool) -> None:
+        # Told every cycle, the supervisor's sink looked the alarm's status up four times a
+        # cycle to find that nothing had changed: a third of a quiet cycle's cost.
+        if self._levels.get(alarm) != active:
+            self._alarm(alarm, active)
+            self._levels[alarm] = active
 
     def _issue(self, key: str, write: Callable[[], Coroutine[Any, Any, None]],
                now: float) -> None:
