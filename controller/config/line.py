@@ -39,6 +39,21 @@ class BusConfig(Strict):
     retries: int = Field(default=1, ge=0, le=5)
     # The share of a serial bus's time its poll plan may use (controller/config/bus_budget.py).
     budget_fraction: float = Field(default=DEFAULT_BUDGET_FRACTION, gt=0, le=1)
+    # Modbus TCP: a second connection on which the safety reaction's writes pass a poll in
+    # flight (drivers/transports/modbus.py); on unless turned off (false) for a device that
+    # takes one connection only. A serial line has one master: never there.
+    urgent_link: bool | None = None
+
+    @model_validator(mode="after")
+    def _urgent_link_on_tcp_only(self) -> BusConfig:
+        if self.urgent_link and self.protocol != "modbus-tcp":
+            raise ValueError(f"urgent_link: a {self.protocol} bus has one master, "
+                             "a second connection exists only on modbus-tcp")
+        return self
+
+    @property
+    def wants_urgent_link(self) -> bool:
+        return self.protocol == "modbus-tcp" and self.urgent_link is not False
 
     def endpoint(self) -> Endpoint:
         return Endpoint(

@@ -90,7 +90,8 @@ def _bus_endpoints(
 
 def _transport(name: str, bus: BusConfig, endpoint: Endpoint) -> Transport:
     if bus.protocol in ("modbus-tcp", "modbus-rtu"):
-        return ModbusTransport(name, endpoint, timeout_s=bus.timeout_s, retries=bus.retries)
+        return ModbusTransport(name, endpoint, timeout_s=bus.timeout_s, retries=bus.retries,
+                               urgent_link=bus.wants_urgent_link)
     return AsciiTransport(name, endpoint, timeout_s=bus.timeout_s, retries=bus.retries)
 
 

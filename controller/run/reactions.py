@@ -12,8 +12,9 @@ reaction a failure under the executor leads to is ``failures``."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -117,14 +118,16 @@ class Reactions:
     async def cancel_acting(self) -> None:
         await self._tasks.cancel_acting()
 
-    def _begin_acting(self, work: Coroutine[Any, Any, None], name: str) -> None:
+    def _begin_acting(self, work: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
         """Run an acting state's work (Holding, Stopping) as an owned task, so the command is
-        answered once the transition has begun and an abort can always cut in."""
+        answered once the transition has begun and an abort can always cut in. The work is
+        made inside the task: an abort that cancels it before it starts leaves nothing behind
+        (a coroutine made here would be dropped never awaited)."""
         self._tasks.start_acting(self._acting(work, name), name)
 
-    async def _acting(self, work: Coroutine[Any, Any, None], name: str) -> None:
+    async def _acting(self, work: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
         try:
-            await work
+            await work()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # rule 1: an unhandled error ends in the safe state
@@ -197,7 +200,7 @@ class Reactions:
         self._sup.sm.apply(Command.HOLD, cause=cause)
         await self.stop_executor()
         await self._tasks.cancel_acting()  # a suspension waiting to re-ignite gives way
-        self._begin_acting(self._hold_work(), "holding")
+        self._begin_acting(self._hold_work, "holding")
 
     async def _hold_work(self) -> None:
         posture: Posture = HOLD
@@ -235,7 +238,7 @@ class Reactions:
         self._sup.sm.apply(Command.STOP, cause=cause)
         await self.stop_executor()
         await self._tasks.cancel_acting()  # a hold in progress gives way to the stop
-        self._begin_acting(self._stop_work(), "stopping")
+        self._begin_acting(self._stop_work, "stopping")
 
     async def _stop_work(self) -> None:
         executor = self._sup.executor
@@ -332,7 +335,7 @@ class Reactions:
                           acting_too=False)
         # The purge and the wait for recovery are the acting state's work, not the safety
         # reaction's: an operator may hold or stop the run meanwhile, and it gives way.
-        self._begin_acting(self._suspended_work(interlock), "suspending")
+        self._begin_acting(functools.partial(self._suspended_work, interlock), "suspending")
 
     async def _suspended_work(self, interlock: Interlock) -> None:
         sup = self._sup

@@ -60,6 +60,26 @@ class PriorityLock:
                     queue.remove(future)
             raise
 
+    def reserve(self) -> asyncio.Future[None]:
+        """Queue an urgent claim now, without waiting for it: the future is done once the
+        lock is ours (at once if it is free). Give it back with ``withdraw``."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.try_acquire():
+            future.set_result(None)
+        else:
+            self._urgent.append(future)
+        return future
+
+    def withdraw(self, claim: asyncio.Future[None]) -> None:
+        """End a ``reserve``d claim: release the lock if it was handed over, otherwise leave
+        the queue (and nobody waits on our behalf)."""
+        if claim.done() and not claim.cancelled():
+            self.release()
+            return
+        with contextlib.suppress(ValueError):
+            self._urgent.remove(claim)
+        claim.cancel()
+
     def release(self) -> None:
         if not self._locked:
             raise RuntimeError("PriorityLock released while not held")

@@ -286,7 +286,7 @@ async def test_reconnects_once_the_backoff_allows() -> None:
                 except DeviceDisconnected:
                     assert asyncio.get_running_loop().time() < end
                     await asyncio.sleep(0.01)
-            assert server.connections == 1
+            assert server.connections == 2  # the link and its urgent link
 
 
 # -- garbage -----------------------------------------------------------------------------------
@@ -395,10 +395,12 @@ def _modbus_requests(server: BareServer) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize("urgent", [True, False])
 async def test_modbus_urgent_write_goes_right_after_the_request_in_flight(urgent: bool) -> None:
+    """On a line with one master (no urgent link): after the request in flight, first."""
     polls = 8
     async with (
         BareServer("mbap", slow_modbus) as server,
-        closing(modbus(server.port)) as transport,
+        closing(ModbusTransport("bus", Endpoint("modbus-tcp", host=HOST, port=server.port),
+                                timeout_s=TIMEOUT_S, urgent_link=False)) as transport,
     ):
         assert isinstance(transport, ModbusTransport)
         await transport.connect()
@@ -451,3 +453,128 @@ async def test_ascii_urgent_request_goes_right_after_the_one_in_flight() -> None
     assert server.requests == [
         b"A0\r", b"BS0.00\r", b"A1\r", b"A2\r", b"A3\r", b"A4\r", b"A5\r",
     ]
+
+
+# -- the urgent link (Modbus TCP) ---------------------------------------------------------------
+class Gated:
+    """Reads wait for ``reads`` and writes to register 100 for ``urgent`` before their answer;
+    the other writes for ``writes``. Every request's arrival is in ``server.requests``."""
+
+    def __init__(self) -> None:
+        self.reads, self.writes, self.urgent = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self.urgent.set()
+
+    async def __call__(self, frame: bytes) -> bytes:
+        if frame[7] == 6:
+            (address,) = struct.unpack(">H", frame[8:10])
+            await (self.urgent if address == 100 else self.writes).wait()
+            return frame
+        await self.reads.wait()
+        return mbap_read_reply(frame)
+
+
+async def _until_requests(server: BareServer, count: int) -> None:
+    for _ in range(2000):
+        if len(server.requests) >= count:
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"{_modbus_requests(server)}: expected {count} requests")
+
+
+def _tcp(port: int, *, timeout_s: float = 1.0) -> ModbusTransport:
+    return ModbusTransport("bus", Endpoint("modbus-tcp", host=HOST, port=port),
+                           timeout_s=timeout_s, retries=0)
+
+
+async def test_modbus_tcp_urgent_write_passes_a_read_in_flight() -> None:
+    gate = Gated()
+    async with BareServer("mbap", gate) as server, closing(_tcp(server.port)) as transport:
+        assert isinstance(transport, ModbusTransport)
+        await transport.connect()
+        assert server.connections == 2  # the link and its urgent link, opened together
+        reads = [asyncio.create_task(transport.read_holding(1, a, 1)) for a in range(3)]
+        await _until_requests(server, 1)  # read 0 in flight, unanswered; 1 and 2 queued
+        await transport.write_register(1, 100, 0, urgent=True)  # answered meanwhile
+        assert not any(read.done() for read in reads)
+        assert server.outstanding == 1 and transport.overtaking_writes == 1
+        gate.reads.set()
+        assert [await read for read in reads] == [[0], [1], [2]]
+    assert _modbus_requests(server) == [(3, 0), (6, 100), (3, 1), (3, 2)]
+
+
+async def test_what_follows_the_read_waits_for_the_urgent_write_answer() -> None:
+    """Its claim on the main link, queued as it starts: the read's successors (queued before
+    it) go out only once the urgent write is answered, so it stays ahead of them."""
+    gate = Gated()
+    gate.urgent.clear()
+    async with BareServer("mbap", gate) as server, closing(_tcp(server.port)) as transport:
+        assert isinstance(transport, ModbusTransport)
+        await transport.connect()
+        first = asyncio.create_task(transport.read_holding(1, 0, 1))
+        await _until_requests(server, 1)
+        queued = asyncio.create_task(transport.write_register(1, 50, 5))
+        await _until_queued(transport, 1)
+        urgent = asyncio.create_task(transport.write_register(1, 100, 0, urgent=True))
+        await _until_requests(server, 2)
+        gate.reads.set()
+        gate.writes.set()
+        assert await first == [0]
+        await asyncio.sleep(0.05)  # time enough for the queued write, were it let through
+        assert _modbus_requests(server) == [(3, 0), (6, 100)]
+        gate.urgent.set()
+        await urgent
+        await queued
+    assert _modbus_requests(server) == [(3, 0), (6, 100), (6, 50)]
+
+
+async def test_an_urgent_write_waits_for_a_write_in_flight() -> None:
+    """Two writes on two connections could reach the device in either order: never."""
+    gate = Gated()
+    async with BareServer("mbap", gate) as server, closing(_tcp(server.port)) as transport:
+        assert isinstance(transport, ModbusTransport)
+        await transport.connect()
+        ordinary = asyncio.create_task(transport.write_register(1, 50, 5))
+        await _until_requests(server, 1)
+        urgent = asyncio.create_task(transport.write_register(1, 100, 0, urgent=True))
+        await asyncio.sleep(0.05)
+        assert _modbus_requests(server) == [(6, 50)]
+        gate.writes.set()
+        await asyncio.gather(ordinary, urgent)
+    assert _modbus_requests(server) == [(6, 50), (6, 100)]
+    assert server.max_outstanding == 1 and transport.overtaking_writes == 0
+
+
+async def test_urgent_link_closed_by_the_device_falls_back_to_the_main_link() -> None:
+    """A device that takes one connection (it closes the second at its first request): the
+    write is asked again on the main link, after the read, and nothing is lost."""
+    closed: list[bytes] = []
+
+    async def one_connection(frame: bytes) -> bytes | Close:
+        if frame[7] == 6 and not closed:  # the first write: the one on the urgent link
+            closed.append(frame)
+            return CLOSE
+        await asyncio.sleep(0.02)
+        return frame if frame[7] == 6 else mbap_read_reply(frame)
+
+    async with BareServer("mbap", one_connection) as server, \
+            closing(_tcp(server.port)) as transport:
+        assert isinstance(transport, ModbusTransport)
+        await transport.connect()
+        read = asyncio.create_task(transport.read_holding(1, 3, 1))
+        await _until_requests(server, 1)
+        await transport.write_register(1, 100, 0, urgent=True)
+        assert await read == [3]
+        assert transport.overtaking_writes == 0
+    assert _modbus_requests(server) == [(3, 3), (6, 100), (6, 100)]
+
+
+@pytest.mark.parametrize("rtu", [True, False], ids=["rtu-through-a-device-server", "tcp-off"])
+async def test_no_urgent_link_on_one_master_lines_or_when_turned_off(rtu: bool) -> None:
+    async with BareServer("rtu" if rtu else "mbap", never_answer) as server:
+        transport = ModbusTransport(
+            "bus", Endpoint("modbus-rtu" if rtu else "modbus-tcp", host=HOST, port=server.port),
+            timeout_s=TIMEOUT_S, urgent_link=rtu)  # rtu: asked for, and still none
+        async with closing(transport):
+            await transport.connect()
+            await asyncio.sleep(0.02)
+            assert server.connections == 1

@@ -107,3 +107,44 @@ async def test_try_acquire_takes_only_a_free_lock_nobody_waits_for() -> None:
     lock.release()
     assert not lock.locked()
     assert lock.try_acquire()
+
+
+async def test_a_reserved_claim_is_queued_at_once_and_holds_back_the_rest() -> None:
+    """``reserve``: an urgent place in the queue taken without waiting (an urgent write that
+    goes out on another link meanwhile); handed over, it keeps the lock until withdrawn."""
+    lock = PriorityLock()
+    order: list[str] = []
+    await lock.acquire()  # the read in flight
+    poll = asyncio.create_task(_worker(lock, "poll", order, urgent=False))
+    await _settle()
+    claim = lock.reserve()
+    later = asyncio.create_task(_worker(lock, "urgent later", order, urgent=True))
+    await _settle()
+    assert not claim.done() and lock.waiting == (2, 1)
+    lock.release()  # the read answered: the lock goes to the claim, first in the queue
+    await _settle()
+    assert claim.done() and order == []
+    order.append("claim withdrawn")
+    lock.withdraw(claim)
+    await asyncio.gather(poll, later)
+    assert order == ["claim withdrawn", "urgent later", "poll"]
+    assert not lock.locked()
+
+
+async def test_a_claim_withdrawn_before_its_turn_leaves_the_queue() -> None:
+    lock = PriorityLock()
+    await lock.acquire()
+    claim = lock.reserve()
+    assert lock.waiting == (1, 0)
+    lock.withdraw(claim)
+    assert lock.waiting == (0, 0) and claim.cancelled()
+    lock.release()
+    assert not lock.locked()
+
+
+async def test_a_claim_on_a_free_lock_holds_it_at_once() -> None:
+    lock = PriorityLock()
+    claim = lock.reserve()
+    assert claim.done() and lock.locked()
+    lock.withdraw(claim)
+    assert not lock.locked()
