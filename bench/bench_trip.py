@@ -212,14 +212,18 @@ CONTROLLER_FRAMES = FrameLog()
 
 
 def stamp_controller_frames() -> None:
-    traced = ModbusTransport._trace_packet
+    """Both links of a Modbus TCP device: the link and its urgent link (an RF off that passes
+    a poll in flight goes out on the second)."""
+    for hook in ("_trace_packet", "_trace_urgent_packet"):
+        traced = getattr(ModbusTransport, hook)
 
-    def stamped(transport: ModbusTransport, sending: bool, data: bytes) -> bytes:
-        # Frame.sending is the simulator's side: a request the controller sends is not.
-        CONTROLLER_FRAMES.hook(transport.name, not sending, bytes(data), time.monotonic())
-        return traced(transport, sending, data)
+        def stamped(transport: ModbusTransport, sending: bool, data: bytes,
+                    traced: Callable[[ModbusTransport, bool, bytes], bytes] = traced) -> bytes:
+            # Frame.sending is the simulator's side: a request the controller sends is not.
+            CONTROLLER_FRAMES.hook(transport.name, not sending, bytes(data), time.monotonic())
+            return traced(transport, sending, data)
 
-    ModbusTransport._trace_packet = stamped  # type: ignore[method-assign,assignment]
+        setattr(ModbusTransport, hook, stamped)
 
 
 @dataclass
@@ -396,6 +400,11 @@ def summarise(line: LineConfig, trips: list[dict[str, Any]], period_ms: float) -
     causes = [cause for t in trips for cause in t["lost_starts"]]
     result["runs_lost_before_rf_on"] = {"count": len(causes),
                                         "causes": dict(Counter(causes).most_common())}
+    # The trips whose RF off found a poll of the generator in flight (the urgent link's case).
+    passing = [t["controller_rf_generator_off_ms"] for t in trips if t["rf_poll_in_flight"]]
+    result["rf_poll_in_flight"] = {"trips": len(passing),
+                                   "controller_rf_generator_off_ms":
+                                       stats(passing) if passing else None}
     phases = [t["phase"] for t in trips]
     result["phase_deciles"] = [sum(1 for p in phases if d / 10 <= p < (d + 1) / 10)
                                for d in range(10)]
@@ -416,9 +425,18 @@ def summarise(line: LineConfig, trips: list[dict[str, Any]], period_ms: float) -
     return result
 
 
+def without_urgent_links(line: LineConfig) -> LineConfig:
+    """The line as one whose Modbus TCP devices take one connection (the A/B's other side)."""
+    buses = {name: bus.model_copy(update={"urgent_link": False})
+             if bus.protocol == "modbus-tcp" else bus for name, bus in line.buses.items()}
+    return line.model_copy(update={"buses": buses})
+
+
 async def main(trips: int, fault: str, safety_hz: float, seed: int,
-               time_scale: float) -> dict[str, Any]:
+               time_scale: float, *, urgent_links: bool = True) -> dict[str, Any]:
     line = with_safety_hz(load_line_config(), safety_hz)
+    if not urgent_links:
+        line = without_urgent_links(line)
     period_s = 1.0 / safety_hz
     rng = random.Random(seed)
     load_before = os.getloadavg()
@@ -430,6 +448,7 @@ async def main(trips: int, fault: str, safety_hz: float, seed: int,
     return {"benchmark": "trip", "machine": machine_info(), "fault": fault, "trips": trips,
             "load_average_before": load_before, "load_average_after": load_after,
             "safety_poll_hz": safety_hz, "seed": seed, "time_scale": time_scale,
+            "urgent_links": urgent_links,
             "idle_cpu_share_of_one_core": cpu,
             **summarise(line, samples, period_s * 1000),
             "per_trip": [{k: (round(v, 3) if isinstance(v, float) else v)
@@ -444,6 +463,8 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--time-scale", type=float, default=TIME_SCALE,
                         help="process time per wall second (the trips are timed in wall time)")
+    parser.add_argument("--no-urgent-links", action="store_true",
+                        help="Modbus TCP devices on one connection each (the A/B's other side)")
     parser.add_argument("--sim-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     configure_logging(json=True, level="ERROR")
@@ -451,5 +472,5 @@ if __name__ == "__main__":
         asyncio.run(sim_child(args.time_scale))
     else:
         result = asyncio.run(main(args.trips, args.fault, args.safety_hz, args.seed,
-                                  args.time_scale))
+                                  args.time_scale, urgent_links=not args.no_urgent_links))
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
