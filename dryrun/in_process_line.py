@@ -23,10 +23,11 @@ from simulators.line import LineSimulator
 log = structlog.get_logger(__name__)
 
 # The dry run's default time scale. Poll rates, link timeouts, the heartbeat and the serial
-# buses' baud rates stay per (virtual) wall second, as in any scaled run (rule 7), so the CPU a
-# run takes falls with the scale while the plant's physics (fixed process sub-steps) do not:
-# x400 puts the 100-pass recipe under a minute; what it changes in the product and why, with
-# the figures against x10: docs/benchmarks.md.
+# buses' baud rates stay per (virtual) wall second, as in any scaled run (rule 7; the readings
+# that end a step excepted: dryrun/step_reads.py), so the CPU a run takes falls with the scale
+# while the plant's physics (fixed process sub-steps) do not: x400 puts the 100-pass recipe
+# under a minute; what it changes in the product and why, with the figures against x10:
+# docs/benchmarks.md.
 DEFAULT_TIME_SCALE = 400.0
 
 
