@@ -17,7 +17,7 @@ is made between polls as before); a step now ends within a period of process tim
 condition, as in a slow scaled run, instead of within a period of wall time times the scale.
 The period is the simulated line's tick at x400 (2 ms of virtual time, 0.8 process s): no
 reading is fresher than the last tick, so a shorter period reads the same image again (0.5 s
-was measured: 0.05 sl less argon for 25 % more polls). The cost is CPU (about 63,000 more
+was measured: 0.05 sl less argon for 25 % more polls). The cost is CPU (about 61,000 more
 polls over the 100-pass run: 28 -> 46 s; docs/benchmarks.md). The line file keeps its rates:
 the dry run's are derived here from it."""
 

@@ -107,10 +107,12 @@ def test_the_argon_is_the_scaled_runs(tmp_path: Path) -> None:
     """Argon flows at ignition for as long as the step takes to see the argon settle and the
     plasma lit: the dry run reads those at a period of process time (dryrun/step_reads.py),
     so its ignition lasts what a x10 run's does, within 3 process s (1.5 sl at 30 slpm; before
-    that read period, 56 process s against 4.5). The recipe's whole argon within 15 %, not 1 %:
-    the x10 run's ramp increments each wait for their writes on the paced gas bus, ten times
-    their wire time in process seconds (measured on this machine, 2026-12-07: 8.39 sl at x10
-    against 8.22 here, the ramp 0.57 sl over its 3.75; more on a loaded machine)."""
+    that read period, 56 process s against 4.5). The recipe's whole argon no more than 1 %
+    over the x10 run's, and not below three quarters of it: the x10 run's ramp increments each
+    wait for their writes on the paced gas bus, ten times their wire time and the machine's
+    latency in process seconds, which the dry run has not (measured here, 2026-12-07: 8.39 sl
+    at x10, its ramp 0.57 over the recipe's 3.75, against 7.42 in the dry run; the x10 figure
+    grows with the machine's load)."""
     _finished(_povd_run(tmp_path / "virtual", "--virtual-time", "--seed", "1", recipe=ARGON,
                         scale=DRY_RUN_SCALE))
     _finished(_povd_run(tmp_path / "scaled", recipe=ARGON, scale=REFERENCE_SCALE))
@@ -119,7 +121,7 @@ def test_the_argon_is_the_scaled_runs(tmp_path: Path) -> None:
     assert abs(dry_s - scaled_s) <= 3.0, (dry_s, scaled_s)
     dry = _product(tmp_path / "virtual", DRY_RUN_SCALE).gas_totals_sl["mfc_ar"]
     scaled = _product(tmp_path / "scaled", REFERENCE_SCALE).gas_totals_sl["mfc_ar"]
-    assert math.isclose(dry, scaled, rel_tol=0.15), (dry, scaled)
+    assert 0.75 * scaled <= dry <= 1.01 * scaled, (dry, scaled)
 
 
 def test_a_fault_lands_at_its_process_time(tmp_path: Path) -> None:
