@@ -4,13 +4,14 @@ word for word, with the simulated line in this process and the loop on the virtu
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
 import time
 
-from controller.cli import run_command
 from controller.cli.main import _parser
 from controller.cli.output import EXIT_INVALID, err, load_config_or_exit
+from controller.cli.run_command import run_recipe
 from controller.config.logging_setup import configure_logging
 from dryrun import step_reads
 from dryrun.in_process_line import (
@@ -40,19 +41,16 @@ def main(clock: VirtualClock, argv: list[str] | None = None) -> int:
         err(f"--fault: no device {', '.join(unknown)} on line {line.line}")
         return EXIT_INVALID
     landed: list[LandedFault] = []
-    # The readings that end a step at a period of process time (dryrun/step_reads.py): the
-    # run's loader hands the controller, and through it the simulated line, the dry run's rates.
+    # The readings that end a step at a period of process time (dryrun/step_reads.py), for
+    # the controller and, through it, the simulated line.
     scale = args.time_scale or DEFAULT_TIME_SCALE
-    step_reads.install(scale)
-    # run_recipe loads the line itself, with the name it imported: that name, in this process.
-    run_command.load_config_or_exit = step_reads.loader(  # type: ignore[attr-defined]
-        load_config_or_exit, scale)
     loop = VirtualTimeLoop(clock)
     wall0, virtual0 = time.perf_counter(), loop.time()
     try:
         with asyncio.Runner(loop_factory=lambda: loop) as runner:
-            code = runner.run(run_command.run_recipe(
-                args, in_process_line(args.seed, faults, landed)))
+            code = runner.run(run_recipe(
+                args, in_process_line(args.seed, faults, landed),
+                adapt_line=functools.partial(step_reads.reading_rates, time_scale=scale)))
     finally:
         loop.close()
     sys.stdout.write(json.dumps({

@@ -10,24 +10,22 @@ a reading that shows the plasma lit; argon flows all the while. Measured at x400
 module: ignition 56 process seconds from the argon's setpoint to the ramp's first (48 of them
 waiting for the argon reading), 4.5 at x10, the run's Ar +47 % over x10's.
 
-So in the dry run, and only there, the devices whose readings end a step are polled, and the
-executor looks at its telemetry, every ``READ_PERIOD_PROCESS_S`` of process time whatever the
-scale. Why that leaves the outcome alone: the other devices keep the line's rates (the glass
-is made between polls as before); a step now ends within a period of process time of its
-condition, as in a slow scaled run, instead of within a period of wall time times the scale.
-The period is the simulated line's tick at x400 (2 ms of virtual time, 0.8 process s): no
-reading is fresher than the last tick, so a shorter period reads the same image again (0.5 s
-was measured: 0.05 sl less argon for 25 % more polls). The cost is CPU (about 61,000 more
-polls over the 100-pass run: 28 -> 46 s; docs/benchmarks.md). The line file keeps its rates:
-the dry run's are derived here from it."""
+So in the dry run, and only there, the devices whose readings end a step are polled every
+``READ_PERIOD_PROCESS_S`` of process time whatever the scale (and the executor's waits look at
+their telemetry at least that often in any scaled run: ``controller/run/executor.py``,
+``WAIT_PROCESS_S``). Why that leaves the outcome alone: the other devices keep the line's rates
+(the glass is made between polls as before); a step now ends within a period of process time of
+its condition, as in a slow scaled run, instead of within a period of wall time times the
+scale. The period is the simulated line's tick at x400 (2 ms of virtual time, 0.8 process s):
+no reading is fresher than the last tick, so a shorter period reads the same image again (0.5 s
+was measured: 0.05 sl less argon for 25 % more polls). The cost is CPU (about 61,000 more polls
+over the 100-pass run: 28 -> 46 s; docs/benchmarks.md). The line file keeps its rates: the dry
+run's are derived here from it."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Protocol
-
 from controller.config.line import LineConfig
-from controller.run import executor
+from controller.run.executor import WAIT_PROCESS_S
 
 # The devices whose readings end a step (controller/run/executor.py): the argon MFC ends the
 # ignition's wait for its flow to settle; the RF generator ends the waits for the plasma to
@@ -38,8 +36,9 @@ from controller.run import executor
 # O2 and N2 flow, whose totals are within their bar).
 STEP_GATES = ("mfc_ar", "rf")
 
-# The simulated line's tick at x400 (simulators/line.py: MIN_TICK_S, 2 ms x 400).
-READ_PERIOD_PROCESS_S = 0.8
+# The simulated line's tick at x400 (simulators/line.py: MIN_TICK_S, 2 ms x 400), and the
+# period at which the executor's waits look at these readings in any scaled run.
+READ_PERIOD_PROCESS_S = WAIT_PROCESS_S
 
 
 def reading_rates(line: LineConfig, time_scale: float) -> LineConfig:
@@ -52,20 +51,3 @@ def reading_rates(line: LineConfig, time_scale: float) -> LineConfig:
                       if name in STEP_GATES else device)
                for name, device in line.devices.items()}
     return line.model_copy(update={"devices": devices})
-
-
-def install(time_scale: float) -> None:
-    """The executor's waits re-read their telemetry every READ_PERIOD_PROCESS_S of process time
-    (a dry run's process only, like the clock it runs on)."""
-    executor.POLL_S = min(executor.POLL_S, READ_PERIOD_PROCESS_S / time_scale)
-
-
-class LineLoader(Protocol):
-    def __call__(self, path: Path | None) -> LineConfig: ...
-
-
-def loader(load: LineLoader, time_scale: float) -> LineLoader:
-    """``povd run``'s line loader, with the dry run's reading rates."""
-    def load_line(path: Path | None) -> LineConfig:
-        return reading_rates(load(path), time_scale)
-    return load_line

@@ -103,8 +103,12 @@ def _resume_cursor(data_dir: Path, run_id: int) -> Cursor:
 
 
 async def run_recipe(args: argparse.Namespace,
-                     machine_source: MachineSource = machine_endpoints) -> int:
+                     machine_source: MachineSource = machine_endpoints, *,
+                     adapt_line: Callable[[LineConfig], LineConfig] | None = None) -> int:
+    """``adapt_line``: the loaded line as this run is to poll it (the dry run's rates)."""
     line = load_config_or_exit(args.config)
+    if adapt_line is not None:
+        line = adapt_line(line)
     try:
         recipe = load_recipe(args.recipe, line)
     except RecipeError as exc:

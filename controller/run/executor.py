@@ -43,6 +43,9 @@ log = structlog.get_logger(__name__)
 __all__ = ["Cursor", "Executor", "IgnitionFailed", "PassSummary", "StepFailed"]
 
 POLL_S = 0.02  # how often a wait re-reads the telemetry (wall)
+# ... and at least this often in process time: at x400, 20 ms of wall time is 8 process s,
+# for which a step's gases would flow on past the condition that ends it (the dry run).
+WAIT_PROCESS_S = 0.8
 
 
 PassListener = Callable[[PassSummary, Cursor], Awaitable[None]]
@@ -135,7 +138,11 @@ class Executor:
             self.check_stop()
             if time.monotonic() > deadline:
                 raise StepFailed(self.current_op, f"timed out waiting for {what}")
-            await asyncio.sleep(POLL_S)
+            await asyncio.sleep(self._wait_period_s)
+
+    @property
+    def _wait_period_s(self) -> float:
+        return min(POLL_S, WAIT_PROCESS_S / self.clock.time_scale)
 
     def progress(self, **extra: Any) -> None:
         if self.on_progress is not None:
@@ -262,13 +269,17 @@ class Executor:
         if op.spindle_rpm is not None:
             await self.act.spindle_rpm(op.spindle_rpm, "recipe")
         increments = max(1, min(50, math.ceil(op.duration_s / 5.0)))
+        # Each increment on a schedule from the ramp's start, not a sleep after its writes: the
+        # ramp lasts the recipe's duration whatever its writes take on their buses (at x10 each
+        # of 18 increments grew by its writes' wire time times ten, argon included).
+        began = self.clock.now()
         for k in range(1, increments + 1):
             f = k / increments
             power = start_power + (op.power_kw - start_power) * f
             gases = [a + (b - a) * f for a, b in zip(start, end, strict=True)]
             await self.act.set_power_kw(power, "recipe")
             await self._set_gases(*gases)
-            await self.clock.sleep(op.duration_s / increments)
+            await self.clock.sleep(began + op.duration_s * f - self.clock.now())
         if op.power_kw <= 0:
             self.plasma_expected = False
             await self.act.rf_off("recipe")
@@ -410,7 +421,7 @@ class Executor:
         deadline = self.clock.now() + self.line.supervision.cooldown_max_s
         while not cooled() and self.clock.now() < deadline:
             self.check_stop()
-            await asyncio.sleep(POLL_S)
+            await asyncio.sleep(self._wait_period_s)
         await self._set_gases(0.0, 0.0, 0.0)
         if cooled():
             await self.act.spindle_rpm(0.0, "cooldown")
