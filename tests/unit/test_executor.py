@@ -332,6 +332,26 @@ async def test_a_ramp_to_zero_turns_the_rf_off_and_expects_no_plasma() -> None:
     assert r.machine.calls("rf.set_power_kw")[-1].args[0] == 0.0
 
 
+async def test_a_ramp_lasts_its_duration_however_long_its_writes_take() -> None:
+    """Each increment at its time from the ramp's start: writes that take process time (a
+    paced bus, a scaled run) shorten the sleep after them instead of stretching the ramp."""
+    slow = RampOp(duration_s=20, power_kw=50, ar_slpm=0, o2_slpm=80, n2_slpm=30,
+                  spindle_rpm=None)
+    r = rig(plan(IGNITE, slow, lit=(False, True), lit_by=(None, 0)))
+    write_s = 0.7
+    r.machine.on_call(lambda call: setattr(r.clock, "t", r.clock.t + write_s)
+                      if call.method == "set_flow_slpm" else None)
+    increments: list[float] = []
+    r.machine.on_call(lambda call: increments.append(r.clock.t)
+                      if call.name == "rf.set_power_kw" and call.args[0] > 12 else None)
+    await r.executor.run()
+    began = increments[0]
+    slice_s = slow.duration_s / 4  # ceil(20 s / 5 s) increments
+    assert increments == pytest.approx([began + k * slice_s for k in range(4)])
+    ramp_sleeps = [c.args[0] for c in r.machine.calls("clock.sleep")][-4:]
+    assert ramp_sleeps == pytest.approx([slice_s - 3 * write_s] * 4)  # three gases each
+
+
 # -- resume ---------------------------------------------------------------------------------
 # Purge, ignite, to oxygen, dwell, down to 0 kW, purge again: lit before steps 2, 3 and 4.
 RUN = plan(PURGE, IGNITE, TO_OXYGEN, DWELL, TO_ZERO, PURGE,
