@@ -12,9 +12,10 @@ second connection to the device (the urgent link), and an urgent write that find
 flight goes over it at once (the RF generator's RF off no longer waits for a poll's reply). It
 still orders like any urgent request: it claims the main link's lock as it starts, so nothing
 queued there goes out before it is answered, and a *write* in flight is waited for (two writes
-on two connections could reach the device in either order). A device that refuses a second
-connection gets none (logged once per connection); the urgent link is opened with the main one.
-A serial line, or RTU framing through a device server, has one master: no second link."""
+on two connections could reach the device in either order). The urgent link is opened with the
+main one; a device that refuses it (or closes it) gets none for a while: logged, tried again in
+the background, paced, and meanwhile an urgent write waits for the read as before. A serial
+line, or RTU framing through a device server, has one master: no second link."""
 
 from __future__ import annotations
 
@@ -289,8 +290,8 @@ class ModbusTransport(BusTransport):
     async def _overtaking(self, send: Send, describe: Describe,
                           expect: int | None) -> list[int]:
         """An urgent write past the read in flight, over the urgent link. Its claim on the
-        main link, queued first among the urgent, holds back whatever would follow the read
-        there until this write is answered; urgent writes on the urgent link go one at a
+        main link, queued with the urgent in their order, holds back whatever would follow the
+        read there until this write is answered; urgent writes on the urgent link go one at a
         time, in their order."""
         claim = self._lock.reserve()
         try:
