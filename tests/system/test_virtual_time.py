@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from dryrun.in_process_line import DEFAULT_TIME_SCALE
 from dryrun.records_view import Product, product_of, records_without_wall_clock
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +27,7 @@ LAYERS = ROOT / "tests/system/recipes/layers.yaml"
 ARGON = ROOT / "tests/system/recipes/argon.yaml"
 SCALE = 200.0
 REFERENCE_SCALE = 10.0  # the scaled run the dry run's product is held to (issue 12 item 6)
-DRY_RUN_SCALE = 400.0  # the dry run's default (dryrun/in_process_line.py)
+DRY_RUN_SCALE = DEFAULT_TIME_SCALE
 RUN_TIMEOUT_S = 540  # a ceiling on a stuck run, not a speed requirement
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -108,11 +109,10 @@ def test_the_argon_is_the_scaled_runs(tmp_path: Path) -> None:
     plasma lit: the dry run reads those at a period of process time (dryrun/step_reads.py),
     so its ignition lasts what a x10 run's does, within 3 process s (1.5 sl at 30 slpm; before
     that read period, 56 process s against 4.5). The recipe's whole argon no more than 1 %
-    over the x10 run's, and not below three quarters of it: the x10 run's ramp increments each
-    wait for their writes on the paced gas bus, ten times their wire time and the machine's
-    latency in process seconds, which the dry run has not (measured here, 2026-12-07: 8.39 sl
-    at x10, its ramp 0.57 over the recipe's 3.75, against 7.42 in the dry run; the x10 figure
-    grows with the machine's load)."""
+    over the x10 run's, and not below 90 % of it: the x10 run sees the argon settle and the
+    plasma lit ten times its latency later in process seconds, which the dry run has not
+    (measured 2026-12-08, the ramp on its schedule: 7.84 sl at x10, ignition 4.5 s, against
+    7.42 sl and 4.0 s in the dry run; the x10 figure grows with the machine's load)."""
     _finished(_povd_run(tmp_path / "virtual", "--virtual-time", "--seed", "1", recipe=ARGON,
                         scale=DRY_RUN_SCALE))
     _finished(_povd_run(tmp_path / "scaled", recipe=ARGON, scale=REFERENCE_SCALE))
@@ -121,7 +121,7 @@ def test_the_argon_is_the_scaled_runs(tmp_path: Path) -> None:
     assert abs(dry_s - scaled_s) <= 3.0, (dry_s, scaled_s)
     dry = _product(tmp_path / "virtual", DRY_RUN_SCALE).gas_totals_sl["mfc_ar"]
     scaled = _product(tmp_path / "scaled", REFERENCE_SCALE).gas_totals_sl["mfc_ar"]
-    assert 0.75 * scaled <= dry <= 1.01 * scaled, (dry, scaled)
+    assert 0.9 * scaled <= dry <= 1.01 * scaled, (dry, scaled)
 
 
 def test_a_fault_lands_at_its_process_time(tmp_path: Path) -> None:
